@@ -1,0 +1,109 @@
+"""The colorizer: pretrained MobileNetV2 encoder, light U-Net decoder, hint branch, ConvGRU memory.
+
+Why this shape:
+- The encoder is ImageNet MobileNetV2 (frozen while the decoder learns): semantic features are what make
+  sky blue and grass green when colour training data is small, and it runs in real time on a CPU.
+- The decoder uses depthwise-separable convolutions at high resolution and full convolutions only at
+  1/16 and 1/32, where pixels are few; it predicts ab at 1/2 and upsamples, since chroma is smooth.
+- User hints (Zhang et al. 2017) enter at 1/4, 1/8 and 1/16, so a hint can change a whole object and not
+  only the pixels it touches.
+- The temporal memory is a ConvGRU at 1/16 with a fixed-size state passed in and out explicitly: the
+  engine stays stateless, the pipeline owns one state per stream, and memory never grows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.lab_torch import l_to_gray
+from models.colorizer import spec
+from models.colorizer.mobilenet import FEATURE_CHANNELS, MobileNetV2
+
+
+def _sep(cin: int, cout: int) -> nn.Sequential:
+    """Depthwise 3x3 + pointwise 1x1, each with ReLU: a 3x3 receptive field at a fraction of the cost."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, padding=1, groups=cin),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 1),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2), nn.ReLU(inplace=True))
+
+
+class ConvGRU(nn.Module):
+    """A convolutional GRU cell. Its gates learn when to keep the previous frame's colours (static
+    regions) and when to overwrite them (new content), which is what removes flicker."""
+
+    def __init__(self, cin: int, hidden: int):
+        super().__init__()
+        self.gates = nn.Conv2d(cin + hidden, 2 * hidden, 3, padding=1)
+        self.candidate = nn.Conv2d(cin + hidden, hidden, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        z, r = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
+        n = torch.tanh(self.candidate(torch.cat([x, r * h], 1)))
+        return (1 - z) * h + z * n
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class Colorizer(nn.Module):
+    """``(L, hints, state) -> (ab, state_out)`` in the units of :mod:`models.colorizer.spec`."""
+
+    def __init__(self, encoder: MobileNetV2 | None = None):
+        super().__init__()
+        self.encoder = encoder if encoder is not None else MobileNetV2()
+        c2, c4, c8, c16, c32 = FEATURE_CHANNELS
+        hid = spec.STATE_CHANNELS
+        self.hint8 = _conv(3, 16, 3, 2)
+        self.hint16 = _conv(16, 32, 3, 2)
+        self.reduce32 = _conv(c32, 128, 1)
+        self.fuse16 = _conv(128 + c16 + 32, 96)
+        self.gru = ConvGRU(96, hid)
+        self.dec16 = _conv(96 + hid, 96)
+        self.dec8 = _sep(96 + c8 + 16, 64)
+        self.dec4 = nn.Sequential(_sep(64 + c4 + 3, 48), _sep(48, 32))
+        self.dec2 = _sep(32 + c2, 24)
+        self.head = nn.Conv2d(24, 2, 1)
+        # Chroma gain, tuned on held-out data after training: regression losses desaturate, and how bold
+        # the colours should be is a PSNR/colourfulness trade-off that is cheaper to set than to learn.
+        self.register_buffer("ab_gain", torch.ones(()))
+
+    def forward(
+        self, L: torch.Tensor, hints: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        gray = l_to_gray(L * spec.L_SCALE)
+        x = (gray * 255.0 - 128.0) / 128.0
+        f2, f4, f8, f16, f32 = self.encoder.features(x, gray=True)
+        h4 = F.avg_pool2d(hints, 4)
+        h8 = self.hint8(h4)
+        h16 = self.hint16(h8)
+        d = _up(self.reduce32(f32))
+        d = self.fuse16(torch.cat([d, f16, h16], 1))
+        state_out = self.gru(d, state)
+        d = self.dec16(torch.cat([d, state_out], 1))
+        d = self.dec8(torch.cat([_up(d), f8, h8], 1))
+        d = self.dec4(torch.cat([_up(d), f4, h4], 1))
+        d = self.dec2(torch.cat([_up(d), f2], 1))
+        ab = _up(self.head(d)) * self.ab_gain
+        return ab, state_out
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        enc = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in enc]
+
+
+def zero_state(batch: int, height: int, width: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A fresh memory for frames of ``height`` x ``width`` (the working size, multiples of 32)."""
+    shape = (batch, spec.STATE_CHANNELS, height // spec.STATE_STRIDE, width // spec.STATE_STRIDE)
+    if like is None:
+        return torch.zeros(shape)
+    return torch.zeros(shape, dtype=like.dtype, device=like.device)

@@ -1,0 +1,24 @@
+"""The colorizer's tensor contract, shared by the network, its export and every runtime backend.
+
+Kept free of torch so that inference-only installs (ONNX Runtime) can import it.
+
+Network inputs/outputs (GUIDE.md §3):
+- ``L``      ``[B, 1, H, W]``  Lab lightness divided by ``L_SCALE`` (so in [0, 1]).
+- ``hints``  ``[B, 3, H, W]``  hint a and b divided by ``AB_SCALE`` and already multiplied by the
+  mask, then the mask itself (1 where the user gave a colour).
+- ``state``  ``[B, STATE_CHANNELS, H / STATE_STRIDE, W / STATE_STRIDE]`` recurrent memory; zeros
+  start a fresh sequence.
+- ``ab``     ``[B, 2, H, W]``  predicted a and b divided by ``AB_SCALE``.
+- ``state_out`` same shape as ``state``.
+H and W must be multiples of ``SIZE_MULTIPLE`` (the encoder downsamples five times).
+"""
+
+from __future__ import annotations
+
+L_SCALE = 100.0
+AB_SCALE = 110.0
+SIZE_MULTIPLE = 32
+STATE_CHANNELS = 64
+STATE_STRIDE = 16
+INPUT_NAMES = ("L", "hints", "state")
+OUTPUT_NAMES = ("ab", "state_out")

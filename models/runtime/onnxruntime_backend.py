@@ -1,0 +1,51 @@
+"""ONNX Runtime backend (CPU; CUDA when onnxruntime-gpu is installed and a GPU is present)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from models.runtime.base import F32, BackendUnavailable, ModelFormatError, ModelInfo
+
+_REQUIRED_INPUTS = {"L", "hints", "state"}
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from exc
+        if not model_path.is_file():
+            raise ModelFormatError(f"model file not found: {model_path}")
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("onnxruntime has no CUDA provider here: pip install onnxruntime-gpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelFormatError(f"cannot load {model_path}: {exc}") from exc
+        names = {i.name for i in self._session.get_inputs()}
+        if not _REQUIRED_INPUTS <= names:
+            raise ModelFormatError(f"{model_path} is not a colorizer: inputs {sorted(names)}")
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(dict(meta))
+        self.name = "onnxruntime-cuda" if device == "cuda" else "onnxruntime"
+
+    def run(self, L: F32, hints: F32, state: F32) -> tuple[F32, F32]:
+        ab, state_out = self._session.run(
+            ["ab", "state_out"],
+            {
+                "L": np.ascontiguousarray(L, dtype=np.float32),
+                "hints": np.ascontiguousarray(hints, dtype=np.float32),
+                "state": np.ascontiguousarray(state, dtype=np.float32),
+            },
+        )
+        return ab, state_out

@@ -1,0 +1,73 @@
+"""A colorizing session: one picture stream through one backend, with its own memory and hints.
+
+The session owns what the network must not: the recurrent state of *this* stream, its hints, and the
+resizing between the frame's resolution and the network's working size. Callers hand it Lab lightness at
+full resolution and get low-resolution ab back, which they combine with the full-resolution luminance
+(:mod:`kernels.combine`), so the output keeps every detail of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from models.colorizer.hints import Hint, rasterize
+from models.runtime.base import F32, Backend
+
+MIN_SIZE = 64
+MAX_SIZE = 2048
+
+
+def working_shape(height: int, width: int, size: int, multiple: int) -> tuple[int, int]:
+    """The network's input shape for a ``height`` x ``width`` frame: short side ``size``, aspect kept,
+    both sides rounded to ``multiple`` (the encoder's total stride)."""
+    scale = size / min(height, width)
+
+    def snap(v: float) -> int:
+        return max(multiple, int(round(v / multiple)) * multiple)
+
+    return snap(height * scale), snap(width * scale)
+
+
+class ColorizerSession:
+    def __init__(self, backend: Backend, size: int = 256, memory: bool = True):
+        if not MIN_SIZE <= size <= MAX_SIZE:
+            raise ValueError(f"working size must be in {MIN_SIZE}..{MAX_SIZE}, got {size}")
+        self.backend = backend
+        self.size = size
+        self.memory = memory
+        self.hints: list[Hint] = []
+        self._state: F32 | None = None
+        self._hint_cache: tuple[tuple[Hint, ...], tuple[int, int], F32] | None = None
+
+    def reset(self) -> None:
+        """Forget the past (scene cut, reconnect, a new file): the next frame starts fresh."""
+        self._state = None
+
+    def set_hints(self, hints: Sequence[Hint]) -> None:
+        self.hints = list(hints)
+
+    def _hint_input(self, shape: tuple[int, int]) -> F32:
+        key = tuple(self.hints)
+        if self._hint_cache is None or self._hint_cache[0] != key or self._hint_cache[1] != shape:
+            self._hint_cache = (key, shape, rasterize(key, *shape)[None])
+        return self._hint_cache[2]
+
+    def predict_ab(self, l_plane: np.ndarray) -> F32:
+        """Lab L ``[H, W]`` (0..100, any resolution) -> ab ``[2, h, w]`` in Lab units at working size."""
+        info = self.backend.info
+        height, width = l_plane.shape
+        wh, ww = working_shape(height, width, self.size, info.size_multiple)
+        small = cv2.resize(l_plane.astype(np.float32), (ww, wh), interpolation=cv2.INTER_AREA)
+        L = (small / info.l_scale)[None, None]
+        state_shape = info.state_shape(1, wh, ww)
+        state = self._state
+        if state is None or not self.memory or state.shape != state_shape:
+            state = np.zeros(state_shape, dtype=np.float32)
+        ab, state_out = self.backend.run(L, self._hint_input((wh, ww)), state)
+        if self.memory:
+            self._state = state_out
+        result: F32 = ab[0] * info.ab_scale
+        return result
