@@ -64,7 +64,9 @@ def export_onnx(model: Colorizer, path: Path, version: str, size: int = 256, fp1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Export a colorizer checkpoint to ONNX.")
-    parser.add_argument("checkpoint", type=Path, help="a training checkpoint (.pt) or 'random' for an untrained net")
+    parser.add_argument(
+        "checkpoint", type=Path, help="a training checkpoint (.pt) or 'random' for an untrained net"
+    )
     parser.add_argument("output", type=Path)
     parser.add_argument("--version", default=None, help="model version string stored in the file")
     parser.add_argument("--gain", type=float, default=None, help="override the chroma gain")

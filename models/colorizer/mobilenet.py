@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 # (expansion, output channels, repeats, first stride) — the MobileNetV2 paper's table.
-_BLOCKS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_BLOCKS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 # Index (in ``MobileNetV2.blocks``) of the last block at each downsampling level: 1/2, 1/4, 1/8, 1/16, 1/32.
 FEATURE_BLOCKS = (0, 2, 5, 12, 16)
 FEATURE_CHANNELS = (16, 24, 32, 96, 320)

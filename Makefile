@@ -1,0 +1,49 @@
+# One entry point for people and CI. Every target builds its own virtualenv (.venv) from scratch if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit setup setup-dev train bench results clean
+
+## demo: set up the light runtime and colorize the bundled CCTV clip -> chromastream-demo.mp4
+demo: $(VENV)/.core
+	$(BIN)/chromastream colorize --demo chromastream-demo.mp4 --overwrite
+
+## test: set up everything (training extras, dev tools) and run lint, type checks and the whole test suite
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+setup: $(VENV)/.core
+setup-dev: $(VENV)/.dev
+
+$(VENV)/.core: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# torch is the CPU build pinned in the `train` extra; it is installed first so nothing pulls a CUDA build.
+$(VENV)/.dev: $(VENV)/.core
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[train,bench,dev]'
+	touch $@
+
+## train: stage 1 of the colorizer (resumable; run it again to continue)
+train: $(VENV)/.dev
+	$(BIN)/python -m models.colorizer.train generator --run runs/generator
+
+## bench: the image-quality, model-speed and video-speed benchmarks, then RESULTS.md
+bench: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.quality
+	$(BIN)/python -m benchmarks.model_speed
+	$(BIN)/python -m benchmarks.video_speed
+	$(BIN)/python -m benchmarks.report
+
+results: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.report
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
