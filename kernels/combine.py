@@ -37,12 +37,15 @@ def luma_to_l_table(full_range: bool) -> F32:
 
 def l_from_luma(y: U8, full_range: bool = False) -> F32:
     """Lab L ``[H, W]`` from an 8-bit luma plane, by table lookup."""
-    return luma_to_l_table(full_range)[y]
+    out: F32 = luma_to_l_table(full_range)[y]
+    return out
 
 
 def upsample_ab(ab_low: F32, height: int, width: int) -> F32:
-    """``[2, h, w]`` -> ``[height, width, 2]`` bilinear (half-pixel centres, like torch align_corners=False)."""
-    return cv2.resize(np.ascontiguousarray(ab_low.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR)
+    """``[2, h, w]`` -> ``[height, width, 2]`` bilinear, half-pixel centres (torch align_corners=False)."""
+    hwc = np.ascontiguousarray(ab_low.transpose(1, 2, 0), dtype=np.float32)
+    out: F32 = np.asarray(cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+    return out
 
 
 def lab_to_rgb_u8(l_full: F32, ab_low: F32) -> U8:

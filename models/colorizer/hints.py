@@ -51,11 +51,12 @@ def _number(obj: dict[str, Any], key: str, where: str) -> float:
 
 
 def _parse_rgb(value: Any, where: str) -> tuple[float, float]:
+    rgb: list[float]
     if isinstance(value, str):
         text = value.strip().lstrip("#")
         if len(text) != 6 or any(c not in "0123456789abcdefABCDEF" for c in text):
             raise HintError(f"{where}: 'rgb' string must look like '#rrggbb', got {value!r}")
-        rgb = [int(text[i : i + 2], 16) for i in (0, 2, 4)]
+        rgb = [float(int(text[i : i + 2], 16)) for i in (0, 2, 4)]
     elif isinstance(value, list | tuple) and len(value) == 3:
         rgb = []
         for c in value:
@@ -99,7 +100,7 @@ def parse_hints(obj: Any) -> list[Hint]:
     if isinstance(obj, dict) and "hints" in obj:
         obj = obj["hints"]
     if not isinstance(obj, list):
-        raise HintError("hints must be a JSON list of hint objects (or {\"hints\": [...]})")
+        raise HintError('hints must be a JSON list of hint objects (or {"hints": [...]})')
     if len(obj) > MAX_HINTS:
         raise HintError(f"too many hints: {len(obj)} (at most {MAX_HINTS})")
     return [parse_hint(item, f"hint {i}") for i, item in enumerate(obj)]
@@ -127,8 +128,8 @@ def rasterize(hints: Sequence[Hint] | Iterable[Hint], height: int, width: int) -
     for h in hints:
         r = max(h.radius * short, 0.75)
         cx, cy = h.x * (width - 1), h.y * (height - 1)
-        x0, x1 = max(int(math.floor(cx - r)), 0), min(int(math.ceil(cx + r)) + 1, width)
-        y0, y1 = max(int(math.floor(cy - r)), 0), min(int(math.ceil(cy + r)) + 1, height)
+        x0, x1 = max(math.floor(cx - r), 0), min(math.ceil(cx + r) + 1, width)
+        y0, y1 = max(math.floor(cy - r), 0), min(math.ceil(cy + r) + 1, height)
         yy, xx = np.mgrid[y0:y1, x0:x1]
         disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
         region = out[:, y0:y1, x0:x1]

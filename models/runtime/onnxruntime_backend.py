@@ -12,6 +12,13 @@ from models.runtime.base import F32, BackendUnavailable, ModelFormatError, Model
 _REQUIRED_INPUTS = {"L", "hints", "state"}
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count), where the OS says."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class OnnxRuntimeBackend:
     def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None):
         try:
@@ -27,13 +34,13 @@ class OnnxRuntimeBackend:
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or _usable_cores()
         try:
             self._session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelFormatError(f"cannot load {model_path}: {exc}") from exc
         names = {i.name for i in self._session.get_inputs()}
-        if not _REQUIRED_INPUTS <= names:
+        if not _REQUIRED_INPUTS.issubset(names):
             raise ModelFormatError(f"{model_path} is not a colorizer: inputs {sorted(names)}")
         meta = self._session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(dict(meta))

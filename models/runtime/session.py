@@ -22,11 +22,12 @@ MAX_SIZE = 2048
 
 def working_shape(height: int, width: int, size: int, multiple: int) -> tuple[int, int]:
     """The network's input shape for a ``height`` x ``width`` frame: short side ``size``, aspect kept,
-    both sides rounded to ``multiple`` (the encoder's total stride)."""
-    scale = size / min(height, width)
+    both sides rounded to ``multiple`` (the encoder's total stride). The long side is capped at
+    ``MAX_SIZE``, so a panorama or a strip-shaped frame costs no more than a large square one."""
+    scale = min(size / min(height, width), MAX_SIZE / max(height, width))
 
     def snap(v: float) -> int:
-        return max(multiple, int(round(v / multiple)) * multiple)
+        return max(multiple, round(v / multiple) * multiple)
 
     return snap(height * scale), snap(width * scale)
 
@@ -61,7 +62,7 @@ class ColorizerSession:
         height, width = l_plane.shape
         wh, ww = working_shape(height, width, self.size, info.size_multiple)
         small = cv2.resize(l_plane.astype(np.float32), (ww, wh), interpolation=cv2.INTER_AREA)
-        L = (small / info.l_scale)[None, None]
+        L: F32 = np.asarray(small / info.l_scale, dtype=np.float32)[None, None]
         state_shape = info.state_shape(1, wh, ww)
         state = self._state
         if state is None or not self.memory or state.shape != state_shape:
