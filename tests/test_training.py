@@ -69,10 +69,50 @@ def test_generator_smoke_resumes_and_exports(tmp_path: Path) -> None:
     assert not torch.equal(before["head.weight"], after["head.weight"])
     assert torch.equal(before["encoder.stem.weight"], after["encoder.stem.weight"])
 
+    # Stages 2 and 3 of the NoGAN schedule start from the generator's selected weights.
+    small = [
+        "--batch",
+        "2",
+        "--size",
+        "64",
+        "--limit-images",
+        "6",
+        "--holdout",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "2",
+        "--save-every",
+        "1",
+        "--steps",
+        "2",
+    ]
+    train_main(["critic", "--run", str(tmp_path / "critic"), "--generator", str(run / "best.pt"), *small])
+    critic_log = [json.loads(line) for line in (tmp_path / "critic" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["critic_acc"] <= 1.0 for r in critic_log if "critic_acc" in r)
+    train_main(
+        [
+            "gan",
+            "--run",
+            str(tmp_path / "gan"),
+            "--generator",
+            str(run / "best.pt"),
+            "--critic",
+            str(tmp_path / "critic" / "best.pt"),
+            "--max-psnr-drop",
+            "100",
+            *small,
+        ]
+    )
+    gan_log = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in gan_log if "adv" in r] == [1, 2]
+    assert (tmp_path / "gan" / "best.pt").exists()
+
     tuned = tmp_path / "tuned.pt"
     train_main(["gain", str(run / "last.pt"), str(tuned), "--holdout", "2"])
     gain = torch.load(tuned, weights_only=False)["gain"]
-    assert 1.0 <= gain <= 2.0
+    assert 0.6 <= gain <= 2.0
 
 
 def test_onnx_export_matches_torch(tmp_path: Path) -> None:
