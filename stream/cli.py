@@ -1,0 +1,196 @@
+"""The ``chromastream`` command.
+
+Each subcommand registers itself with :func:`build_parser` through one ``_add_<name>`` function that
+sets ``handler``; :func:`main` parses, configures logging, runs the handler and is the only place where
+exceptions become messages and exit statuses. Library code raises; a user sees one line
+``chromastream: error: ...`` and a non-zero status, never a traceback, for anything that is the input's or
+the environment's fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+from models.colorizer.hints import HintError, load_hints_file
+from models.runtime.base import RuntimeError_
+from models.runtime.registry import BACKENDS
+from models.runtime.session import MAX_SIZE, MIN_SIZE
+from stream.errors import ChromastreamError, UsageError
+
+PROG = "chromastream"
+DEMO_OUTPUT = "chromastream-demo.mp4"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+logger = logging.getLogger("stream.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def demo_clip() -> Path:
+    """The bundled grey CCTV clip (see NOTICE for its source and licence)."""
+    return Path(str(resources.files("stream") / "assets" / "demo_cctv.mp4"))
+
+
+def _working_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must be in {MIN_SIZE}..{MAX_SIZE}, got {value}")
+    return value
+
+
+_COLORIZE_EPILOG = f"""\
+forms:
+  {PROG} colorize photo.jpg photo-colour.png       one picture (any size; output keeps its resolution)
+  {PROG} colorize scans/ scans-colour/             every picture in a folder, each on its own
+  {PROG} colorize --sequence frames/ out/          numbered frames as one clip (PNG outputs)
+  {PROG} colorize film.mp4 film-colour.mp4         a video: H.264 out, same timing, audio copied
+  {PROG} colorize --demo [OUTPUT]                  the bundled CCTV clip -> {DEMO_OUTPUT}
+
+pictures: png, jpg, jpeg, bmp, tif, webp; videos: mp4, mkv, mov, avi (webm as input only).
+The output's brightness is the input's own; the model only adds colour. Colour inputs are colorized
+from their luminance."""
+
+
+def _add_colorize(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "colorize",
+        help="colorize a picture, a folder of pictures, a frame sequence or a video file",
+        description="Colorize grey pictures and videos, keeping the input's resolution and luminance.",
+        epilog=_COLORIZE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", nargs="?", metavar="INPUT", help="picture, folder or video to colorize")
+    parser.add_argument("output", nargs="?", metavar="OUTPUT", help="where to write the result")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"colorize the bundled CCTV clip; the only path given is the output (default {DEMO_OUTPUT})",
+    )
+    parser.add_argument(
+        "--sequence", action="store_true", help="treat a folder as the frames of one clip (memory carried)"
+    )
+    parser.add_argument(
+        "--size",
+        type=_working_size,
+        default=256,
+        metavar="N",
+        help="short side of the network's working resolution (default 256); outputs keep full resolution",
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="inference backend (default auto)"
+    )
+    parser.add_argument(
+        "--model", type=Path, metavar="PATH", help="colorizer ONNX file (default: shipped model)"
+    )
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="colorize every frame on its own (no temporal memory)",
+    )
+    parser.add_argument(
+        "--hints", type=Path, metavar="FILE", help="JSON file of colour hints for every frame"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no information lines")
+    parser.set_defaults(handler=_run_colorize)
+
+
+def _run_colorize(args: argparse.Namespace) -> int:
+    # Heavy imports (PyAV, OpenCV, ONNX Runtime) only once a command actually needs them.
+    from stream.colorize_files import ColorizeOptions, run
+
+    if args.demo:
+        if args.output is not None:
+            raise UsageError("--demo takes at most one path: the output")
+        source = demo_clip()
+        target = Path(args.input or DEMO_OUTPUT)
+        if args.sequence:
+            raise UsageError("--demo colorizes a video; --sequence does not apply")
+    else:
+        if args.input is None or args.output is None:
+            raise UsageError("colorize needs INPUT and OUTPUT (or --demo [OUTPUT])")
+        source, target = Path(args.input), Path(args.output)
+    hints = tuple(load_hints_file(args.hints)) if args.hints is not None else ()
+    options = ColorizeOptions(
+        size=args.size,
+        backend=args.backend,
+        model=args.model,
+        memory=args.memory,
+        hints=hints,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+    )
+    result = run(source, target, options, sequence=args.sequence)
+    unit = {"image": "picture", "directory": "pictures", "sequence": "frames", "video": "frames"}[
+        result.kind.value
+    ]
+    logger.info(
+        "wrote %s (%d %s in %.1f s, %.1f/s)", result.output, result.items, unit, result.seconds, result.rate
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Real-time colorization of grey video: files, streams and pictures.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_colorize(subparsers)
+    return parser
+
+
+@contextmanager
+def _logging(quiet: bool) -> Iterator[None]:
+    """Information lines on stderr for the duration of one command (removed after, for in-process use)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+
+def _fail(message: str, status: int = EXIT_ERROR) -> int:
+    text = " ".join(str(message).split())
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    with _logging(getattr(args, "quiet", False)):
+        try:
+            return handler(args)
+        except UsageError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        except (ChromastreamError, HintError, RuntimeError_) as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
