@@ -22,6 +22,9 @@ import torch.nn.functional as F
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HOLDOUT_EVERY = 20  # 1 image in 20 is held out for model selection and chroma-gain tuning
+# DAVIS sequences reserved for video evaluation: never used for training. Chosen to span a still-ish
+# camera (blackswan), fast vehicles (car-shadow), a moving person (dance-twirl) and water (kite-surf).
+DAVIS_EVAL_SEQUENCES = ("blackswan", "car-shadow", "dance-twirl", "kite-surf")
 
 
 def shared_root() -> Path:
@@ -126,8 +129,8 @@ class ImageBank:
             angle = angle + np.where(move, rng.uniform(-0.05, 0.05, batch), 0.0)
             shift = shift + np.where(move[:, None], rng.uniform(-0.05, 0.05, (batch, 2)), 0.0)
         views = []
-        for theta in thetas:
-            grid = F.affine_grid(theta, [batch, 3, size, size], align_corners=False)
+        for affine in thetas:
+            grid = F.affine_grid(affine, [batch, 3, size, size], align_corners=False)
             views.append(F.grid_sample(canvas_t, grid, mode="bilinear", align_corners=False).clamp(0, 1))
         # Frame-2 pixel p sits at canvas point A2 p, which frame 1 shows at A1^-1 A2 p.
         a1 = _homogeneous(thetas[0])

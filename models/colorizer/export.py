@@ -28,7 +28,7 @@ def model_metadata(version: str) -> dict[str, str]:
     }
 
 
-def export_onnx(model: Colorizer, path: Path, version: str, size: int = 256, fp16: bool = False) -> None:
+def export_onnx(model: Colorizer, path: Path, version: str, size: int = 256) -> None:
     import onnx
 
     model = model.eval().float()
@@ -50,10 +50,6 @@ def export_onnx(model: Colorizer, path: Path, version: str, size: int = 256, fp1
         dynamo=False,
     )
     proto = onnx.load(str(tmp))
-    if fp16:
-        from onnxconverter_common import float16  # type: ignore[import-not-found]
-
-        proto = float16.convert_float_to_float16(proto, keep_io_types=True)
     for key, value in model_metadata(version).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

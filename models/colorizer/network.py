@@ -58,6 +58,8 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 class Colorizer(nn.Module):
     """``(L, hints, state) -> (ab, state_out)`` in the units of :mod:`models.colorizer.spec`."""
 
+    ab_gain: torch.Tensor
+
     def __init__(self, encoder: MobileNetV2 | None = None):
         super().__init__()
         self.encoder = encoder if encoder is not None else MobileNetV2()

@@ -109,7 +109,7 @@ def evaluate(
         for g in gains:
             out = (to_rgb(L, ab * g)[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
             mse = np.mean((out.astype(np.float64) - img.astype(np.float64)) ** 2)
-            psnr = 10 * math.log10(255.0**2 / max(mse, 1e-10))
+            psnr = 10 * math.log10(255.0**2 / max(float(mse), 1e-10))
             rows[g].append((psnr, abs(colourfulness(out) - cf_true)))
     model.train(was_training)
     model.encoder.eval()

@@ -1,0 +1,185 @@
+"""Helpers every benchmark shares: where the data lives, what machine a figure came from, and how
+results are written.
+
+A figure without its machine is meaningless (the same model runs 10x apart on a laptop and a server),
+so every JSON file carries :func:`machine_tags`; the load average is recorded because a busy machine
+explains a slow run better than any guess afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+class BenchmarkError(Exception):
+    """A benchmark cannot run (missing data, missing tool); the message says what to do."""
+
+
+def shared_root() -> Path:
+    """``CHROMASTREAM_SHARED``, else ``../shared`` beside the repository root."""
+    env = os.environ.get("CHROMASTREAM_SHARED")
+    if env:
+        return Path(env)
+    return REPO_ROOT.parent / "shared"
+
+
+def default_model_path() -> Path:
+    """The model the runtime would pick (the shipped one unless ``CHROMASTREAM_MODEL`` says otherwise)."""
+    from models.runtime.registry import default_model_path as runtime_default
+
+    return runtime_default()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit the code ran from and whether the tree had local changes (figures from a dirty
+    tree cannot be reproduced from the commit alone)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def machine_tags() -> dict[str, Any]:
+    """CPU, cores, library versions, load and commit: what a reader needs to compare two figures."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        load = []
+    try:
+        import onnxruntime as ort
+
+        providers = list(ort.get_available_providers())
+    except ImportError:  # pragma: no cover - core dependency
+        providers = []
+    return {
+        "cpu": _cpu_model(),
+        "cores_logical": os.cpu_count(),
+        "cores_usable": usable,
+        "loadavg": load,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": _version("numpy"),
+        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime_providers": providers,
+        "torch": _version("torch"),
+        "opencv": _version("opencv-python-headless") or _version("opencv-python"),
+        "av": _version("av"),
+        "git": git_commit(),
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_tags(path: Path, version: str, backend: str) -> dict[str, Any]:
+    """Identify the model by content as well as by its declared version: two trainings may both
+    call themselves the same version."""
+    return {
+        "path": str(path),
+        "version": version,
+        "sha256": file_sha256(path)[:16],
+        "backend": backend,
+    }
+
+
+def safe_name(text: str) -> str:
+    """A string made safe for a file name (model versions become part of result file names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "unknown"
+
+
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats become ``None``: standard JSON has no inf/nan and the report must parse it."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(out_dir: Path, name: str, data: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
+    """Latency summary in milliseconds: median and tails, because a mean hides the stalls that a
+    live stream feels."""
+    import numpy as np
+
+    arr = np.asarray(samples_s, dtype=np.float64) * 1000.0
+    if arr.size == 0:
+        return {}
+    return {
+        "mean": float(arr.mean()),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+    }
+
+
+def fail(message: str) -> int:
+    """Print a one-line error for a person and return the exit status the CLI should use."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2

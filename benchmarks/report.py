@@ -1,0 +1,337 @@
+"""Write ``benchmarks/RESULTS.md`` from the JSON files the benchmarks left in ``benchmarks/results``.
+
+Every number in RESULTS.md comes from a recorded run, with the machine it ran on and the baseline,
+limit or target measured beside it in the same run; nothing is typed in by hand, so the page cannot
+drift from the measurements. Run it after any benchmark:
+
+    python -m benchmarks.report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, safe_name
+
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "RESULTS.md"
+KNOWN = ("quality", "model_speed", "video_speed")
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**")
+
+
+def _stat(summary: dict[str, Any], key: str, digits: int) -> str:
+    s = summary.get(key) or {}
+    return f"{_num(s.get('mean'), digits)} ({_num(s.get('median'), digits)})"
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    m = data.get("machine") or {}
+    git = m.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:10] + (" (with local changes)" if git.get("dirty") else "")
+    load = "/".join(str(x) for x in m.get("loadavg") or []) or "?"
+    return (
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable of {m.get('cores_logical', '?')} "
+        f"logical cores, load {load} at start; Python {m.get('python', '?')}, "
+        f"onnxruntime {m.get('onnxruntime', '?')}, torch {m.get('torch') or 'not installed'}, "
+        f"numpy {m.get('numpy', '?')}, PyAV {m.get('av', '?')}; commit `{commit}`."
+    )
+
+
+def model_line(data: dict[str, Any]) -> str:
+    model = data.get("model") or {}
+    return (
+        f"Model `{model.get('version', '?')}` (sha256 `{model.get('sha256', '?')}`, "
+        f"{Path(str(model.get('path', '?'))).name}), backend {model.get('backend', '?')}; "
+        f"run {data.get('date', '?')}."
+    )
+
+
+def _smoke_note(data: dict[str, Any]) -> list[str]:
+    notes = []
+    if data.get("quick"):
+        notes.append("> Smoke run (`--quick`): too short for a final figure.")
+    if data.get("limit"):
+        notes.append(f"> Partial run (`--limit {data['limit']}` pictures per set): not a final figure.")
+    return [*notes, ""] if notes else []
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+def quality_section(data: dict[str, Any], results_dir: Path, out: Path) -> list[str]:
+    lines = ["## Image quality", "", model_line(data) + f" Working size {data.get('size', '?')}.", ""]
+    lines += _smoke_note(data)
+    lines += [
+        "Grey input made from the Lab L channel (a = b = 0); output compared with the colour original. "
+        "The grey baseline (output = grey input) is measured on the same pictures in the same run: "
+        "PSNR alone rewards grey pictures, so read it beside CF and ΔCF = |CF(out) − CF(gt)| "
+        "(lower is better). SSIM is the mean over the R, G and B channels. Mean (median); near-grey "
+        "ground truths are left out of these rows and listed below.",
+        "",
+        "| set | n | method | PSNR dB ↑ | SSIM ↑ | CF | ΔCF ↓ | CF gt | model − grey |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    sets = dict(data.get("sets") or {})
+    groups = [(name, s.get("summary") or {}) for name, s in sets.items()]
+    if len(groups) > 1 and data.get("all"):
+        groups.append(("**all**", data["all"]))
+    for name, summary in groups:
+        model, gray = summary.get("model") or {}, summary.get("gray") or {}
+        dpsnr = (model.get("psnr") or {}).get("mean", math.nan) - (gray.get("psnr") or {}).get(
+            "mean", math.nan
+        )
+        dcf_model = (model.get("dcf") or {}).get("mean", math.nan)
+        dcf_gray = (gray.get("dcf") or {}).get("mean", math.nan)
+        verdict = f"PSNR {'+' if dpsnr >= 0 else ''}{_num(dpsnr)} dB, ΔCF {_num(dcf_model - dcf_gray, 1)}"
+        for method, vals in (("model", model), ("grey", gray)):
+            first = method == "model"
+            lines.append(
+                f"| {name if first else ''} | {summary.get('n', '') if first else ''} | {method} | "
+                f"{_stat(vals, 'psnr', 2)} | {_stat(vals, 'ssim', 4)} | {_stat(vals, 'cf', 1)} | "
+                f"{_stat(vals, 'dcf', 1)} | {_stat(summary, 'cf_gt', 1) if first else ''} | "
+                f"{verdict if first else ''} |"
+            )
+    lines.append("")
+    notes = []
+    for name, s in sets.items():
+        if s.get("near_gray"):
+            notes.append(
+                f"- {name}: near-grey ground truth, left out of the means: {', '.join(s['near_gray'])}."
+            )
+        for skip in s.get("skipped") or []:
+            notes.append(f"- {name}: skipped {skip.get('name')}: {skip.get('reason')}.")
+    if notes:
+        lines += [*notes, ""]
+    sheets = [(name, s.get("contact_sheet")) for name, s in sets.items() if s.get("contact_sheet")]
+    if sheets:
+        links = []
+        for name, sheet in sheets:
+            path = results_dir / str(sheet)
+            rel = Path(os.path.relpath(path, out.parent)).as_posix()
+            links.append(f"[{name}]({rel})" + ("" if path.is_file() else " (file missing)"))
+        lines += ["Contact sheets (grey | model | truth): " + ", ".join(links) + ".", ""]
+    lines += [machine_line(data), ""]
+    return lines
+
+
+def _speed_history(results_dir: Path, current: dict[str, Any]) -> list[str]:
+    """The headline of every model that has a ``model_speed_<version>.json``, the current one first."""
+    cur_version = (current.get("model") or {}).get("version")
+    entries = [current]
+    for path in sorted(results_dir.glob("model_speed_*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        version = (data.get("model") or {}).get("version")
+        if version and version != cur_version and path.stem == f"model_speed_{safe_name(version)}":
+            entries.append(data)
+    if len(entries) < 2:
+        return []
+    lines = [
+        "Beside earlier models (each measured in its own run; compare the machine reference before the fps):",
+        "",
+        "| model | date | fps (256, b1) | p50 ms | matmul GFLOP/s | machine |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for i, data in enumerate(entries):
+        head = data.get("headline") or {}
+        ref = data.get("reference") or {}
+        version = (data.get("model") or {}).get("version", "?")
+        lines.append(
+            f"| `{version}`{' (current)' if i == 0 else ''} | {data.get('date', '?')} | "
+            f"{_num(head.get('fps'), 1)} | {_num(head.get('p50_ms'))} | "
+            f"{_num(ref.get('gflops_median'), 1)} | {(data.get('machine') or {}).get('cpu', '?')} |"
+        )
+    return [*lines, ""]
+
+
+def model_speed_section(data: dict[str, Any], results_dir: Path) -> list[str]:
+    target = data.get("target") or {}
+    ref = data.get("reference") or {}
+    head = data.get("headline") or {}
+    threads = data.get("threads") or "all usable cores"
+    lines = ["## Model speed", "", model_line(data) + f" Threads: {threads}.", ""]
+    lines += _smoke_note(data)
+    lines += [
+        "Model only (no decode/encode): memory carried from frame to frame, hints set, rotating inputs, "
+        "after warm-up. Batch-4 fps counts frames (4 per call); its latency is per call.",
+        "",
+        "| configuration | fps | p50 ms | p95 ms | p99 ms | timed calls |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in data.get("runs") or []:
+        lat = r.get("latency_ms") or {}
+        lines.append(
+            f"| {r.get('name')} | {_num(r.get('fps'), 1)} | {_num(lat.get('p50'))} | "
+            f"{_num(lat.get('p95'))} | {_num(lat.get('p99'))} | {r.get('iterations', '')} |"
+        )
+    lines += [
+        "",
+        "| check | measured | target / reference | result |",
+        "| --- | ---: | ---: | --- |",
+        f"| fps at {target.get('size', 256)}, batch 1 | {_num(head.get('fps'), 1)} | "
+        f"≥ {_num(target.get('fps'), 0)} | {_mark(data.get('pass'))} |",
+        f"| machine reference: {ref.get('what', 'matmul')} | {_num(ref.get('gflops_median'), 1)} GFLOP/s | "
+        f"best {_num(ref.get('gflops_best'), 1)} GFLOP/s | – |",
+        "",
+    ]
+    lines += _speed_history(results_dir, data)
+    lines += [machine_line(data), ""]
+    return lines
+
+
+def video_speed_section(data: dict[str, Any]) -> list[str]:
+    targets = data.get("targets") or {}
+    lines = ["## Video speed (end to end)", "", model_line(data), ""]
+    lines += _smoke_note(data)
+    lines += [
+        f"`{data.get('command', 'chromastream colorize IN OUT --quiet')}` on synthetic grey H.264 clips "
+        "with AAC audio, wall clock including start-up and model loading. The limit on the same clip in "
+        f"the same run: {data.get('limit_definition', 'decode + encode, no model')}. Peak memory is the "
+        "process tree's peak resident set. Steady fps leaves out the start-up time, measured on a "
+        "one-frame clip of the same size; the targets are judged on the wall-clock fps.",
+        "",
+        "| clip | frames | colorize fps | steady fps | start-up s | limit fps | colorize / limit "
+        "| colorize peak MB | limit peak MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    failures = []
+    for clip in data.get("clips") or []:
+        col, lim = clip.get("colorize"), clip.get("limit") or {}
+        col_fps = col.get("fps") if col and col.get("ok") else None
+        lim_fps = lim.get("fps") if lim.get("ok") else None
+        ratio = col_fps / lim_fps if col_fps and lim_fps else None
+        col_text = "skipped" if col is None else ("failed" if not col.get("ok") else _num(col_fps, 1))
+        lines.append(
+            f"| {clip.get('name')} @ {clip.get('fps')} fps | {clip.get('frames')} | {col_text} | "
+            f"{_num((col or {}).get('fps_steady'), 1)} | {_num((col or {}).get('startup_s'))} | "
+            f"{_num(lim_fps, 1) if lim.get('ok') else 'failed'} | {_num(ratio)} | "
+            f"{_num(col.get('peak_rss_mb'), 0) if col else '–'} | {_num(lim.get('peak_rss_mb'), 0)} |"
+        )
+        for what, r in (("colorize", col), ("limit", lim)):
+            if r and not r.get("ok"):
+                failures.append(f"- {clip.get('name')} {what} failed: {r.get('error', 'unknown error')}.")
+    verdict = data.get("pass") or {}
+    fps_clip = targets.get("fps_clip", "640x480")
+    clip_fps = next(
+        ((c.get("colorize") or {}).get("fps") for c in data.get("clips") or [] if c.get("name") == fps_clip),
+        None,
+    )
+    peaks = [(c.get("colorize") or {}).get("peak_rss_mb") for c in data.get("clips") or []]
+    peak = max((p for p in peaks if isinstance(p, int | float)), default=None)
+    lines += [
+        "",
+        "| check | measured | target | result |",
+        "| --- | ---: | ---: | --- |",
+        f"| colorize fps at {fps_clip} | {_num(clip_fps, 1)} | ≥ {_num(targets.get('fps'), 0)} | "
+        f"{_mark(verdict.get('fps'))} |",
+        f"| peak memory, any clip | {_num(peak, 0)} MB | ≤ {_num(targets.get('peak_rss_mb'), 0)} MB | "
+        f"{_mark(verdict.get('memory'))} |",
+        "",
+    ]
+    if failures:
+        lines += [*failures, ""]
+    lines += [machine_line(data), ""]
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- the page
+
+
+def load_results(results_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``{stem: data}`` for every readable JSON file, and a note for each one that is not."""
+    found: dict[str, dict[str, Any]] = {}
+    problems = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            problems.append(f"- `{path.name}` could not be read: {exc}")
+            continue
+        if isinstance(data, dict):
+            found[path.stem] = data
+        else:
+            problems.append(f"- `{path.name}` is not a JSON object")
+    return found, problems
+
+
+def render(results_dir: Path, out: Path) -> str:
+    results, problems = load_results(results_dir)
+    rel_results = Path(os.path.relpath(results_dir, out.parent)).as_posix()
+    lines = [
+        "# Benchmark results",
+        "",
+        "<!-- Generated file: do not edit. Regenerate: python -m benchmarks.report (or make results). -->",
+        f"_Generated by `python -m benchmarks.report` from the JSON files in `{rel_results}/`; edits by "
+        "hand are lost. Run the benchmarks with `make bench`._",
+        "",
+    ]
+    sections = {
+        "quality": lambda d: quality_section(d, results_dir, out),
+        "model_speed": lambda d: model_speed_section(d, results_dir),
+        "video_speed": video_speed_section,
+    }
+    for name in KNOWN:
+        if name in results:
+            try:
+                lines += sections[name](results[name])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                lines += [f"## {name}", "", f"`{name}.json` has an unexpected layout ({exc!r}).", ""]
+        else:
+            lines += [
+                f"## {name.replace('_', ' ').capitalize()}",
+                "",
+                f"No `{name}.json` yet: run `python -m benchmarks.{name}`.",
+                "",
+            ]
+    extra = [s for s in results if s not in KNOWN and not s.startswith("model_speed_")]
+    if extra:
+        lines += ["## Other result files", "", *[f"- `{s}.json`" for s in extra], ""]
+    if problems:
+        lines += ["## Unreadable result files", "", *problems, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Generate RESULTS.md from the benchmark JSON files (never edit the numbers by hand).",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=DEFAULT_RESULTS_DIR,
+        help=f"folder of *.json results (default: {DEFAULT_RESULTS_DIR})",
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"file to write (default: {DEFAULT_OUT})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out: Path = args.out or DEFAULT_OUT
+    if not args.results_dir.is_dir() or not any(args.results_dir.glob("*.json")):
+        return fail(f"no benchmark results in {args.results_dir}: run the benchmarks first (make bench)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(args.results_dir, out), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
