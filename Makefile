@@ -35,11 +35,13 @@ $(VENV)/.dev: $(VENV)/.core
 train: $(VENV)/.dev
 	$(BIN)/python -m models.colorizer.train generator --run runs/generator
 
-## bench: the image-quality, model-speed and video-speed benchmarks, then RESULTS.md
+## bench: every benchmark (image quality, model speed, video speed, video quality, hints), then RESULTS.md
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.quality
 	$(BIN)/python -m benchmarks.model_speed
 	$(BIN)/python -m benchmarks.video_speed
+	$(BIN)/python -m benchmarks.video_quality
+	$(BIN)/python -m benchmarks.hints_curve
 	$(BIN)/python -m benchmarks.report
 
 results: $(VENV)/.dev

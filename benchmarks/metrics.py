@@ -12,7 +12,7 @@ All image inputs are 8-bit RGB ``[H, W, 3]`` (channel-last, R first).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -214,20 +214,33 @@ def warp_error(outputs: Sequence[U8], truths: Sequence[U8]) -> float:
     colorizer's own mistakes cannot bend the motion estimate; occlusions are removed by the
     forward-backward check.
     """
-    if len(outputs) != len(truths):
-        raise ValueError("outputs and truths must have the same length")
+    return warp_errors({"outputs": outputs}, truths)["outputs"]
+
+
+def warp_errors(outputs: Mapping[str, Sequence[U8]], truths: Sequence[U8]) -> dict[str, float]:
+    """:func:`warp_error` of several output sequences of the same ground truth, keyed like ``outputs``.
+
+    The optical flow is the expensive part and depends on the ground truth only, so it is computed
+    once per frame pair and shared: comparing colorizers then costs one flow, not one per colorizer,
+    and every colorizer is judged on exactly the same motion and the same valid pixels.
+    """
+    for name, frames in outputs.items():
+        if len(frames) != len(truths):
+            raise ValueError(f"{name}: outputs and truths must have the same length")
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
-    total, count = 0.0, 0
-    for t in range(len(outputs) - 1):
+    totals = dict.fromkeys(outputs, 0.0)
+    count = 0
+    for t in range(len(truths) - 1):
         g0 = cv2.cvtColor(truths[t], cv2.COLOR_RGB2GRAY)
         g1 = cv2.cvtColor(truths[t + 1], cv2.COLOR_RGB2GRAY)
         fw, bw = _flow(dis, g0, g1), _flow(dis, g1, g0)
         valid = valid_flow_mask(fw, bw)
-        ab0 = rgb_to_ab(outputs[t])
-        ab1_warped = _warp(rgb_to_ab(outputs[t + 1]), fw)
-        total += float(_ab_distance(ab0, ab1_warped)[valid].sum())
         count += int(valid.sum())
-    return total / count if count else math.nan
+        for name, frames in outputs.items():
+            ab0 = rgb_to_ab(frames[t])
+            ab1_warped = _warp(rgb_to_ab(frames[t + 1]), fw)
+            totals[name] += float(_ab_distance(ab0, ab1_warped)[valid].sum())
+    return {name: total / count if count else math.nan for name, total in totals.items()}
 
 
 def summarize(values: Iterable[float]) -> dict[str, float]:

@@ -21,6 +21,8 @@ from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, safe_name
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "RESULTS.md"
 KNOWN = ("quality", "model_speed", "video_speed")
+OPTIONAL = ("video_quality", "hints_curve")
+"""Sections shown only when their JSON exists (no placeholder when absent)."""
 
 
 def _num(x: Any, digits: int = 2) -> str:
@@ -250,6 +252,179 @@ def video_speed_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _link(results_dir: Path, out: Path, name: str, label: str) -> str:
+    path = results_dir / name
+    rel = Path(os.path.relpath(path, out.parent)).as_posix()
+    return f"[{label}]({rel})" + ("" if path.is_file() else " (file missing)")
+
+
+VIDEO_MODES = (("memory", "memory"), ("per_frame", "per-frame"), ("gray", "grey"))
+
+
+def _ratio_cell(compare: dict[str, Any]) -> str:
+    return (
+        f"flicker ×{_num(compare.get('flicker_ratio'))}, warp ×{_num(compare.get('warp_ratio'))}, "
+        f"CDC ×{_num(compare.get('cdc_ratio'), 3)}, PSNR {_signed(compare.get('psnr_diff_db'))} dB"
+    )
+
+
+def _signed(x: Any, digits: int = 2) -> str:
+    """A difference with its sign always shown; a value that rounds to zero reads ``+0.00``, not
+    ``-0.00``."""
+    text = _num(x, digits)
+    if text == "–":
+        return text
+    if float(text) == 0.0:
+        text = text.lstrip("-")
+    return text if text.startswith("-") else "+" + text
+
+
+def video_quality_section(data: dict[str, Any], results_dir: Path, out: Path) -> list[str]:
+    seqs = dict(data.get("sequences") or {})
+    mean = data.get("mean") or {}
+    targets = data.get("targets") or {}
+    lines = [
+        "## Video quality (held-out DAVIS)",
+        "",
+        model_line(data)
+        + f" Working size {data.get('size', '?')}; sequences: "
+        + (", ".join(seqs) or "none")
+        + f" ({mean.get('frames', '?')} frames).",
+        "",
+    ]
+    lines += _smoke_note(data)
+    if data.get("max_frames"):
+        lines += [
+            f"> Partial run (`--max-frames {data['max_frames']}` per sequence): not a final figure.",
+            "",
+        ]
+    lines += [
+        "Each sequence made grey (Lab L, a = b = 0) and colorized in order three ways in the same run: "
+        "**memory** (one session, memory on, reset at the start of the sequence), **per-frame** (memory "
+        "off) and the **grey** baseline (output = grey input; steady by construction, so the memory is "
+        "judged against per-frame). PSNR, SSIM, CF and ΔCF are frame means; CDC is the mean JS "
+        "divergence of RGB histograms of frames t and t+k; warp error is the mean |Δab| between output "
+        "t and output t+1 warped by DIS flow of the ground truth (occlusions removed by a "
+        "forward-backward check); flicker is the mean |Δab| between consecutive outputs where the "
+        "truth's ab changes by < 1. The truth column gives the ground truth's own figures for scale: an "
+        "output much steadier than the truth is usually a muted one (see ΔCF). Means over sequences, "
+        "each sequence counted once.",
+        "",
+        "| measure | memory | per-frame | grey | truth |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    modes = mean.get("modes") or {}
+    truth = mean.get("truth") or {}
+
+    def cdc(v: dict[str, Any], k: str) -> Any:
+        return (v.get("cdc") or {}).get(k)
+
+    rows: list[tuple[str, Any, int, Any]] = [
+        ("PSNR dB ↑", lambda v: v.get("psnr"), 2, None),
+        ("SSIM ↑", lambda v: v.get("ssim"), 4, None),
+        ("CF", lambda v: v.get("cf"), 1, truth.get("cf")),
+        ("ΔCF ↓", lambda v: v.get("dcf"), 1, None),
+        ("CDC k=1 ↓", lambda v: cdc(v, "k1"), 5, cdc(truth, "k1")),
+        ("CDC k=2 ↓", lambda v: cdc(v, "k2"), 5, cdc(truth, "k2")),
+        ("CDC k=4 ↓", lambda v: cdc(v, "k4"), 5, cdc(truth, "k4")),
+        ("CDC mean ↓", lambda v: cdc(v, "mean"), 5, cdc(truth, "mean")),
+        ("warp error ↓", lambda v: v.get("warp"), 3, truth.get("warp")),
+        ("flicker ↓", lambda v: v.get("flicker"), 3, None),
+    ]
+    for label, get, digits, ref in rows:
+        cells = [_num(get(modes.get(mode) or {}), digits) for mode, _ in VIDEO_MODES]
+        lines.append(f"| {label} | {' | '.join(cells)} | {_num(ref, digits)} |")
+    compare = mean.get("compare") or {}
+    verdict = compare.get("pass") or {}
+    lines += [
+        "",
+        "| check (memory vs per-frame) | measured | target | result |",
+        "| --- | ---: | ---: | --- |",
+        f"| flicker, memory / per-frame | {_num(compare.get('flicker_ratio'))} | "
+        f"≤ {_num(targets.get('flicker_ratio_max'))} | {_mark(verdict.get('flicker'))} |",
+        f"| warp error, memory / per-frame | {_num(compare.get('warp_ratio'))} | "
+        f"≤ {_num(targets.get('warp_ratio_max'))} | {_mark(verdict.get('warp'))} |",
+        f"| CDC (mean over k), memory / per-frame | {_num(compare.get('cdc_ratio'), 3)} | "
+        f"≤ {_num(targets.get('cdc_ratio_max'))} (lower) | {_mark(verdict.get('cdc'))} |",
+        f"| PSNR, memory − per-frame | {_signed(compare.get('psnr_diff_db'))} dB | "
+        f"≥ −{_num(targets.get('psnr_drop_max_db'))} dB | {_mark(verdict.get('psnr'))} |",
+        "",
+        "Per sequence:",
+        "",
+        "| sequence | frames | mode | PSNR dB ↑ | SSIM ↑ | ΔCF ↓ | CDC ↓ | warp ↓ | flicker ↓ "
+        "| memory vs per-frame |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, seq in seqs.items():
+        seq_modes = seq.get("modes") or {}
+        for i, (mode, label) in enumerate(VIDEO_MODES):
+            v = seq_modes.get(mode) or {}
+            first = i == 0
+            lines.append(
+                f"| {name if first else ''} | {seq.get('frames', '') if first else ''} | {label} | "
+                f"{_num(v.get('psnr'))} | {_num(v.get('ssim'), 4)} | {_num(v.get('dcf'), 1)} | "
+                f"{_num(cdc(v, 'mean'), 5)} | {_num(v.get('warp'), 3)} | {_num(v.get('flicker'), 3)} | "
+                f"{_ratio_cell(seq.get('compare') or {}) if first else ''} |"
+            )
+    lines.append("")
+    strips = [(name, seq.get("strip")) for name, seq in seqs.items() if seq.get("strip")]
+    if strips:
+        links = [_link(results_dir, out, str(strip), name) for name, strip in strips]
+        lines += ["Frame strips (rows grey | per-frame | memory | truth): " + ", ".join(links) + ".", ""]
+    lines += [machine_line(data), ""]
+    return lines
+
+
+def hints_section(data: dict[str, Any]) -> list[str]:
+    sets = dict(data.get("sets") or {})
+    targets = data.get("targets_gain_db") or {}
+    verdict = data.get("pass") or {}
+    lines = [
+        "## Hints (PSNR against the number of hints)",
+        "",
+        model_line(data) + f" Working size {data.get('size', '?')}; set(s): {', '.join(sets) or 'none'} "
+        f"({data.get('n_images', '?')} pictures); seed {data.get('seed', '?')}.",
+        "",
+    ]
+    lines += _smoke_note(data)
+    lines += [
+        "The protocol of Zhang et al. (2017): N points drawn uniformly over the picture (the same points "
+        "for a picture and N in every run; the N points are the first N of one draw, so hints are only "
+        "ever added), each revealed as a hint disc of "
+        f"{_num(data.get('hint_radius_px'), 1)} px radius at the working size carrying the ground "
+        "truth's mean Lab a/b over that disc; grey input from the Lab L channel; memory off. Gain is "
+        "the mean per-picture PSNR difference against no hints. Near-grey ground truths are left out.",
+        "",
+        "| hints N | PSNR dB ↑ mean (median) | gain over N = 0 dB | ΔCF ↓ | target gain | result |",
+        "| ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for point in data.get("curve") or []:
+        n = point.get("n")
+        target = targets.get(str(n))
+        gain = (point.get("gain_db") or {}).get("mean")
+        dcf = (point.get("dcf") or {}).get("mean")
+        lines.append(
+            f"| {n} | {_stat(point, 'psnr', 2)} | {_signed(gain)} | {_num(dcf, 1)} | "
+            f"{'≥ +' + _num(target, 1) if target is not None else ''} | "
+            f"{_mark(verdict.get(str(n))) if target is not None else ''} |"
+        )
+    gray = (data.get("gray_psnr") or {}).get("mean")
+    lines += ["", f"Grey baseline (output = grey input) on the same pictures: PSNR {_num(gray)} dB.", ""]
+    missing = [n for n in targets if n not in {str(p.get("n")) for p in data.get("curve") or []}]
+    if missing:
+        lines += [f"Targets not measured in this run (N not in `--counts`): {', '.join(missing)}.", ""]
+    notes = []
+    for name, s in sets.items():
+        if s.get("near_gray"):
+            notes.append(f"- {name}: near-grey ground truth, left out: {', '.join(s['near_gray'])}.")
+        for skip in s.get("skipped") or []:
+            notes.append(f"- {name}: skipped {skip.get('name')}: {skip.get('reason')}.")
+    if notes:
+        lines += [*notes, ""]
+    lines += [machine_line(data), ""]
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------- the page
 
 
@@ -299,7 +474,17 @@ def render(results_dir: Path, out: Path) -> str:
                 f"No `{name}.json` yet: run `python -m benchmarks.{name}`.",
                 "",
             ]
-    extra = [s for s in results if s not in KNOWN and not s.startswith("model_speed_")]
+    optional = {
+        "video_quality": lambda d: video_quality_section(d, results_dir, out),
+        "hints_curve": hints_section,
+    }
+    for name in OPTIONAL:
+        if name in results:
+            try:
+                lines += optional[name](results[name])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                lines += [f"## {name}", "", f"`{name}.json` has an unexpected layout ({exc!r}).", ""]
+    extra = [s for s in results if s not in KNOWN and s not in OPTIONAL and not s.startswith("model_speed_")]
     if extra:
         lines += ["## Other result files", "", *[f"- `{s}.json`" for s in extra], ""]
     if problems:

@@ -22,9 +22,6 @@ import torch.nn.functional as F
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HOLDOUT_EVERY = 20  # 1 image in 20 is held out for model selection and chroma-gain tuning
-# DAVIS sequences reserved for video evaluation: never used for training. Chosen to span a still-ish
-# camera (blackswan), fast vehicles (car-shadow), a moving person (dance-twirl) and water (kite-surf).
-DAVIS_EVAL_SEQUENCES = ("blackswan", "car-shadow", "dance-twirl", "kite-surf")
 
 
 def shared_root() -> Path:

@@ -22,3 +22,7 @@ STATE_CHANNELS = 64
 STATE_STRIDE = 16
 INPUT_NAMES = ("L", "hints", "state")
 OUTPUT_NAMES = ("ab", "state_out")
+
+# DAVIS sequences reserved for video evaluation, never trained on. They span a near-still camera
+# (blackswan), fast vehicles (car-shadow), a moving person (dance-twirl) and water (kite-surf).
+DAVIS_EVAL_SEQUENCES = ("blackswan", "car-shadow", "dance-twirl", "kite-surf")
