@@ -76,7 +76,7 @@ def davis_root(shared: Path) -> Path:
 
 
 def default_sequences() -> list[str]:
-    """The sequences the colorizer is never trained on (:data:`models.colorizer.spec.DAVIS_EVAL_SEQUENCES`)."""
+    """The sequences the colorizer is never trained on (``spec.DAVIS_EVAL_SEQUENCES``)."""
     return list(spec.DAVIS_EVAL_SEQUENCES)
 
 
