@@ -16,12 +16,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.colorizer.hints import HintError, load_hints_file
 from models.runtime.base import RuntimeError_
 from models.runtime.registry import BACKENDS
 from models.runtime.session import MAX_SIZE, MIN_SIZE
 from stream.errors import ChromastreamError, UsageError
+
+if TYPE_CHECKING:
+    from stream.config import ServeConfig
 
 PROG = "chromastream"
 DEMO_OUTPUT = "chromastream-demo.mp4"
@@ -142,6 +146,97 @@ def _run_colorize(args: argparse.Namespace) -> int:
     return 0
 
 
+_SERVE_EPILOG = f"""\
+forms:
+  {PROG} serve                                   the bundled CCTV clip, looped as a live camera
+  {PROG} serve --source rtsp://cam/stream1       one camera (ids cam1, cam2, ... in order)
+  {PROG} serve --config serve.yaml               streams and settings from a YAML file
+
+Flags given beside --config override the file's values. The viewer page is at the printed URL; with
+--token, open it once as URL?token=TOKEN. Stop with Ctrl-C (or SIGTERM): viewers are disconnected and
+the pipeline is stopped cleanly."""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
+    return value
+
+
+def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="colorize live streams and serve them to browsers (WebRTC), with a REST API and metrics",
+        description="Run the live pipeline and its web server: viewer page, REST API, WHEP/WHIP, /metrics.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration (streams, pipeline)")
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a stream to colorize (rtsp://..., a file, synthetic:); repeat for more; ids cam1, cam2, ...",
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, help="TCP port (default 8080; 0 picks a free one)")
+    parser.add_argument("--token", help="bearer token required by the API, signalling, page and metrics")
+    parser.add_argument(
+        "--size", type=_working_size, metavar="N", help="short side of the network's working resolution"
+    )
+    parser.add_argument("--backend", choices=BACKENDS, help="inference backend (default auto)")
+    parser.add_argument("--model", type=Path, metavar="PATH", help="colorizer ONNX file (default: shipped)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    parser.set_defaults(handler=_run_serve)
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The file's config (or the defaults) with the flags laid over it."""
+    import dataclasses
+
+    from stream.config import ServeConfig, StreamConfig, load_config
+
+    config = load_config(args.config) if args.config is not None else ServeConfig()
+    if args.source:
+        config = dataclasses.replace(
+            config,
+            streams=config.streams
+            + tuple(StreamConfig(id=f"cam{i}", url=url) for i, url in enumerate(args.source, start=1)),
+        )
+    elif args.config is None:
+        demo = StreamConfig(id="demo", url=str(demo_clip()), loop=True, realtime=True)
+        config = dataclasses.replace(config, streams=(demo,))
+    pipeline = dataclasses.replace(
+        config.pipeline,
+        **{
+            key: value
+            for key, value in (("size", args.size), ("backend", args.backend), ("model", args.model))
+            if value is not None
+        },
+    )
+    overrides = {
+        key: value
+        for key, value in (("host", args.host), ("port", args.port), ("token", args.token))
+        if value is not None
+    }
+    return dataclasses.replace(config, pipeline=pipeline, **overrides)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.server import serve
+
+    config = _serve_config(args)
+    asyncio.run(serve(config, announce=lambda url: print(f"chromastream: viewer at {url}", flush=True)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -149,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_colorize(subparsers)
+    _add_serve(subparsers)
     return parser
 
 

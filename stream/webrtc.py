@@ -1,0 +1,784 @@
+"""WebRTC with aiortc: WHEP viewers of colorized streams and WHIP publishers as live sources.
+
+Encode once per stream, fan out to every viewer
+-----------------------------------------------
+aiortc encodes inside each ``RTCRtpSender``: ``_next_encoded_frame`` awaits ``track.recv()`` and, for an
+``av.VideoFrame``, runs that sender's own encoder, so N viewers of one stream would cost N encodes of the
+same picture. The same method also accepts an ``av.Packet`` from ``recv()`` and then only packetizes it
+(``Encoder.pack``: VP8 payload descriptors, H.264 STAP-A/FU-A). That public path is what this module uses:
+
+* :class:`StreamEncoder` subscribes to the pipeline once per (stream, codec), encodes each output frame
+  once in an executor (libvpx realtime or libx264 baseline/zerolatency) and hands the packet to every
+  attached viewer's bounded queue.
+* :class:`EncodedVideoTrack` is each viewer's track; its ``recv()`` returns those shared packets.
+* The codec is pinned per viewer with the standard ``RTCRtpTransceiver.setCodecPreferences`` before the
+  offer is applied: VP8 whenever the offer has it (Chromium and Firefox both do), H.264 otherwise, so
+  all viewers of a stream normally share one encoder.
+
+What sharing gives up, and how each gap is closed without patching aiortc:
+
+* Keyframes on demand. aiortc answers a viewer's PLI/FIR by setting a flag that only its own encoder
+  reads. A new viewer therefore asks the shared encoder for a keyframe when it attaches and skips packets
+  until one arrives; the encoder also emits a keyframe every ``keyframe_interval`` frames so a viewer
+  that lost packets recovers by itself; and the sender's ``_send_keyframe`` hook (an underscore method,
+  called on PLI/FIR) is wrapped per sender instance, when present, to forward the request.
+* Per-viewer bitrate adaptation (REMB). It would set ``target_bitrate`` on the sender's own encoder,
+  which is not used here; the shared encoder runs at one configured bitrate for all viewers.
+* A viewer that falls behind cannot drop single packets of a predicted stream; its queue is emptied and
+  it waits for the next keyframe (one is requested), so a slow viewer never delays the others.
+
+Viewers per stream stay capped (``max_viewers``): packetization, SRTP and sending are still per viewer.
+
+RTP timestamps and metadata
+---------------------------
+The packets carry the source's pts converted to the 90 kHz RTP clock, pushed forward where the source
+goes back in time (a looped file), since receivers treat older timestamps as stale. Each data-channel
+message is the same object that ``/api/streams/{id}/events`` sends (stream, pts, time_base, the
+pipeline's metadata) plus ``rtp_time``, the 90 kHz timestamp of its frame before the sender's random
+origin: a receiver matches metadata to pictures by a constant offset (``RTCRtpReceiver`` frame pts in
+aiortc, ``requestVideoFrameCallback``'s ``rtpTimestamp`` in a browser).
+
+Loopback
+--------
+aioice leaves 127.0.0.1 out of its host candidates (``aioice.ice.get_host_addresses``) and has no
+option to include it; :func:`allow_loopback_candidates` wraps that function so a server bound to, or
+tested on, 127.0.0.1 can be reached. The wrapper only adds a candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Protocol
+
+import av
+import numpy as np
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
+
+from stream.errors import ChromastreamError
+from stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
+
+logger = logging.getLogger("stream.webrtc")
+
+RTP_CLOCK = 90_000
+RTP_TIME_BASE = Fraction(1, RTP_CLOCK)
+#: Codecs the shared encoders produce, in order of preference.
+CODECS = ("VP8", "H264")
+DEFAULT_BITRATE = 1_500_000
+DEFAULT_KEYFRAME_INTERVAL = 60
+#: Packets a viewer may hold before it is considered behind and resynchronized on a keyframe.
+VIEWER_QUEUE = 30
+
+
+class WebRTCError(ChromastreamError):
+    """Signalling failed for a reason the client can fix (bad SDP, no usable codec)."""
+
+
+class TooManyViewers(WebRTCError):
+    """The stream already has ``max_viewers`` viewers."""
+
+
+class UnknownSession(WebRTCError):
+    """No viewer or publisher has that id (closed already, or never existed)."""
+
+
+class Subscription(Protocol):
+    """The part of the pipeline's subscription used here: an async iterator that ends with the stream."""
+
+    def __aiter__(self) -> AsyncIterator[OutputFrame]: ...
+
+    def close(self) -> None: ...
+
+
+class FrameFeed(Protocol):
+    """What viewers need from the pipeline: one subscription per encoder."""
+
+    def subscribe(self, stream_id: str, maxsize: int = 2) -> Any: ...
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+_loopback_installed = False
+
+
+def allow_loopback_candidates() -> None:
+    """Make aioice offer 127.0.0.1 as a host candidate (idempotent; see the module docstring)."""
+    global _loopback_installed
+    if _loopback_installed:
+        return
+    import aioice.ice
+
+    original: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+
+    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = list(original(use_ipv4, use_ipv6))
+        if use_ipv4 and "127.0.0.1" not in addresses:
+            addresses.append("127.0.0.1")
+        return addresses
+
+    aioice.ice.get_host_addresses = with_loopback
+    _loopback_installed = True
+
+
+def peer_connection() -> RTCPeerConnection:
+    """A peer with no outside STUN/TURN: host candidates only, so nothing outside this network is asked."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+def frame_event(frame: OutputFrame) -> dict[str, Any]:
+    """The per-frame metadata object sent to clients, keyed by stream id and pts.
+
+    The pipeline's own metadata comes first and wins; the keys are only filled in where it lacks them,
+    so a client can always match an event to a frame.
+    """
+    event: dict[str, Any] = dict(frame.metadata)
+    event.setdefault("stream", frame.stream_id)
+    event.setdefault("pts", frame.pts)
+    event.setdefault("time_base", f"{frame.time_base.numerator}/{frame.time_base.denominator}")
+    event.setdefault("index", frame.index)
+    return event
+
+
+def to_json(event: dict[str, Any]) -> str:
+    """Compact JSON; anything exotic a stage put in the metadata is written as text instead of failing."""
+    return json.dumps(event, separators=(",", ":"), default=str)
+
+
+def to_video_frame(frame: OutputFrame) -> av.VideoFrame:
+    """An ``av.VideoFrame`` (yuv420p) from the output planes, with the frame's pts and time base."""
+    height, width = frame.y.shape
+    video = av.VideoFrame(width, height, "yuv420p")
+    for plane, data in zip(video.planes, (frame.y, frame.u, frame.v), strict=True):
+        view = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+        view[:, : plane.width] = data[: plane.height, : plane.width]
+    video.pts = frame.pts
+    video.time_base = frame.time_base
+    video.color_range = 2 if frame.full_range else 1  # AVCOL_RANGE_JPEG / AVCOL_RANGE_MPEG
+    return video
+
+
+def offered_codec(sdp: str) -> str:
+    """The codec the shared encoders should use for this offer: the first of :data:`CODECS` it has."""
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever the malformed line triggers
+        raise WebRTCError(f"the SDP offer cannot be parsed: {exc}") from exc
+    video = [m for m in description.media if m.kind == "video"]
+    if not video:
+        raise WebRTCError("the SDP offer has no video section")
+    names = {c.mimeType.split("/", 1)[-1].upper() for c in video[0].rtp.codecs}
+    for codec in CODECS:
+        if codec in names:
+            return codec
+    raise WebRTCError(f"the offer has no codec this server sends ({', '.join(CODECS)})")
+
+
+def _prefer(transceiver: Any, codec: str) -> None:
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for c in capabilities if c.mimeType.upper() == f"VIDEO/{codec}"]
+    if codec == "H264":  # aiortc's packetizer is packetization-mode 1; keep one profile
+        chosen = chosen[:1]
+    rtx = [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+    transceiver.setCodecPreferences(chosen + rtx)
+
+
+def _wrap_keyframe_requests(sender: RTCRtpSender, request: Callable[[], None]) -> None:
+    """Forward the sender's PLI/FIR handling to the shared encoder (see the module docstring)."""
+    original = getattr(sender, "_send_keyframe", None)
+    if not callable(original):
+        return
+
+    def send_keyframe() -> None:
+        original()
+        request()
+
+    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+
+
+def _parse_offer(sdp: str) -> RTCSessionDescription:
+    if "v=0" not in sdp[:64] or "m=" not in sdp:
+        raise WebRTCError("the body is not an SDP offer (it must start with 'v=0' and have media)")
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+# ------------------------------------------------------------------------------------ shared encoding
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One encoded picture shared by all viewers of a stream, with the metadata of its frame."""
+
+    packet: av.Packet[Any]
+    keyframe: bool
+    event: dict[str, Any]
+
+
+class _ViewerQueue:
+    """A viewer's bounded packet queue. Overflow empties it and waits for a keyframe (named policy:
+    RESYNC_ON_KEYFRAME), because a predicted stream cannot lose a single packet and stay decodable."""
+
+    def __init__(self, request_keyframe: Callable[[], None], maxsize: int = VIEWER_QUEUE) -> None:
+        self._items: deque[EncodedFrame | None] = deque()
+        self._maxsize = maxsize
+        self._ready = asyncio.Event()
+        self._request_keyframe = request_keyframe
+        self.waiting_for_keyframe = True
+        self.resyncs = 0
+        self.ended = False
+
+    def put(self, item: EncodedFrame) -> None:
+        if self.ended:
+            return
+        if self.waiting_for_keyframe:
+            if not item.keyframe:
+                return
+            self.waiting_for_keyframe = False
+        if len(self._items) >= self._maxsize:
+            self._items.clear()
+            self.resyncs += 1
+            self.waiting_for_keyframe = not item.keyframe
+            if self.waiting_for_keyframe:
+                self._request_keyframe()
+                return
+        self._items.append(item)
+        self._ready.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._items.append(None)
+        self._ready.set()
+
+    async def get(self) -> EncodedFrame | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
+class StreamEncoder:
+    """Encodes one stream's output once (per codec) and fans the packets out to its viewers."""
+
+    def __init__(
+        self,
+        feed: FrameFeed,
+        stream_id: str,
+        codec: str,
+        *,
+        bitrate: int = DEFAULT_BITRATE,
+        keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
+        on_idle: Callable[[StreamEncoder], None] | None = None,
+        on_end: Callable[[StreamEncoder], None] | None = None,
+    ) -> None:
+        if codec not in CODECS:
+            raise WebRTCError(f"unsupported codec {codec!r}")
+        self.stream_id = stream_id
+        self.codec = codec
+        self.frames_encoded = 0
+        self._feed = feed
+        self._bitrate = bitrate
+        self._keyframe_interval = keyframe_interval
+        self._on_idle = on_idle
+        self._on_end = on_end
+        self.ended = False
+        self._queues: set[_ViewerQueue] = set()
+        self._context: av.VideoCodecContext | None = None
+        self._force_keyframe = True
+        self._since_keyframe = 0
+        self._last_rtp: int | None = None
+        self._rtp_offset = 0
+        self._task: asyncio.Task[None] | None = None
+        self._subscription: Any = None
+
+    @property
+    def viewers(self) -> int:
+        return len(self._queues)
+
+    def attach(self) -> _ViewerQueue:
+        queue = _ViewerQueue(self.request_keyframe)
+        self._queues.add(queue)
+        self.request_keyframe()
+        if self._task is None:
+            self._subscription = self._feed.subscribe(self.stream_id, maxsize=2)
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"encode-{self.stream_id}-{self.codec}"
+            )
+        return queue
+
+    def detach(self, queue: _ViewerQueue) -> None:
+        self._queues.discard(queue)
+        if not self._queues:
+            self._shutdown()
+
+    def request_keyframe(self) -> None:
+        self._force_keyframe = True
+
+    def _shutdown(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        self._task = None
+        if self._on_idle is not None:
+            self._on_idle(self)
+
+    async def close(self) -> None:
+        task = self._task
+        for queue in list(self._queues):
+            queue.end()
+        self._queues.clear()
+        self._shutdown()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        subscription = self._subscription
+        try:
+            async for frame in subscription:
+                event = frame_event(frame)
+                video = to_video_frame(frame)
+                rtp_time = self._rtp_time(frame)
+                force = self._force_keyframe or self._since_keyframe + 1 >= self._keyframe_interval
+                self._force_keyframe = False
+                packet = await loop.run_in_executor(None, self._encode, video, force)
+                if packet is None:
+                    continue
+                packet.pts = rtp_time
+                packet.dts = rtp_time
+                packet.time_base = RTP_TIME_BASE
+                keyframe = bool(packet.is_keyframe)
+                self._since_keyframe = 0 if keyframe else self._since_keyframe + 1
+                self.frames_encoded += 1
+                event["rtp_time"] = rtp_time % (1 << 32)
+                item = EncodedFrame(packet, keyframe, event)
+                for queue in list(self._queues):
+                    queue.put(item)
+            self.ended = self._subscription is subscription  # not closed by the last viewer leaving
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            self.ended = True
+            logger.exception("encoder of stream %s failed; its viewers are disconnected", self.stream_id)
+        finally:
+            for queue in list(self._queues):
+                queue.end()
+            if self._task is asyncio.current_task():
+                self._queues.clear()
+                self._shutdown()
+            if self.ended and self._on_end is not None:
+                self._on_end(self)
+
+    def _rtp_time(self, frame: OutputFrame) -> int:
+        if frame.pts is None:
+            ts = round(frame.ingest_time * RTP_CLOCK)
+        else:
+            ts = round(frame.pts * frame.time_base * RTP_CLOCK)
+        ts += self._rtp_offset
+        if self._last_rtp is not None and ts <= self._last_rtp:
+            step = RTP_CLOCK // 30
+            self._rtp_offset += self._last_rtp + step - ts
+            ts = self._last_rtp + step
+        self._last_rtp = ts
+        return ts
+
+    def _encode(self, video: av.VideoFrame, keyframe: bool) -> av.Packet[Any] | None:
+        """Runs in an executor: one frame in, at most one packet out (no lag, no B-frames)."""
+        context = self._context
+        if context is None or context.width != video.width or context.height != video.height:
+            context = self._context = self._open(video.width, video.height)
+            keyframe = True
+        # The encoder sees a frame counter as its clock; the caller restores the stream's own time.
+        video.pts = self.frames_encoded
+        video.time_base = context.time_base
+        video.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
+        data = b"".join(bytes(p) for p in context.encode(video))
+        if not data:
+            return None
+        packet = av.Packet(data)
+        if keyframe or self._looks_like_keyframe(data):
+            packet.is_keyframe = True
+        return packet
+
+    def _looks_like_keyframe(self, data: bytes) -> bool:
+        if self.codec == "VP8":
+            return not data[0] & 0x01  # VP8 frame tag: bit 0 clear on key frames
+        return b"\x00\x00\x01\x65" in data or b"\x00\x00\x01\x67" in data  # IDR slice or SPS
+
+    def _open(self, width: int, height: int) -> av.VideoCodecContext:
+        if self.codec == "VP8":
+            context = av.CodecContext.create("libvpx", "w")
+            context.options = {
+                "deadline": "realtime",
+                "cpu-used": "8",
+                "lag-in-frames": "0",
+                "error-resilient": "1",
+                "static-thresh": "1",
+                "undershoot-pct": "100",
+                "overshoot-pct": "15",
+                "bufsize": str(self._bitrate),
+            }
+            context.qmin, context.qmax = 2, 56
+        else:
+            context = av.CodecContext.create("libx264", "w")
+            context.options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31"}
+            context.profile = "Baseline"
+        assert isinstance(context, av.VideoCodecContext)
+        context.width, context.height = width, height
+        context.pix_fmt = "yuv420p"
+        context.bit_rate = self._bitrate
+        context.time_base = Fraction(1, 30)
+        context.framerate = Fraction(30, 1)
+        context.gop_size = max(self._keyframe_interval, 1)
+        context.thread_count = 1
+        return context
+
+
+class EncodedVideoTrack(MediaStreamTrack):
+    """A viewer's video track: the shared packets of its stream, metadata sent as each one leaves."""
+
+    kind = "video"
+
+    def __init__(self, encoder: StreamEncoder, on_event: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._encoder = encoder
+        self._queue = encoder.attach()
+        self._on_event = on_event
+        self.frames_sent = 0
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        item = await self._queue.get()
+        if item is None:
+            self.stop()
+            raise MediaStreamError
+        self.frames_sent += 1
+        self._on_event(item.event)
+        return item.packet
+
+    def request_keyframe(self) -> None:
+        self._encoder.request_keyframe()
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self._encoder.detach(self._queue)
+        super().stop()
+
+
+# ------------------------------------------------------------------------------------------- viewers
+
+
+@dataclass(eq=False)
+class Viewer:
+    """One WHEP session: its peer, its track and, if the client opened one, its data channel."""
+
+    id: str
+    stream_id: str
+    pc: RTCPeerConnection
+    track: EncodedVideoTrack | None = None
+    channel: RTCDataChannel | None = None
+    created: float = field(default_factory=time.monotonic)
+    messages_sent: int = 0
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        try:
+            channel.send(to_json(event))
+            self.messages_sent += 1
+        except Exception:  # an exception escaping here would close the whole peer connection
+            logger.warning("viewer %s: metadata not sent", self.id, exc_info=True)
+
+
+# ------------------------------------------------------------------------------------------ ingest
+
+
+class WhipSource:
+    """A live :class:`~stream.frames.Source` fed by a WebRTC publisher's video track.
+
+    Only the luma of each received picture is used (the colorizer's input); chroma the publisher sent is
+    ignored. Odd sizes are cropped to even, as the 4:2:0 output needs. The source ends when the publisher
+    hangs up (the track ends) and ``close()`` closes the peer.
+    """
+
+    live = True
+
+    def __init__(self, stream_id: str, pc: RTCPeerConnection) -> None:
+        self.stream_id = stream_id
+        self.frames_received = 0
+        self._pc = pc
+        self._track: MediaStreamTrack | None = None
+        self._track_ready = asyncio.Event()
+        self._closed = False
+
+    def set_track(self, track: MediaStreamTrack) -> None:
+        if self._track is None and track.kind == "video":
+            self._track = track
+            self._track_ready.set()
+
+    async def events(self) -> AsyncIterator[SourceEvent]:
+        await self._track_ready.wait()
+        track = self._track
+        assert track is not None
+        index = 0
+        while not self._closed:
+            try:
+                received = await track.recv()
+            except MediaStreamError:
+                break
+            if not isinstance(received, av.VideoFrame):
+                continue
+            y = _luma(received)
+            self.frames_received += 1
+            yield Frame(
+                stream_id=self.stream_id,
+                index=index,
+                pts=received.pts,
+                time_base=Fraction(received.time_base) if received.time_base else RTP_TIME_BASE,
+                y=y,
+                full_range=received.color_range == 2,
+                ingest_time=time.monotonic(),
+            )
+            index += 1
+        yield EndOfStream(self.stream_id)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._track_ready.set()
+        if self._track is not None:
+            self._track.stop()
+        await self._pc.close()
+
+
+def _luma(frame: av.VideoFrame) -> np.ndarray:
+    if frame.format.name not in ("yuv420p", "yuvj420p", "gray", "nv12"):
+        frame = frame.reformat(format="yuv420p")
+    plane = frame.planes[0]
+    view = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+    height, width = frame.height & ~1, frame.width & ~1
+    return view[:height, :width].copy()
+
+
+@dataclass(eq=False)
+class Publisher:
+    id: str
+    stream_id: str
+    pc: RTCPeerConnection
+    source: WhipSource
+
+
+# -------------------------------------------------------------------------------------------- hub
+
+
+class WebRTCHub:
+    """Owns every peer connection of the server: WHEP viewers, WHIP publishers and shared encoders.
+
+    ``add_source`` is how a publisher's stream enters the pipeline (the server passes a function that
+    builds the stream's config and calls ``pipeline.add_stream``); ``remove_source`` takes it out again.
+    """
+
+    def __init__(
+        self,
+        feed: FrameFeed,
+        *,
+        add_source: Callable[[str, WhipSource], Any] | None = None,
+        remove_source: Callable[[str], Any] | None = None,
+        max_viewers: int = 8,
+        bitrate: int = DEFAULT_BITRATE,
+        keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._feed = feed
+        self._add_source = add_source
+        self._remove_source = remove_source
+        self.max_viewers = max_viewers
+        self._bitrate = bitrate
+        self._keyframe_interval = keyframe_interval
+        self._on_change = on_change
+        self.viewers: dict[str, Viewer] = {}
+        self.publishers: dict[str, Publisher] = {}
+        self._encoders: dict[tuple[str, str], StreamEncoder] = {}
+        self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def viewer_count(self, stream_id: str | None = None) -> int:
+        return sum(1 for v in self.viewers.values() if stream_id is None or v.stream_id == stream_id)
+
+    def encoders(self) -> list[StreamEncoder]:
+        return list(self._encoders.values())
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    def _encoder(self, stream_id: str, codec: str) -> StreamEncoder:
+        key = (stream_id, codec)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            encoder = StreamEncoder(
+                self._feed,
+                stream_id,
+                codec,
+                bitrate=self._bitrate,
+                keyframe_interval=self._keyframe_interval,
+                on_idle=self._forget_encoder,
+                on_end=self._encoder_ended,
+            )
+            self._encoders[key] = encoder
+        return encoder
+
+    def _forget_encoder(self, encoder: StreamEncoder) -> None:
+        key = (encoder.stream_id, encoder.codec)
+        if self._encoders.get(key) is encoder:
+            del self._encoders[key]
+
+    def _encoder_ended(self, encoder: StreamEncoder) -> None:
+        """The stream ended or was removed: hang up its viewers rather than leave them on a still picture."""
+        if not self._closing:
+            task = asyncio.get_running_loop().create_task(self.close_viewers_of(encoder.stream_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def whep(self, stream_id: str, offer_sdp: str) -> tuple[Viewer, str]:
+        """Answer a viewer's offer; the caller has checked that the stream exists."""
+        if self._closing:
+            raise WebRTCError("the server is shutting down")
+        if self.viewer_count(stream_id) >= self.max_viewers:
+            raise TooManyViewers(f"stream {stream_id!r} already has {self.max_viewers} viewers (the limit)")
+        offer = _parse_offer(offer_sdp)
+        codec = offered_codec(offer_sdp)
+        pc = peer_connection()
+        viewer = Viewer(uuid.uuid4().hex, stream_id, pc)
+        self.viewers[viewer.id] = viewer
+        try:
+            transceiver = pc.addTransceiver("video", direction="sendonly")
+            _prefer(transceiver, codec)
+
+            @pc.on("datachannel")
+            def on_datachannel(channel: RTCDataChannel) -> None:
+                viewer.channel = channel
+
+                @channel.on("message")
+                def on_message(message: Any) -> None:
+                    try:  # clients may ping; anything they send is only logged
+                        logger.debug("viewer %s says %r", viewer.id, message)
+                    except Exception:
+                        logger.warning("viewer %s: message handler failed", viewer.id, exc_info=True)
+
+            @pc.on("connectionstatechange")
+            async def on_state() -> None:
+                if pc.connectionState in ("failed", "closed"):
+                    await self.close_viewer(viewer.id)
+
+            await pc.setRemoteDescription(offer)
+            track = EncodedVideoTrack(self._encoder(stream_id, codec), viewer.send_event)
+            viewer.track = track
+            sender = pc.addTrack(track)
+            _wrap_keyframe_requests(sender, track.request_keyframe)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            await self.close_viewer(viewer.id)
+            if isinstance(exc, WebRTCError):
+                raise
+            raise WebRTCError(f"the offer cannot be answered: {exc}") from exc
+        self._changed()
+        return viewer, pc.localDescription.sdp
+
+    async def close_viewer(self, viewer_id: str) -> None:
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None:
+            raise UnknownSession(f"no viewer {viewer_id!r}")
+        if viewer.track is not None:
+            viewer.track.stop()
+        await viewer.pc.close()
+        self._changed()
+
+    async def close_viewers_of(self, stream_id: str) -> None:
+        for viewer in [v for v in self.viewers.values() if v.stream_id == stream_id]:
+            with contextlib.suppress(UnknownSession):
+                await self.close_viewer(viewer.id)
+
+    async def whip(self, stream_id: str, offer_sdp: str) -> tuple[Publisher, str]:
+        """Accept a publisher: its video becomes a live source named ``stream_id`` in the pipeline."""
+        if self._closing:
+            raise WebRTCError("the server is shutting down")
+        if self._add_source is None:
+            raise WebRTCError("this server does not take WebRTC ingest")
+        offer = _parse_offer(offer_sdp)
+        pc = peer_connection()
+        source = WhipSource(stream_id, pc)
+        publisher = Publisher(uuid.uuid4().hex, stream_id, pc, source)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            source.set_track(track)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "failed":
+                await pc.close()
+
+        try:
+            await pc.setRemoteDescription(offer)
+            if source._track is None:
+                raise WebRTCError("the offer publishes no video track")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            await pc.close()
+            if isinstance(exc, WebRTCError):
+                raise
+            raise WebRTCError(f"the offer cannot be answered: {exc}") from exc
+        result = self._add_source(stream_id, source)
+        if asyncio.iscoroutine(result):
+            try:
+                await result
+            except BaseException:
+                await pc.close()
+                raise
+        self.publishers[publisher.id] = publisher
+        self._changed()
+        return publisher, pc.localDescription.sdp
+
+    async def close_publisher(self, publisher_id: str) -> None:
+        publisher = self.publishers.pop(publisher_id, None)
+        if publisher is None:
+            raise UnknownSession(f"no publisher {publisher_id!r}")
+        await publisher.source.close()
+        if self._remove_source is not None:
+            result = self._remove_source(publisher.stream_id)
+            if asyncio.iscoroutine(result):
+                with contextlib.suppress(Exception):
+                    await result
+        self._changed()
+
+    async def close(self) -> None:
+        """Close every peer (viewers first, so nothing waits on a stream being removed)."""
+        self._closing = True
+        for viewer_id in list(self.viewers):
+            with contextlib.suppress(UnknownSession):
+                await self.close_viewer(viewer_id)
+        for encoder in list(self._encoders.values()):
+            await encoder.close()
+        for publisher_id in list(self.publishers):
+            with contextlib.suppress(UnknownSession):
+                await self.close_publisher(publisher_id)
