@@ -1,0 +1,281 @@
+"""What ``chromastream serve`` runs: the pipeline's knobs and the streams it starts with.
+
+Configuration is a tree of frozen dataclasses, validated when built, so a running server never meets a
+half-valid setting and every object can be shared between tasks without copying. :func:`load_config` reads
+the YAML file once at the entry point; every error names the key that is wrong (``streams[1].id``) and says
+what it should be, because the person reading it is editing that file.
+
+A file looks like::
+
+    host: 0.0.0.0
+    port: 8080
+    token: change-me            # optional: required on the REST API when set
+    pipeline:
+      size: 256
+      max_batch: 8
+    streams:
+      - id: gate
+        url: rtsp://user:secret@10.0.0.7/stream1
+        hints: [{x: 0.5, y: 0.2, rgb: "#3070c0"}]
+
+Relative paths (``model``, ``record``) are taken relative to the file's folder, not the working directory,
+so a config means the same thing wherever the server is started from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hints
+from models.runtime.session import MAX_SIZE, MIN_SIZE
+from stream.errors import ChromastreamError
+
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TRANSPORTS = ("tcp", "udp")
+
+
+class ConfigError(ChromastreamError):
+    """The configuration is invalid; the message names the key and what it should be."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for logs, the API and metrics.
+
+    Camera URLs routinely carry credentials (``rtsp://admin:pass@host``); the user name stays because it
+    helps tell streams apart and is rarely the secret.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One input the server colorizes and republishes."""
+
+    id: str
+    """Name of the stream in URLs, metrics and metadata: 1-64 of ``A-Z a-z 0-9 _ -``."""
+    url: str
+    """Where frames come from: ``rtsp://...``, a file path, or ``synthetic:`` for a test pattern."""
+    loop: bool = False
+    """Start a file over when it ends (a demo or a soak test) instead of ending the stream."""
+    realtime: bool = True
+    """Pace a file at its own frame rate, as a camera would deliver it; ``False`` reads as fast as the
+    pipeline takes frames (batch jobs), without drops."""
+    transport: str = "tcp"
+    """RTSP transport: ``tcp`` (interleaved, survives NAT and loss) or ``udp`` (lower latency on a LAN)."""
+    record: Path | None = None
+    """Also write the colorized stream to this file (with metadata as JSON lines beside it)."""
+    rtsp_push: str | None = None
+    """Also publish the colorized stream to this RTSP server URL (RECORD)."""
+    hints: tuple[Hint, ...] = ()
+    """Colour hints applied from the first frame: a fixed camera's known colours."""
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.id, str) and STREAM_ID.fullmatch(self.id) is not None,
+            "id",
+            f"must be 1-64 characters of A-Z a-z 0-9 _ -, got {self.id!r}",
+        )
+        _check(isinstance(self.url, str) and bool(self.url.strip()), "url", "must be a non-empty string")
+        _check(
+            self.transport in TRANSPORTS, "transport", f"must be one of {TRANSPORTS}, got {self.transport!r}"
+        )
+        _check(len(self.hints) <= MAX_HINTS, "hints", f"at most {MAX_HINTS} hints, got {len(self.hints)}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How frames are colorized: model, working size, batching, queues."""
+
+    size: int = 256
+    """Short side of the network's working resolution; output keeps the input's full resolution."""
+    backend: str = "auto"
+    """Inference backend name (``auto`` picks the fastest available here)."""
+    model: Path | None = None
+    """Colorizer ONNX file; ``None`` uses the shipped model."""
+    max_batch: int = 8
+    """Most frames (of any streams) run in one inference call."""
+    max_wait_ms: float = 5.0
+    """Longest a frame waits for others to fill a batch: the latency paid for throughput."""
+    queue_size: int = 4
+    """Frames buffered per stream before a live source's oldest frame is dropped."""
+    memory: bool = True
+    """Carry the recurrent state from frame to frame (temporal stability); ``False`` colours each frame
+    alone."""
+    scene_cut_threshold: float | None = 0.45
+    """Scene-cut score above which the state resets (see :mod:`stream.scene_cut`); ``None`` disables."""
+    detector_rate: float = 2.0
+    """Frames per second per stream sampled for the deepfake detector (``0`` samples none)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            MIN_SIZE <= self.size <= MAX_SIZE, "size", f"must be in {MIN_SIZE}..{MAX_SIZE}, got {self.size}"
+        )
+        _check(bool(self.backend), "backend", "must name a backend, e.g. 'auto'")
+        _check(1 <= self.max_batch <= 256, "max_batch", f"must be in 1..256, got {self.max_batch}")
+        _check(
+            math.isfinite(self.max_wait_ms) and 0 <= self.max_wait_ms <= 1000,
+            "max_wait_ms",
+            f"must be in 0..1000, got {self.max_wait_ms}",
+        )
+        _check(1 <= self.queue_size <= 1024, "queue_size", f"must be in 1..1024, got {self.queue_size}")
+        if self.scene_cut_threshold is not None:
+            _check(
+                math.isfinite(self.scene_cut_threshold) and self.scene_cut_threshold > 0,
+                "scene_cut_threshold",
+                f"must be a positive number or null, got {self.scene_cut_threshold}",
+            )
+        _check(
+            math.isfinite(self.detector_rate) and 0 <= self.detector_rate <= 120,
+            "detector_rate",
+            f"must be in 0..120 frames per second, got {self.detector_rate}",
+        )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``chromastream serve`` needs: where to listen, how to colorize, what to ingest."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; the loopback default keeps a server private until asked otherwise."""
+    port: int = 8080
+    """TCP port of the HTTP server (``0`` picks a free one)."""
+    token: str | None = None
+    """Bearer token the REST API requires when set; viewers are open otherwise."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Colorizer and queue settings shared by all streams."""
+    streams: tuple[StreamConfig, ...] = ()
+    """Streams started with the server; more can be added through the API."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "host", "must be a non-empty address")
+        _check(0 <= self.port <= 65535, "port", f"must be in 0..65535, got {self.port}")
+        _check(self.token is None or bool(self.token), "token", "must be a non-empty string or absent")
+        seen: set[str] = set()
+        for i, stream in enumerate(self.streams):
+            _check(stream.id not in seen, f"streams[{i}].id", f"duplicate stream id {stream.id!r}")
+            seen.add(stream.id)
+
+
+# --- YAML loading -----------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
+    """``value`` as ``annotation`` (the subset of types the config uses), or a ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin is types.UnionType or origin is typing.Union:
+        options = typing.get_args(annotation)
+        if value is None:
+            _check(type(None) in options, key, "must not be null")
+            return None
+        (inner,) = [a for a in options if a is not type(None)]
+        return _convert(value, inner, key, base)
+    if annotation is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {_type_name(value)} {value!r}")
+        return value
+    if annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _check(ok, key, f"must be an integer, got {_type_name(value)} {value!r}")
+        return value
+    if annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _check(ok, key, f"must be a number, got {_type_name(value)} {value!r}")
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), key, f"must be a string, got {_type_name(value)} {value!r}")
+        return value
+    if annotation is Path:
+        _check(
+            isinstance(value, str) and bool(value), key, f"must be a path, got {_type_name(value)} {value!r}"
+        )
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    if annotation == tuple[Hint, ...]:
+        _check(isinstance(value, list), key, f"must be a list of hints, got {_type_name(value)}")
+        try:
+            return tuple(parse_hints(value))
+        except HintError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+    if annotation == tuple[StreamConfig, ...]:
+        _check(isinstance(value, list), key, f"must be a list of streams, got {_type_name(value)}")
+        return tuple(_build(StreamConfig, item, f"{key}[{i}]", base) for i, item in enumerate(value))
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        return _build(annotation, value, key, base)
+    raise TypeError(f"unsupported config type {annotation!r}")  # a programming error, not the user's
+
+
+def _build(cls: type[Any], data: Any, where: str, base: Path) -> Any:
+    prefix = f"{where}." if where else ""
+    _check(isinstance(data, dict), where or "config", f"must be a mapping of keys, got {_type_name(data)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = [str(k) for k in data if k not in known]
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; expected one of {', '.join(sorted(known))}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for name in required:
+        _check(name in data, f"{prefix}{name}", "is required")
+    kwargs = {name: _convert(value, hints[name], f"{prefix}{name}", base) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # __post_init__ names the field; add where it sits in the file
+        raise ConfigError(f"{prefix}{exc}") from None
+
+
+def parse_config(data: Any, base: Path | None = None) -> ServeConfig:
+    """A :class:`ServeConfig` from already-parsed YAML/JSON; relative paths are resolved against ``base``."""
+    if data is None:
+        data = {}
+    result: ServeConfig = _build(ServeConfig, data, "", base or Path.cwd())
+    return result
+
+
+def load_config(path: Path | str) -> ServeConfig:
+    """Read and validate a YAML configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    try:
+        return parse_config(data, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,903 @@
+"""The live pipeline: many streams in, colorized frames with metadata out, latency bounded.
+
+Each stream is a small graph of three tasks joined by bounded queues (GUIDE §3):
+
+``read``
+    pulls events from the stream's :class:`~stream.frames.Source` into the *input queue*. The queue's
+    :class:`DropPolicy` is named per source: ``DROP_OLDEST`` for live sources (a camera does not wait for
+    us; when we fall behind, the oldest frame goes and the drop is counted, so latency stays bounded) and
+    ``WAIT`` for files (nothing is lost; the reader simply waits). Resets and the end of the stream are
+    never dropped. Every ``1 / detector_rate`` seconds it also hands an input frame to the optional
+    :class:`DetectorHook`, in a task of its own, so the detector never delays a frame.
+``infer``
+    takes one frame at a time: scene-cut check and network input (in the CPU executor), the recurrent
+    state (zeros after a reset, a cut, a size change, or always without memory), then the shared
+    :class:`~stream.batcher.Batcher`, which runs frames of all streams in one inference call. The stream's
+    state lives here and nowhere else; the engine is stateless.
+``output``
+    turns the low-resolution ``ab`` and the full-resolution input luma into 4:2:0 planes (CPU executor;
+    the output's Y plane *is* the input's), attaches the metadata and offers the frame to every
+    :class:`Subscription`. Between ``infer`` and ``output`` sits a queue of one frame, so a frame is
+    post-processed while the next one is inferred.
+
+Subscribers (WebRTC encoders, SSE clients, recorders) each have their own bounded queue and drop their own
+oldest frame when they fall behind, so a slow viewer never slows the pipeline or another viewer.
+
+A supervisor task per stream owns the three tasks: when the source ends, the last frame flows out and
+subscribers receive :class:`~stream.frames.EndOfStream`; when any task fails, the error is logged with its
+traceback and shown in :class:`StreamInfo`, the other tasks are cancelled and the source is closed. Closing
+is bounded by :attr:`Pipeline.close_timeout`, so a source that hangs cannot hang :meth:`Pipeline.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import cv2
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from kernels.combine import l_from_luma, luma_ab_to_yuv420
+from models.colorizer.hints import MAX_HINTS, Hint, HintError, rasterize
+from models.runtime.base import F32, Backend
+from models.runtime.session import working_shape
+from stream.batcher import Batcher
+from stream.config import PipelineConfig, StreamConfig, redact_url
+from stream.errors import ChromastreamError
+from stream.frames import U8, EndOfStream, Frame, OutputFrame, Reset, Source, SourceEvent
+from stream.metadata import ColorizerInfo, frame_metadata
+from stream.metrics import PipelineMetrics
+from stream.scene_cut import SceneCutDetector
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Window of the rolling rates and latency percentiles in :class:`StreamInfo`.
+WINDOW_S = 5.0
+_WINDOW_MAX = 4096
+
+
+class PipelineError(ChromastreamError):
+    """Base class of the pipeline's errors."""
+
+
+class DuplicateStream(PipelineError):
+    """A stream with that id exists already."""
+
+
+class UnknownStream(PipelineError):
+    """No stream has that id."""
+
+
+class PipelineClosed(PipelineError):
+    """The pipeline was stopped; it takes no more streams."""
+
+
+# --- queues ----------------------------------------------------------------------------------------
+
+
+class DropPolicy(enum.Enum):
+    """What a full queue does with one more item."""
+
+    WAIT = "wait"
+    """The producer waits for room: nothing is lost, the producer slows down (files, recorders)."""
+    DROP_OLDEST = "drop_oldest"
+    """The oldest droppable item goes and is counted: the producer never waits, latency stays bounded."""
+
+
+class BoundedQueue(Generic[T]):
+    """A single-producer, single-consumer asyncio queue with a named :class:`DropPolicy`.
+
+    Items for which ``droppable`` is false (resets, the end of the stream) are never dropped and never wait:
+    they may take the queue past ``maxsize``, because losing one would be a correctness bug, not a delay.
+    """
+
+    def __init__(
+        self,
+        maxsize: int,
+        policy: DropPolicy,
+        droppable: Callable[[T], bool] = lambda _: True,
+        on_drop: Callable[[T], None] | None = None,
+    ):
+        if maxsize < 1:
+            raise ValueError(f"queue size must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self.policy = policy
+        self.drops = 0
+        self.high_water = 0
+        """The most droppable items the queue ever held (never above ``maxsize``)."""
+        self._droppable = droppable
+        self._on_drop = on_drop
+        self._items: deque[T] = deque()
+        self._count = 0  # droppable items held
+        self._not_empty = asyncio.Event()
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def _append(self, item: T) -> None:
+        self._items.append(item)
+        if self._droppable(item):
+            self._count += 1
+            self.high_water = max(self.high_water, self._count)
+        if self._count >= self.maxsize:
+            self._not_full.clear()
+        self._not_empty.set()
+
+    def _drop_oldest(self) -> None:
+        for i, old in enumerate(self._items):
+            if self._droppable(old):
+                del self._items[i]
+                self._count -= 1
+                self.drops += 1
+                if self._on_drop is not None:
+                    self._on_drop(old)
+                return
+
+    def put_nowait(self, item: T) -> None:
+        """Add ``item`` now: a control item always; under ``DROP_OLDEST`` after dropping the oldest frame
+        if full; under ``WAIT`` only if there is room (``asyncio.QueueFull`` otherwise)."""
+        if self._droppable(item) and self._count >= self.maxsize:
+            if self.policy is DropPolicy.WAIT:
+                raise asyncio.QueueFull
+            self._drop_oldest()
+        self._append(item)
+
+    async def put(self, item: T) -> None:
+        """Add ``item``; under ``WAIT`` this waits for room, otherwise it never waits."""
+        if self.policy is DropPolicy.WAIT and self._droppable(item):
+            while self._count >= self.maxsize:
+                self._not_full.clear()
+                await self._not_full.wait()
+        self.put_nowait(item)
+
+    def clear(self) -> None:
+        """Discard everything held (not counted as drops: nobody wants it any more)."""
+        self._items.clear()
+        self._count = 0
+        self._not_full.set()
+
+    async def get(self) -> T:
+        while not self._items:
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        item = self._items.popleft()
+        if self._droppable(item):
+            self._count -= 1
+        if self._count < self.maxsize:
+            self._not_full.set()
+        return item
+
+
+# --- subscriptions ---------------------------------------------------------------------------------
+
+
+def _is_frame(item: object) -> bool:
+    return isinstance(item, Frame | OutputFrame)
+
+
+class Subscription:
+    """One consumer's view of a stream's output: an async iterator of :class:`OutputFrame`.
+
+    It ends (``StopAsyncIteration``) when the stream ends or is removed, or after :meth:`close`. With the
+    default ``DROP_OLDEST`` policy a consumer that falls behind loses its own oldest frames (counted in
+    :attr:`drops`) and nobody else notices; ``WAIT`` makes the pipeline wait for this consumer, for
+    lossless recording of files only.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        maxsize: int,
+        policy: DropPolicy,
+        on_close: Callable[[Subscription], None],
+        on_drop: Callable[[], None],
+    ):
+        self.stream_id = stream_id
+        self.policy = policy
+        self._queue: BoundedQueue[OutputFrame | EndOfStream] = BoundedQueue(
+            maxsize, policy, _is_frame, lambda _: on_drop()
+        )
+        self._on_close: Callable[[Subscription], None] | None = on_close
+        self._ended = False  # EndOfStream queued: nothing more is delivered
+        self._finished = False  # the consumer has seen the end
+
+    @property
+    def drops(self) -> int:
+        """Frames this subscriber lost by falling behind."""
+        return self._queue.drops
+
+    @property
+    def closed(self) -> bool:
+        return self._ended
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> OutputFrame:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, EndOfStream):
+            self._finished = True
+            self._detach()
+            raise StopAsyncIteration
+        return item
+
+    def close(self) -> None:
+        """Stop receiving at once (frames not yet taken are discarded); a consumer waiting in
+        ``__anext__`` wakes up and the iteration ends."""
+        self._queue.clear()
+        self._ended = False
+        self._end()
+        self._detach()
+
+    async def _deliver(self, frame: OutputFrame) -> None:
+        if self._ended:
+            return
+        if self.policy is DropPolicy.WAIT:
+            await self._queue.put(frame)
+        else:
+            self._queue.put_nowait(frame)
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(EndOfStream(self.stream_id))
+
+    def _detach(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
+
+
+# --- stream bookkeeping ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """A snapshot of one stream for the API and the viewer page."""
+
+    id: str
+    url: str
+    """The source URL with any password replaced by ``***``."""
+    state: str
+    """``starting`` (no frame out yet), ``running``, ``reconnecting`` (a live source is down and retrying),
+    ``ended`` (the source ended or the stream was removed) or ``failed`` (see ``error``)."""
+    error: str | None
+    width: int | None
+    height: int | None
+    fps_in: float
+    """Frames per second from the source over the last 5 s (before any drop)."""
+    fps_out: float
+    latency_ms_p50: float | None
+    """End-to-end latency (source -> published) over the last 5 s."""
+    latency_ms_p95: float | None
+    frames_in: int
+    frames_out: int
+    drops: int
+    """Frames of a live source dropped because the pipeline fell behind (in the source's own handover or
+    the pipeline's input queue); a subscriber's drops are its own (:attr:`Subscription.drops`)."""
+    resets: int
+    """State resets (reconnect, loop, scene cut, request, size change)."""
+    viewers: int
+    """Open subscriptions to the stream's output."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Rolling:
+    """Timestamps (and values) of recent events, for rates and percentiles over a sliding window."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[float, float]] = deque(maxlen=_WINDOW_MAX)
+
+    def add(self, now: float, value: float = 0.0) -> None:
+        self._items.append((now, value))
+
+    def _recent(self, now: float) -> list[tuple[float, float]]:
+        while self._items and self._items[0][0] < now - WINDOW_S:
+            self._items.popleft()
+        return list(self._items)
+
+    def rate(self, now: float) -> float:
+        items = self._recent(now)
+        if len(items) < 2 or items[-1][0] <= items[0][0]:
+            return 0.0
+        return (len(items) - 1) / (items[-1][0] - items[0][0])
+
+    def percentile(self, now: float, q: float) -> float | None:
+        items = self._recent(now)
+        if not items:
+            return None
+        return round(float(np.percentile([v for _, v in items], q)), 3)
+
+
+class DetectorHook(Protocol):
+    """Where the deepfake detector plugs in: it sees sampled *input* frames, off the video path.
+
+    The pipeline calls :meth:`detect` at most ``detector_rate`` times a second per stream, never with two
+    calls in flight for one stream, and never waits for it before colorizing; a frame that arrives while a
+    call is running is simply not sampled. The returned verdict (the metadata's ``deepfake`` shape, see
+    :mod:`stream.metadata`) goes into every following frame's metadata until the next verdict.
+    """
+
+    async def detect(self, frame: Frame) -> dict[str, Any]: ...
+
+    def forget(self, stream_id: str) -> None:
+        """The stream is gone: drop its face tracks."""
+        ...
+
+
+@dataclass(slots=True)
+class _Colorized:
+    frame: Frame
+    ab: F32  # [2, h, w], network units
+    colorizer: ColorizerInfo
+
+
+class _Stream:
+    """Everything the pipeline keeps about one stream (only the pipeline touches it)."""
+
+    def __init__(self, cfg: StreamConfig, source: Source, queue_size: int, metrics: PipelineMetrics):
+        self.cfg = cfg
+        self.id = cfg.id
+        self.source = source
+        self.live = bool(getattr(source, "live", True))
+        self.state = "starting"
+        self.error: str | None = None
+        self.width: int | None = None
+        self.height: int | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.resets = 0
+        self.hints: tuple[Hint, ...] = tuple(cfg.hints)
+        self.reset_requested = False
+        self.fps_in = _Rolling()
+        self.fps_out = _Rolling()
+        self.latency = _Rolling()
+        self.subscribers: list[Subscription] = []
+        self.verdict: dict[str, Any] | None = None
+        self.last_sample = -float("inf")
+        self.detecting: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.reconnects_seen = 0
+        self.source_drops = 0
+        dropped = metrics.dropped.labels(cfg.id, "input")
+
+        def count_drop(_: SourceEvent) -> None:
+            dropped.inc()
+
+        self.input: BoundedQueue[SourceEvent] = BoundedQueue(
+            queue_size, DropPolicy.DROP_OLDEST if self.live else DropPolicy.WAIT, _is_frame, count_drop
+        )
+        # One frame between inference and post-processing: they overlap, and back-pressure reaches the
+        # input queue, which is where a live stream's drops belong.
+        self.colorized: BoundedQueue[_Colorized | EndOfStream] = BoundedQueue(1, DropPolicy.WAIT, _is_frame)
+
+    @property
+    def drops(self) -> int:
+        return self.input.drops + self.source_drops
+
+    def end_subscribers(self) -> None:
+        for sub in list(self.subscribers):
+            sub._end()
+
+
+@dataclass(frozen=True, slots=True)
+class _SourceReport:
+    reconnects: int | None
+    dropped: int | None
+    reconnecting: bool
+
+
+def _source_report(source: Source) -> _SourceReport:
+    """What a source says about itself beyond the :class:`Source` protocol, duck-typed so any source may
+    report it: ``stats.reconnects`` and ``stats.dropped`` (counters, object or mapping) and whether it is
+    reconnecting now (``state == "reconnecting"`` or ``connected is False`` on the source or its stats)."""
+    stats = getattr(source, "stats", None)
+
+    def get(obj: Any, name: str) -> Any:
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+    def counter(name: str) -> int | None:
+        value = get(stats, name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    reconnecting = any(
+        get(obj, "state") == "reconnecting" or get(obj, "connected") is False for obj in (source, stats)
+    )
+    return _SourceReport(counter("reconnects"), counter("dropped"), reconnecting)
+
+
+# --- the pipeline ----------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """Runs every stream's graph over one backend; the server's and the CLI's only handle on streams."""
+
+    close_timeout = 2.0
+    """Seconds a stream's tasks and its source get to finish when stopped before they are abandoned."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        backend: Backend,
+        *,
+        detector: DetectorHook | None = None,
+        registry: CollectorRegistry | None = None,
+    ):
+        self.config = config
+        self.backend = backend
+        self.detector = detector
+        self.metrics = PipelineMetrics(registry)
+        self.registry: CollectorRegistry = self.metrics.registry
+        self.batcher = Batcher(backend, config.max_batch, config.max_wait_ms, self.metrics)
+        self._streams: dict[str, _Stream] = {}
+        self._started = False
+        self._stopped = False
+        self._cpu: ThreadPoolExecutor | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the streams added so far; later ones start as they are added."""
+        if self._stopped:
+            raise PipelineClosed("the pipeline was stopped; create a new one")
+        if self._started:
+            return
+        self._started = True
+        for stream in self._streams.values():
+            self._launch(stream)
+
+    async def stop(self) -> None:
+        """Remove every stream (subscribers see the end), stop batching and the executors. Idempotent."""
+        self._stopped = True
+        ids = list(self._streams)
+        await asyncio.gather(*(self._remove(i) for i in ids), return_exceptions=True)
+        await self.batcher.close()
+        if self._cpu is not None:
+            self._cpu.shutdown(wait=False, cancel_futures=True)
+            self._cpu = None
+
+    async def add_stream(self, cfg: StreamConfig, source: Source | None = None) -> StreamInfo:
+        """Add a stream and start it (if the pipeline runs); without ``source``, one is opened from
+        ``cfg.url`` with :func:`stream.sources.open_source`."""
+        if self._stopped:
+            raise PipelineClosed("the pipeline was stopped; it takes no more streams")
+        if cfg.id in self._streams:
+            raise DuplicateStream(f"stream {cfg.id!r} exists already")
+        if source is None:
+            from stream.sources import open_source
+
+            opened: Any = open_source(cfg.id, cfg.url, **_source_options(cfg))
+            source = await opened if inspect.isawaitable(opened) else opened
+            assert source is not None
+        if cfg.id in self._streams:  # added by someone else while the source opened
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(source.close(), self.close_timeout)
+            raise DuplicateStream(f"stream {cfg.id!r} exists already")
+        stream = _Stream(cfg, source, self.config.queue_size, self.metrics)
+        self._streams[cfg.id] = stream
+        self.metrics.viewers.labels(cfg.id).set(0)
+        if self._started:
+            self._launch(stream)
+        return self._info(stream)
+
+    async def remove_stream(self, stream_id: str) -> None:
+        """Stop a stream, close its source, end its subscriptions and forget it."""
+        self._get(stream_id)
+        await self._remove(stream_id)
+
+    async def _remove(self, stream_id: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        try:
+            if stream.task is not None:
+                stream.task.cancel()
+                # The supervisor's own clean-up is bounded; this bound only guards against a bug there.
+                await asyncio.wait({stream.task}, timeout=3 * self.close_timeout)
+            else:
+                await self._close_source(stream)
+        finally:
+            if stream.state != "failed":
+                stream.state = "ended"
+            stream.end_subscribers()
+            self._streams.pop(stream_id, None)
+            self.metrics.forget(stream_id)
+            if self.detector is not None:
+                with contextlib.suppress(Exception):
+                    self.detector.forget(stream_id)
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    def streams(self) -> list[StreamInfo]:
+        return [self._info(s) for s in self._streams.values()]
+
+    def info(self, stream_id: str) -> StreamInfo:
+        return self._info(self._get(stream_id))
+
+    def subscribe(
+        self, stream_id: str, maxsize: int = 2, policy: DropPolicy = DropPolicy.DROP_OLDEST
+    ) -> Subscription:
+        """A new consumer of the stream's output, from its next frame on (see :class:`Subscription`)."""
+        stream = self._get(stream_id)
+        dropped = self.metrics.dropped.labels(stream_id, "subscriber")
+        viewers = self.metrics.viewers.labels(stream_id)
+
+        def on_close(sub: Subscription) -> None:
+            if sub in stream.subscribers:
+                stream.subscribers.remove(sub)
+                viewers.set(len(stream.subscribers))
+
+        sub = Subscription(stream_id, maxsize, policy, on_close, dropped.inc)
+        if stream.state in ("ended", "failed"):
+            sub._end()
+        else:
+            stream.subscribers.append(sub)
+            viewers.set(len(stream.subscribers))
+        return sub
+
+    # --- control -----------------------------------------------------------------------------------
+
+    def set_hints(self, stream_id: str, hints: Sequence[Hint]) -> None:
+        """Replace the stream's hints from its next frame on; they persist across resets and reconnects
+        (a fixed camera keeps its known colours)."""
+        stream = self._get(stream_id)
+        hints = tuple(hints)
+        if len(hints) > MAX_HINTS:
+            raise HintError(f"too many hints: {len(hints)} (at most {MAX_HINTS})")
+        for hint in hints:
+            if not isinstance(hint, Hint):
+                raise HintError(f"expected Hint objects, got {type(hint).__name__}")
+        stream.hints = hints
+
+    def add_hint(self, stream_id: str, hint: Hint) -> None:
+        self.set_hints(stream_id, (*self._get(stream_id).hints, hint))
+
+    def clear_hints(self, stream_id: str) -> None:
+        self.set_hints(stream_id, ())
+
+    def hints(self, stream_id: str) -> list[Hint]:
+        return list(self._get(stream_id).hints)
+
+    def reset(self, stream_id: str) -> None:
+        """Forget the stream's recurrent state at its next frame (reason ``request``)."""
+        self._get(stream_id).reset_requested = True
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _get(self, stream_id: str) -> _Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise UnknownStream(f"no stream {stream_id!r}") from None
+
+    def _info(self, s: _Stream) -> StreamInfo:
+        now = time.monotonic()
+        state = s.state
+        reconnecting = self._mirror(s).reconnecting
+        if reconnecting and state == "running":
+            state = "reconnecting"
+        return StreamInfo(
+            id=s.id,
+            url=redact_url(s.cfg.url),
+            state=state,
+            error=s.error,
+            width=s.width,
+            height=s.height,
+            fps_in=round(s.fps_in.rate(now), 3),
+            fps_out=round(s.fps_out.rate(now), 3),
+            latency_ms_p50=s.latency.percentile(now, 50),
+            latency_ms_p95=s.latency.percentile(now, 95),
+            frames_in=s.frames_in,
+            frames_out=s.frames_out,
+            drops=s.drops,
+            resets=s.resets,
+            viewers=len(s.subscribers),
+        )
+
+    def _mirror(self, s: _Stream) -> _SourceReport:
+        """Bring the metrics up to the source's own counters (reconnects, frames it dropped itself)."""
+        report = _source_report(s.source)
+        if s.id not in self._streams:  # removed: its series are gone and must stay gone
+            return report
+        if report.reconnects is not None and report.reconnects > s.reconnects_seen:
+            self.metrics.reconnects.labels(s.id).inc(report.reconnects - s.reconnects_seen)
+            s.reconnects_seen = report.reconnects
+        if report.dropped is not None and report.dropped > s.source_drops:
+            self.metrics.dropped.labels(s.id, "source").inc(report.dropped - s.source_drops)
+            s.source_drops = report.dropped
+        return report
+
+    def _cpu_pool(self) -> ThreadPoolExecutor:
+        if self._cpu is None:
+            workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+            self._cpu = ThreadPoolExecutor(max_workers=max(2, workers), thread_name_prefix="frames")
+        return self._cpu
+
+    def _launch(self, stream: _Stream) -> None:
+        stream.task = asyncio.get_running_loop().create_task(
+            self._supervise(stream), name=f"stream {stream.id}"
+        )
+
+    async def _close_source(self, s: _Stream) -> None:
+        try:
+            await asyncio.wait_for(s.source.close(), self.close_timeout)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            logger.warning("stream %s: source did not close within %.1f s", s.id, self.close_timeout)
+        except Exception:
+            logger.exception("stream %s: closing the source failed", s.id)
+
+    async def _supervise(self, s: _Stream) -> None:
+        tasks = [
+            asyncio.create_task(self._read(s), name=f"{s.id} read"),
+            asyncio.create_task(self._infer(s), name=f"{s.id} infer"),
+            asyncio.create_task(self._output(s), name=f"{s.id} output"),
+        ]
+        try:
+            pending: set[asyncio.Task[None]] = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+                if failed:
+                    exc = failed[0].exception()
+                    assert exc is not None
+                    s.state, s.error = "failed", f"{type(exc).__name__}: {exc}"
+                    logger.error("stream %s failed", s.id, exc_info=exc)
+                    break
+        except asyncio.CancelledError:
+            pass
+        finally:
+            for t in tasks:
+                t.cancel()
+            if s.detecting is not None:
+                s.detecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(tasks, timeout=self.close_timeout)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._close_source(s)
+            if s.state != "failed":
+                s.state = "ended"
+            s.end_subscribers()
+
+    async def _read(self, s: _Stream) -> None:
+        events = s.source.events()
+        try:
+            async for event in events:
+                if isinstance(event, Frame):
+                    now = time.monotonic()
+                    s.frames_in += 1
+                    s.fps_in.add(now)
+                    self.metrics.frames_in.labels(s.id).inc()
+                    await s.input.put(event)
+                    self._sample(s, event, now)
+                elif isinstance(event, Reset):
+                    s.resets += 1
+                    self.metrics.count_reset(s.id, event.reason)
+                    # A source that counts its reconnects is mirrored in _mirror; count the others here.
+                    if event.reason == "reconnect" and _source_report(s.source).reconnects is None:
+                        self.metrics.reconnects.labels(s.id).inc()
+                    s.input.put_nowait(event)
+                elif isinstance(event, EndOfStream):
+                    break
+                self._mirror(s)
+            s.input.put_nowait(EndOfStream(s.id))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(aclose(), self.close_timeout)
+
+    def _sample(self, s: _Stream, frame: Frame, now: float) -> None:
+        rate = self.config.detector_rate
+        if self.detector is None or rate <= 0 or now - s.last_sample < 1.0 / rate:
+            return
+        if s.detecting is not None and not s.detecting.done():
+            return
+        s.last_sample = now
+        s.detecting = asyncio.create_task(self._detect(s, self.detector, frame), name=f"{s.id} detect")
+
+    async def _detect(self, s: _Stream, detector: DetectorHook, frame: Frame) -> None:
+        try:
+            s.verdict = await detector.detect(frame)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("stream %s: the detector failed on frame %d", s.id, frame.index)
+
+    async def _infer(self, s: _Stream) -> None:
+        info = self.backend.info
+        loop = asyncio.get_running_loop()
+        threshold = self.config.scene_cut_threshold
+        scene = SceneCutDetector(threshold) if threshold is not None else None
+        state: F32 | None = None
+        shape: tuple[int, int] | None = None
+        frame_size: tuple[int, int] | None = None
+        hint_cache: tuple[tuple[Hint, ...], tuple[int, int], F32] | None = None
+        source_reset: str | None = None  # a Reset from the source, applied at the next frame
+        try:
+            while True:
+                event = await s.input.get()
+                if isinstance(event, EndOfStream):
+                    await s.colorized.put(event)
+                    return
+                if isinstance(event, Reset):
+                    source_reset = event.reason
+                    if scene is not None:
+                        scene.reset()
+                    continue
+                frame = event
+                start = time.monotonic()
+                self.metrics.stage_seconds.labels(s.id, "queue").observe(max(0.0, start - frame.ingest_time))
+                height, width = frame.y.shape
+                s.width, s.height = width, height
+                if (height, width) != frame_size:
+                    shape = working_shape(height, width, self.config.size, info.size_multiple)
+                requested, s.reset_requested = s.reset_requested, False
+                hints = s.hints
+                assert shape is not None
+                need_hints = hint_cache is None or hint_cache[0] != hints or hint_cache[1] != shape
+                L, cut, hint_input = await loop.run_in_executor(
+                    self._cpu_pool(),
+                    _prepare,
+                    frame.y,
+                    frame.full_range,
+                    shape,
+                    info.l_scale,
+                    scene,
+                    hints if need_hints else None,
+                )
+                if hint_input is not None:
+                    hint_cache = (hints, shape, hint_input)
+                assert hint_cache is not None
+                # Why the state starts fresh here, most fundamental reason first. Source resets were
+                # counted as they arrived; the pipeline's own are counted as they apply.
+                reason: str | None = None
+                if frame_size is None:
+                    reason = "start"
+                elif source_reset is not None:
+                    reason = source_reset
+                else:
+                    if (height, width) != frame_size:
+                        reason = "resize"
+                    elif requested:
+                        reason = "request"
+                    elif cut:
+                        reason = "scene_cut"
+                    if reason is not None:
+                        s.resets += 1
+                        self.metrics.count_reset(s.id, reason)
+                source_reset = None
+                frame_size = (height, width)
+                state_shape = info.state_shape(1, *shape)
+                if (
+                    reason is not None
+                    or state is None
+                    or not self.config.memory
+                    or state.shape != state_shape
+                ):
+                    state = np.zeros(state_shape, dtype=np.float32)
+                prepared = time.monotonic()
+                self.metrics.stage_seconds.labels(s.id, "preprocess").observe(prepared - start)
+                result = await self.batcher.submit(s.id, L, hint_cache[2], state)
+                self.metrics.stage_seconds.labels(s.id, "batch_wait").observe(result.wait_s)
+                self.metrics.stage_seconds.labels(s.id, "inference").observe(result.run_s)
+                state = result.state if self.config.memory else None
+                colorizer = ColorizerInfo(
+                    model=info.version,
+                    backend=self.backend.name,
+                    size=shape,
+                    latency_ms=result.run_s * 1000.0,
+                    memory=self.config.memory,
+                    hints=len(hints),
+                    reset=reason,
+                )
+                await s.colorized.put(_Colorized(frame, result.ab[0], colorizer))
+        except asyncio.CancelledError:
+            pass
+
+    async def _output(self, s: _Stream) -> None:
+        loop = asyncio.get_running_loop()
+        ab_scale = self.backend.info.ab_scale
+        try:
+            while True:
+                item = await s.colorized.get()
+                if isinstance(item, EndOfStream):
+                    if s.state != "failed":
+                        s.state = "ended"
+                    s.end_subscribers()
+                    return
+                frame = item.frame
+                start = time.monotonic()
+                y, u, v = await loop.run_in_executor(
+                    self._cpu_pool(), _to_yuv420, frame.y, item.ab, ab_scale, frame.full_range
+                )
+                now = time.monotonic()
+                latency = now - frame.ingest_time
+                self.metrics.stage_seconds.labels(s.id, "postprocess").observe(now - start)
+                self.metrics.latency_seconds.labels(s.id).observe(latency)
+                metadata = frame_metadata(
+                    s.id, frame.index, frame.pts, frame.time_base, item.colorizer, latency * 1000.0, s.verdict
+                )
+                out = OutputFrame(
+                    s.id,
+                    frame.index,
+                    frame.pts,
+                    frame.time_base,
+                    y,
+                    u,
+                    v,
+                    frame.full_range,
+                    frame.ingest_time,
+                    metadata,
+                )
+                for sub in list(s.subscribers):
+                    await sub._deliver(out)
+                s.frames_out += 1
+                s.fps_out.add(now)
+                s.latency.add(now, latency * 1000.0)
+                self.metrics.frames_out.labels(s.id).inc()
+                if s.state == "starting":
+                    s.state = "running"
+        except asyncio.CancelledError:
+            pass
+
+
+def _source_options(cfg: StreamConfig) -> dict[str, Any]:
+    """The stream's source options that differ from their defaults.
+
+    Each kind of source takes only its own options (``loop``/``realtime`` for files, ``transport`` for
+    RTSP) and rejects the rest, so defaults are left out: a config that asks a camera to loop is an error
+    worth reporting, one that merely leaves ``transport: tcp`` beside a file is not.
+    """
+    defaults = StreamConfig(cfg.id, cfg.url)
+    return {
+        name: getattr(cfg, name)
+        for name in ("loop", "realtime", "transport")
+        if getattr(cfg, name) != getattr(defaults, name)
+    }
+
+
+def _prepare(
+    y: U8,
+    full_range: bool,
+    shape: tuple[int, int],
+    l_scale: float,
+    scene: SceneCutDetector | None,
+    hints: tuple[Hint, ...] | None,
+) -> tuple[F32, bool, F32 | None]:
+    """In the CPU executor: scene-cut check, network ``L [1,1,h,w]``, and hints rasterized if they changed."""
+    cut = scene.update(y) if scene is not None else False
+    height, width = shape
+    small = cv2.resize(l_from_luma(y, full_range), (width, height), interpolation=cv2.INTER_AREA)
+    L: F32 = np.asarray(small / np.float32(l_scale), dtype=np.float32)[None, None]
+    hint_input: F32 | None = None
+    if hints is not None:
+        hint_input = np.asarray(rasterize(hints, height, width), dtype=np.float32)[None]
+    return L, cut, hint_input
+
+
+def _to_yuv420(y: U8, ab: F32, ab_scale: float, full_range: bool) -> tuple[U8, U8, U8]:
+    """In the CPU executor: network ab -> Lab units -> U, V planes beside the untouched Y plane."""
+    return luma_ab_to_yuv420(y, ab * np.float32(ab_scale), full_range)
