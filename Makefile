@@ -3,18 +3,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit setup setup-dev train bench results clean
+.PHONY: demo test lint typecheck unit setup setup-dev system-deps train bench results clean
 
 ## demo: set up the light runtime and colorize the bundled CCTV clip -> chromastream-demo.mp4
 demo: $(VENV)/.core
 	$(BIN)/chromastream colorize --demo chromastream-demo.mp4 --overwrite
 
 ## test: set up everything (training extras, dev tools) and run lint, type checks and the whole test suite
-test: $(VENV)/.dev
+test: $(VENV)/.dev system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+## system-deps: Debian packages the integration tests use (GStreamer RTSP server, Chromium); only what is missing
+SYSTEM_PACKAGES := gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-rtsp gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+	chromium chromium-driver
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
 
 setup: $(VENV)/.core
 setup-dev: $(VENV)/.dev

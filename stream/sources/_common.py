@@ -1,0 +1,343 @@
+"""What every source shares: errors, stats, the bounded handover, luma extraction and the timeline.
+
+The handover is where a source's live policy lives. A decoder thread produces frames at the input's rate;
+the pipeline consumes them at its own. A live source must not let latency grow when the consumer falls
+behind, so its handover keeps at most ``capacity`` frames and drops the *oldest* one to make room
+(:attr:`DropPolicy.DROP_OLDEST`, every drop counted). A file processed as fast as it is consumed loses
+nothing and makes the producer wait instead (:attr:`DropPolicy.WAIT`). Control events (:class:`Reset`,
+the end of the stream) are never dropped and do not count against the capacity: losing a ``Reset``
+would let the colorizer's memory carry colours across a cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import av
+import av.error
+import numpy as np
+
+from stream.errors import InputError
+from stream.frames import U8, EndOfStream, Frame, SourceEvent
+from stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, _is_full_range, _plane
+
+logger = logging.getLogger("stream.sources")
+
+#: Pixel formats whose plane 0 is already the full-resolution Y of a 4:2:0 picture.
+_LUMA_READY = frozenset({"yuv420p", "yuvj420p", "nv12", "nv21"})
+
+
+class SourceError(InputError):
+    """A source stopped for a reason that retrying cannot fix (unsupported codec, rejected login, ...)."""
+
+
+class InvalidSourceError(SourceError):
+    """A source's URL or options are malformed or name something unsupported."""
+
+
+class DropPolicy(enum.Enum):
+    """What a full handover does with the next frame (named, so every queue states its choice)."""
+
+    WAIT = "wait"
+    """The producer waits for room: nothing is lost, latency may grow (files, offline work)."""
+    DROP_OLDEST = "drop_oldest"
+    """The oldest queued frame is dropped and counted: latency stays bounded (live inputs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRecord:
+    """One wait before a reconnection attempt: the attempt number, the backoff ceiling and the delay."""
+
+    attempt: int
+    ceiling: float
+    delay: float
+
+
+@dataclass
+class SourceStats:
+    """Counters of one source, read by the pipeline's metrics; only the source writes them."""
+
+    frames: int = 0
+    """Frames produced (delivered or dropped)."""
+    dropped: int = 0
+    """Frames dropped by the handover because the consumer was behind."""
+    skipped_packets: int = 0
+    """Packets the decoder rejected (corrupt data, missing references after a loss)."""
+    connect_attempts: int = 0
+    """Connections tried, the first one included."""
+    reconnects: int = 0
+    """Connections that succeeded after an earlier one had been lost."""
+    stalls: int = 0
+    """Times the watchdog gave up on a connection that delivered no frame in time."""
+    last_error: str | None = None
+    """The latest connection problem, credentials removed; ``None`` while none happened."""
+    retries: deque[RetryRecord] = field(default_factory=lambda: deque(maxlen=64))
+    """The most recent waits before reconnecting (bounded: a camera may stay down for days)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``: safe to log and to show."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<malformed url>"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def av_reason(exc: BaseException) -> str:
+    """A short description of a PyAV/FFmpeg error *without* its filename, which may hold credentials."""
+    if isinstance(exc, av.error.FFmpegError):
+        return str(exc.strerror or type(exc).__name__)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+def frame_luma(frame: av.VideoFrame) -> tuple[U8, bool]:
+    """The frame's Y plane (a copy, cropped to even size) and whether it is full range.
+
+    Non-4:2:0 inputs are brought to ``yuv420p`` by swscale keeping their range, as the file path does.
+    The copy is deliberate: the array outlives the decoder's frame and must not pin its buffer pool.
+    """
+    full_range = _is_full_range(frame)
+    if frame.format.name not in _LUMA_READY:
+        frame = frame.reformat(
+            format="yuv420p", dst_color_range=AVCOL_RANGE_JPEG if full_range else AVCOL_RANGE_MPEG
+        )
+    height, width = frame.height & ~1, frame.width & ~1
+    if height == 0 or width == 0:
+        raise SourceError(f"a {frame.width}x{frame.height} frame is too small to colorize")
+    y: U8 = np.ascontiguousarray(_plane(frame, 0)[:height, :width])
+    if y.base is not None:
+        y = y.copy()
+    return y, full_range
+
+
+class Timeline:
+    """Turns decoder timestamps into a strictly increasing pts across restarts of the same input.
+
+    A looped file starts over at its first pts and a reconnected camera starts a new RTP clock; downstream
+    (encoders, RTP, metadata keyed by pts) needs time that never goes back. After :meth:`restart`, the
+    next frame is placed one frame step after the last one given out, so a loop is offset by exactly the
+    clip's duration. Missing pts are synthesized from the frame rate.
+    """
+
+    def __init__(self, time_base: Fraction, rate: Fraction) -> None:
+        self.time_base = time_base
+        self.step = max(1, round(1 / (rate * time_base))) if rate > 0 else 1
+        self.last: int | None = None
+        self._offset = 0
+        self._restarting = False
+        self.repaired = 0
+
+    def restart(self, time_base: Fraction | None = None, rate: Fraction | None = None) -> None:
+        """The input starts over (loop, new connection), possibly with another clock."""
+        if time_base is not None and time_base != self.time_base and self.last is not None:
+            self.last = round(self.last * self.time_base / time_base)
+            self.time_base = time_base
+        elif time_base is not None:
+            self.time_base = time_base
+        if rate is not None and rate > 0:
+            self.step = max(1, round(1 / (rate * self.time_base)))
+        self._restarting = True
+
+    def __call__(self, raw: int | None) -> int:
+        if raw is None:
+            out = 0 if self.last is None else self.last + self.step
+            self.repaired += 1
+            self._restarting = False
+        else:
+            if self._restarting and self.last is not None:
+                self._offset = self.last + self.step - raw
+            self._restarting = False
+            out = raw + self._offset
+            if self.last is not None and out <= self.last:
+                # Decoders may repeat or reorder a pts after a loss; keep time moving forward.
+                out = self.last + 1
+                self.repaired += 1
+        self.last = out
+        return out
+
+
+class Handover:
+    """The bounded buffer between a source's producer and its single consumer (``events()``).
+
+    It lives on the event loop: producers in other threads call :meth:`put` through
+    ``asyncio.run_coroutine_threadsafe`` and wait for it, so a waiting put is backpressure on the thread.
+    """
+
+    def __init__(self, stream_id: str, capacity: int, policy: DropPolicy, stats: SourceStats) -> None:
+        if capacity < 1:
+            raise ValueError("the handover needs room for at least one frame")
+        self.stream_id = stream_id
+        self.capacity = capacity
+        self.policy = policy
+        self.stats = stats
+        self._items: deque[SourceEvent] = deque()
+        self._frames = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._changed = asyncio.Condition()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def put(self, event: SourceEvent) -> None:
+        async with self._changed:
+            if self._closed:
+                return
+            if isinstance(event, Frame):
+                if self.policy is DropPolicy.WAIT:
+                    await self._changed.wait_for(lambda: self._frames < self.capacity or self._closed)
+                    if self._closed:
+                        return
+                elif self._frames >= self.capacity:
+                    self._drop_oldest()
+                self._frames += 1
+            self._items.append(event)
+            self._changed.notify_all()
+
+    def _drop_oldest(self) -> None:
+        for position, item in enumerate(self._items):
+            if isinstance(item, Frame):
+                del self._items[position]
+                self._frames -= 1
+                self.stats.dropped += 1
+                if self.stats.dropped == 1 or self.stats.dropped % 100 == 0:
+                    logger.info(
+                        "%s: consumer is behind, dropped %d frame(s) so far",
+                        self.stream_id,
+                        self.stats.dropped,
+                    )
+                return
+
+    async def fail(self, error: BaseException) -> None:
+        """End the stream with ``error``: frames already queued are still delivered, then it is raised."""
+        async with self._changed:
+            if self._error is None and not self._closed:
+                self._error = error
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        """Stop now: queued frames are discarded and the consumer gets :class:`EndOfStream` next."""
+        async with self._changed:
+            if not self._closed:
+                self._closed = True
+                self._items.clear()
+                self._frames = 0
+                self._items.append(EndOfStream(self.stream_id))
+            self._changed.notify_all()
+
+    async def get(self) -> SourceEvent:
+        """The next event; raises the producer's fatal error once everything before it was delivered."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items) or self._error is not None)
+            if self._items:
+                event = self._items.popleft()
+                if isinstance(event, Frame):
+                    self._frames -= 1
+                    self._changed.notify_all()
+                return event
+            assert self._error is not None
+            error, self._error = self._error, None
+            self._closed = True
+            self._items.append(EndOfStream(self.stream_id))
+            raise error
+
+
+class Stopped(Exception):
+    """Raised inside a worker thread when its source was closed: unwinds it without an error."""
+
+
+class ThreadedSource:
+    """Base of the sources whose reading blocks: workers decode in threads and hand events to the loop.
+
+    The shape is aiortc's ``contrib/media.py`` player: a thread runs the decoder and passes each result to
+    the event loop with ``run_coroutine_threadsafe``. Here the worker also *waits* for that coroutine, so
+    a :attr:`DropPolicy.WAIT` handover throttles the thread and nothing piles up in the loop's callback
+    queue either.
+    """
+
+    live: bool
+    #: How long ``close()`` waits for a worker to finish; a worker stuck in a blocking network call
+    #: (bounded by the source's own timeouts) finishes in the background and closes its input then.
+    close_grace = 1.0
+
+    def __init__(self, stream_id: str, capacity: int, policy: DropPolicy) -> None:
+        self.stream_id = stream_id
+        self.stats = SourceStats()
+        self._handover = Handover(stream_id, capacity, policy, self.stats)
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._iterated = False
+
+    async def events(self) -> AsyncIterator[SourceEvent]:
+        if self._iterated:
+            raise RuntimeError(f"{self.stream_id}: events() can be iterated only once")
+        self._iterated = True
+        self._loop = asyncio.get_running_loop()
+        if not self._stop.is_set():
+            self._begin()
+        while True:
+            event = await self._handover.get()
+            yield event
+            if isinstance(event, EndOfStream):
+                return
+
+    def _begin(self) -> None:
+        """Start producing (called once, on the loop, by the first ``events()``)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self._stop.set()
+        await self._handover.close()
+
+    def _call(self, coroutine: Coroutine[Any, Any, Any], abort: threading.Event | None = None) -> Any:
+        """Run ``coroutine`` on the loop from a worker thread and wait for it; :class:`Stopped` if closed."""
+        loop = self._loop
+        assert loop is not None
+        if self._stop.is_set() or (abort is not None and abort.is_set()):
+            coroutine.close()
+            raise Stopped
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            coroutine.close()
+            raise Stopped from None
+        while True:
+            try:
+                return future.result(timeout=0.25)
+            except concurrent.futures.TimeoutError:
+                if self._stop.is_set() or (abort is not None and abort.is_set()):
+                    future.cancel()
+                    raise Stopped from None
+            except concurrent.futures.CancelledError:
+                raise Stopped from None
+
+    def _wait(self, seconds: float, abort: threading.Event | None = None) -> None:
+        """Sleep in a worker thread, waking at once when the source is closed."""
+        if seconds > 0 and self._stop.wait(seconds):
+            raise Stopped
+        if self._stop.is_set() or (abort is not None and abort.is_set()):
+            raise Stopped
+
+    @staticmethod
+    async def _join(thread: threading.Thread | None, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)

@@ -1,0 +1,146 @@
+"""A moving test pattern made with numpy: a live input for tests and benchmarks that needs no file.
+
+The picture has what a colorizer and an encoder react to: a diagonal gradient drifting sideways (global
+motion), a box bouncing off the edges (local motion, sharp edges) and the frame number drawn in the
+corner (so a viewer or a test can tell which frame it is looking at, and see drops).
+
+Frames are made on demand, paced to the frame rate. A consumer that falls behind does not build a
+backlog: the next frame it asks for is the *current* one on the clock, and the ticks it missed count as
+drops, which is what a live camera behind a bounded queue looks like. The pts is the tick number, so the
+gaps are visible downstream too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from fractions import Fraction
+
+import numpy as np
+
+from stream.frames import U8, EndOfStream, Frame, SourceEvent
+from stream.sources._common import InvalidSourceError, SourceStats
+
+PATTERNS = ("moving", "still")
+
+# 3x5 bitmaps of the digits 0-9, one string of 15 cells per digit, row by row.
+_DIGITS = (
+    "111101101101111",
+    "010110010010111",
+    "111001111100111",
+    "111001111001111",
+    "101101111001001",
+    "111100111001111",
+    "111100111101111",
+    "111001001001001",
+    "111101111101111",
+    "111101111001111",
+)
+_GLYPHS = np.array([[c == "1" for c in d] for d in _DIGITS], dtype=bool).reshape(10, 5, 3)
+
+
+class SyntheticSource:
+    """A live, paced test pattern of ``width`` x ``height`` (cropped to even) at ``fps``.
+
+    ``pattern``: ``moving`` (gradient, bouncing box and counter all move) or ``still`` (only the counter
+    changes: a picture with no motion, for checks that need identical frames).
+    """
+
+    live = True
+
+    def __init__(
+        self, stream_id: str, width: int = 640, height: int = 480, fps: float = 25.0, pattern: str = "moving"
+    ) -> None:
+        if width < 2 or height < 2 or width > 8192 or height > 8192:
+            raise InvalidSourceError(f"synthetic size {width}x{height} is out of range (2..8192)")
+        if not 0 < fps <= 1000:
+            raise InvalidSourceError(f"synthetic frame rate {fps} is out of range (0..1000]")
+        if pattern not in PATTERNS:
+            raise InvalidSourceError(f"unknown synthetic pattern {pattern!r}; expected one of {PATTERNS}")
+        self.stream_id = stream_id
+        self.width, self.height = width & ~1, height & ~1
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.pattern = pattern
+        self.stats = SourceStats()
+        self._closed = asyncio.Event()
+        xx = np.arange(self.width, dtype=np.int32)
+        yy = np.arange(self.height, dtype=np.int32)
+        self._ramp = xx[None, :] + yy[:, None] // 2  # the diagonal gradient before it moves
+        self._box = max(4, min(self.width, self.height) // 6)
+        self._scale = max(1, self.height // 60)
+
+    def __repr__(self) -> str:
+        return f"SyntheticSource({self.stream_id!r}, {self.width}x{self.height}@{float(self.rate):g}fps)"
+
+    async def events(self) -> AsyncIterator[SourceEvent]:
+        period = 1 / self.rate
+        start = time.monotonic()
+        tick = 0
+        index = 0
+        while not self._closed.is_set():
+            due = start + float(tick * period)
+            delay = due - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), delay)
+                if self._closed.is_set():
+                    break
+            else:
+                behind = int(-delay / float(period))
+                if behind > 0:  # the consumer was late: skip to the current tick
+                    tick += behind
+                    self.stats.dropped += behind
+                    self.stats.frames += behind
+            y = self.render(tick)
+            yield Frame(
+                stream_id=self.stream_id,
+                index=index,
+                pts=tick,
+                time_base=period,
+                y=y,
+                full_range=False,
+                ingest_time=time.monotonic(),
+            )
+            self.stats.frames += 1
+            index += 1
+            tick += 1
+        yield EndOfStream(self.stream_id)
+
+    async def close(self) -> None:
+        self._closed.set()
+
+    def render(self, tick: int) -> U8:
+        """The limited-range luma of frame ``tick`` (a pure function of ``tick``: reproducible)."""
+        moving = self.pattern == "moving"
+        shift = 4 * tick if moving else 0
+        y = (16 + (self._ramp + shift) % 220).astype(np.uint8)
+        size = self._box
+        travel_x, travel_y = max(1, self.width - size), max(1, self.height - size)
+        t = 3 * tick if moving else 0
+        x0 = _bounce(t, travel_x)
+        y0 = _bounce(2 * t // 3, travel_y)
+        y[y0 : y0 + size, x0 : x0 + size] = 235
+        y[y0 + size // 4 : y0 + 3 * size // 4, x0 + size // 4 : x0 + 3 * size // 4] = 16
+        self._draw_number(y, tick)
+        return y
+
+    def _draw_number(self, y: U8, number: int) -> None:
+        s = self._scale
+        digits = [int(d) for d in str(number)]
+        width = (4 * len(digits) + 1) * s
+        if width > self.width or 7 * s > self.height:
+            return
+        y[: 7 * s, :width] = 16
+        for i, digit in enumerate(digits):
+            glyph = np.kron(_GLYPHS[digit], np.ones((s, s), dtype=bool))
+            top, left = s, (1 + 4 * i) * s
+            region = y[top : top + 5 * s, left : left + 3 * s]
+            region[glyph] = 235
+
+
+def _bounce(t: int, span: int) -> int:
+    """Position at time ``t`` of a point moving one pixel per step back and forth over ``[0, span]``."""
+    phase = t % (2 * span)
+    return phase if phase <= span else 2 * span - phase
