@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import inspect
 import logging
 import os
@@ -55,7 +54,7 @@ from models.runtime.session import working_shape
 from stream.batcher import Batcher
 from stream.config import PipelineConfig, StreamConfig, redact_url
 from stream.errors import ChromastreamError
-from stream.frames import U8, EndOfStream, Frame, OutputFrame, Reset, Source, SourceEvent
+from stream.frames import U8, DropPolicy, EndOfStream, Frame, OutputFrame, Reset, Source, SourceEvent
 from stream.metadata import ColorizerInfo, frame_metadata
 from stream.metrics import PipelineMetrics
 from stream.scene_cut import SceneCutDetector
@@ -86,15 +85,6 @@ class PipelineClosed(PipelineError):
 
 
 # --- queues ----------------------------------------------------------------------------------------
-
-
-class DropPolicy(enum.Enum):
-    """What a full queue does with one more item."""
-
-    WAIT = "wait"
-    """The producer waits for room: nothing is lost, the producer slows down (files, recorders)."""
-    DROP_OLDEST = "drop_oldest"
-    """The oldest droppable item goes and is counted: the producer never waits, latency stays bounded."""
 
 
 class BoundedQueue(Generic[T]):

@@ -88,14 +88,14 @@ def _av_message(exc: BaseException) -> str:
     return str(exc)
 
 
-def _plane(frame: av.VideoFrame, index: int) -> U8:
+def luma_plane_view(frame: av.VideoFrame, index: int) -> U8:
     """A writable numpy view of one plane without its line padding."""
     plane = frame.planes[index]
     view: U8 = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
     return view[:, : plane.width]
 
 
-def _is_full_range(frame: av.VideoFrame) -> bool:
+def is_full_range(frame: av.VideoFrame) -> bool:
     return frame.format.name.startswith("yuvj") or frame.color_range == AVCOL_RANGE_JPEG
 
 
@@ -449,7 +449,7 @@ class _Loop:
     def _normalize(self, frame: av.VideoFrame) -> av.VideoFrame:
         """4:2:0 at the output size and range; a no-op for the usual yuv420p sources."""
         width, height = self.size
-        same_range = _is_full_range(frame) == self.full_range
+        same_range = is_full_range(frame) == self.full_range
         if (
             frame.format.name in ("yuv420p", "yuvj420p")
             and same_range
@@ -478,8 +478,8 @@ class _Loop:
         pts = self.timestamps(frame)
         frame = self._normalize(frame)
         width, height = self.size
-        y_in = _plane(frame, 0)[:height, :width]
-        if self.frames == 0 and _looks_coloured(_plane(frame, 1), _plane(frame, 2)):
+        y_in = luma_plane_view(frame, 0)[:height, :width]
+        if self.frames == 0 and _looks_coloured(luma_plane_view(frame, 1), luma_plane_view(frame, 2)):
             self.colour_input = True
             logger.info(
                 "%s is already in colour: colorizing from its luminance (the original colour is not used)",
@@ -488,9 +488,9 @@ class _Loop:
         y = np.ascontiguousarray(y_in)
         u, v = self.colorize(y, self.full_range)
         out = av.VideoFrame(width, height, "yuv420p")
-        _plane(out, 0)[...] = y
-        _plane(out, 1)[...] = u
-        _plane(out, 2)[...] = v
+        luma_plane_view(out, 0)[...] = y
+        luma_plane_view(out, 1)[...] = u
+        luma_plane_view(out, 2)[...] = v
         out.pts = pts
         out.time_base = self.time_base
         out.color_range = AVCOL_RANGE_JPEG if self.full_range else AVCOL_RANGE_MPEG

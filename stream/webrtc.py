@@ -73,6 +73,7 @@ from aiortc.sdp import SessionDescription
 
 from stream.errors import ChromastreamError
 from stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
+from stream.sources._common import frame_luma
 
 logger = logging.getLogger("stream.webrtc")
 
@@ -548,7 +549,7 @@ class WhipSource:
                 break
             if not isinstance(received, av.VideoFrame):
                 continue
-            y = _luma(received)
+            y, full_range = frame_luma(received)
             self.frames_received += 1
             yield Frame(
                 stream_id=self.stream_id,
@@ -556,7 +557,7 @@ class WhipSource:
                 pts=received.pts,
                 time_base=Fraction(received.time_base) if received.time_base else RTP_TIME_BASE,
                 y=y,
-                full_range=received.color_range == 2,
+                full_range=full_range,
                 ingest_time=time.monotonic(),
             )
             index += 1
@@ -568,15 +569,6 @@ class WhipSource:
         if self._track is not None:
             self._track.stop()
         await self._pc.close()
-
-
-def _luma(frame: av.VideoFrame) -> np.ndarray:
-    if frame.format.name not in ("yuv420p", "yuvj420p", "gray", "nv12"):
-        frame = frame.reformat(format="yuv420p")
-    plane = frame.planes[0]
-    view = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
-    height, width = frame.height & ~1, frame.width & ~1
-    return view[:height, :width].copy()
 
 
 @dataclass(eq=False)

@@ -21,6 +21,8 @@ from models.runtime import registry
 from stream import colorize_files
 from stream.cli import main
 
+pytest_plugins = ["tests.rtsp_fixtures"]
+
 #: Small working size: the tests check plumbing, not colour, so the network may run small and fast.
 FAST = ["--size", "64"]
 

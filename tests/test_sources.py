@@ -4,7 +4,6 @@ Timing assertions are deliberately loose (about ±50 %): the machine may be busy
 pacing exists, not its precision. The RTSP tests use ``tests/rtsp_server.py`` on 127.0.0.1.
 """
 
-# ruff: noqa: E402 (the fixture module must be marked for assertion rewriting before it is imported)
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +22,6 @@ import av.error
 import numpy as np
 import pytest
 
-pytest.register_assert_rewrite("tests.rtsp_fixtures")  # imported here before pytest_plugins loads it
-
 from stream.errors import InputError
 from stream.frames import EndOfStream, Frame, Reset, SourceEvent
 from stream.sources import (
@@ -40,8 +37,6 @@ from stream.sources import (
 )
 from stream.sources import rtsp as rtsp_module
 from tests.rtsp_fixtures import RtspServer, free_port, make_h264_clip
-
-pytest_plugins = ["tests.rtsp_fixtures"]
 
 FAST_BACKOFF = Backoff(initial=0.2, factor=2.0, maximum=1.0)
 

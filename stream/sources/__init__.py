@@ -17,9 +17,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from urllib.request import url2pathname
 
-from stream.frames import Source
+from stream.frames import DropPolicy, Source
 from stream.sources._common import (
-    DropPolicy,
     InvalidSourceError,
     RetryRecord,
     SourceError,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import enum
 import logging
 import threading
 import time
@@ -29,8 +28,8 @@ import av.error
 import numpy as np
 
 from stream.errors import InputError
-from stream.frames import U8, EndOfStream, Frame, SourceEvent
-from stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, _is_full_range, _plane
+from stream.frames import U8, DropPolicy, EndOfStream, Frame, SourceEvent
+from stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, is_full_range, luma_plane_view
 
 logger = logging.getLogger("stream.sources")
 
@@ -44,15 +43,6 @@ class SourceError(InputError):
 
 class InvalidSourceError(SourceError):
     """A source's URL or options are malformed or name something unsupported."""
-
-
-class DropPolicy(enum.Enum):
-    """What a full handover does with the next frame (named, so every queue states its choice)."""
-
-    WAIT = "wait"
-    """The producer waits for room: nothing is lost, latency may grow (files, offline work)."""
-    DROP_OLDEST = "drop_oldest"
-    """The oldest queued frame is dropped and counted: latency stays bounded (live inputs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +103,7 @@ def frame_luma(frame: av.VideoFrame) -> tuple[U8, bool]:
     Non-4:2:0 inputs are brought to ``yuv420p`` by swscale keeping their range, as the file path does.
     The copy is deliberate: the array outlives the decoder's frame and must not pin its buffer pool.
     """
-    full_range = _is_full_range(frame)
+    full_range = is_full_range(frame)
     if frame.format.name not in _LUMA_READY:
         frame = frame.reformat(
             format="yuv420p", dst_color_range=AVCOL_RANGE_JPEG if full_range else AVCOL_RANGE_MPEG
@@ -121,7 +111,7 @@ def frame_luma(frame: av.VideoFrame) -> tuple[U8, bool]:
     height, width = frame.height & ~1, frame.width & ~1
     if height == 0 or width == 0:
         raise SourceError(f"a {frame.width}x{frame.height} frame is too small to colorize")
-    y: U8 = np.ascontiguousarray(_plane(frame, 0)[:height, :width])
+    y: U8 = np.ascontiguousarray(luma_plane_view(frame, 0)[:height, :width])
     if y.base is not None:
         y = y.copy()
     return y, full_range

@@ -21,9 +21,8 @@ import av
 import av.error
 
 from stream.errors import InputError
-from stream.frames import EndOfStream, Frame, Reset
+from stream.frames import DropPolicy, EndOfStream, Frame, Reset
 from stream.sources._common import (
-    DropPolicy,
     SourceError,
     Stopped,
     ThreadedSource,

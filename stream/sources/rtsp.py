@@ -50,9 +50,8 @@ from urllib.parse import urlsplit
 import av
 import av.error
 
-from stream.frames import U8, Frame, Reset
+from stream.frames import U8, DropPolicy, Frame, Reset
 from stream.sources._common import (
-    DropPolicy,
     InvalidSourceError,
     RetryRecord,
     SourceError,
