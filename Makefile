@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit setup setup-dev system-deps train bench results clean
+.PHONY: serve demo test lint typecheck unit setup setup-dev system-deps train bench results clean
+
+## serve: set up the light runtime and serve the bundled CCTV clip live (viewer URL printed)
+serve: $(VENV)/.core
+	$(BIN)/chromastream serve
 
 ## demo: set up the light runtime and colorize the bundled CCTV clip -> chromastream-demo.mp4
 demo: $(VENV)/.core
