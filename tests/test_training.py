@@ -35,25 +35,11 @@ def test_training_set_never_reads_eval() -> None:
 @needs_shared
 def test_generator_smoke_resumes_and_exports(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    common = [
-        "generator",
-        "--run",
-        str(run),
-        "--batch",
-        "2",
-        "--size",
-        "64",
-        "--limit-images",
-        "6",
-        "--holdout",
-        "2",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "2",
-        "--save-every",
-        "1",
-    ]
+    # fmt: off
+    tiny = ["--batch", "2", "--size", "64", "--limit-images", "6", "--holdout", "2",
+            "--log-every", "1", "--eval-every", "2", "--save-every", "1"]
+    # fmt: on
+    common = ["generator", "--run", str(run), *tiny]
     train_main([*common, "--steps", "2"])
     first = torch.load(run / "last.pt", weights_only=False)
     assert first["step"] == 2
@@ -70,24 +56,7 @@ def test_generator_smoke_resumes_and_exports(tmp_path: Path) -> None:
     assert torch.equal(before["encoder.stem.weight"], after["encoder.stem.weight"])
 
     # Stages 2 and 3 of the NoGAN schedule start from the generator's selected weights.
-    small = [
-        "--batch",
-        "2",
-        "--size",
-        "64",
-        "--limit-images",
-        "6",
-        "--holdout",
-        "2",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "2",
-        "--save-every",
-        "1",
-        "--steps",
-        "2",
-    ]
+    small = [*tiny, "--steps", "2"]
     train_main(["critic", "--run", str(tmp_path / "critic"), "--generator", str(run / "best.pt"), *small])
     critic_log = [json.loads(line) for line in (tmp_path / "critic" / "log.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["critic_acc"] <= 1.0 for r in critic_log if "critic_acc" in r)
