@@ -58,6 +58,7 @@ from stream.frames import U8, DropPolicy, EndOfStream, Frame, OutputFrame, Reset
 from stream.metadata import ColorizerInfo, frame_metadata
 from stream.metrics import PipelineMetrics
 from stream.scene_cut import SceneCutDetector
+from stream.sinks import FileRecorder, RtspPusher, run_sink
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +367,7 @@ class _Stream:
         self.last_sample = -float("inf")
         self.detecting: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.sinks: list[asyncio.Task[None]] = []  # recorder / RTSP push of StreamConfig, if asked for
         self.reconnects_seen = 0
         self.source_drops = 0
         dropped = metrics.dropped.labels(cfg.id, "input")
@@ -423,6 +425,8 @@ class Pipeline:
 
     close_timeout = 2.0
     """Seconds a stream's tasks and its source get to finish when stopped before they are abandoned."""
+    sink_close_timeout = 10.0
+    """Seconds a stream's sinks get to flush (a recorder's encoder, a push's last packets) when it ends."""
 
     def __init__(
         self,
@@ -482,9 +486,16 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(source.close(), self.close_timeout)
             raise DuplicateStream(f"stream {cfg.id!r} exists already")
+        try:
+            sinks = self._make_sinks(cfg)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(source.close(), self.close_timeout)
+            raise
         stream = _Stream(cfg, source, self.config.queue_size, self.metrics)
         self._streams[cfg.id] = stream
         self.metrics.viewers.labels(cfg.id).set(0)
+        self._start_sinks(stream, sinks)
         if self._started:
             self._launch(stream)
         return self._info(stream)
@@ -509,6 +520,7 @@ class Pipeline:
             if stream.state != "failed":
                 stream.state = "ended"
             stream.end_subscribers()
+            await self._finish_sinks(stream)
             self._streams.pop(stream_id, None)
             self.metrics.forget(stream_id)
             if self.detector is not None:
@@ -621,6 +633,40 @@ class Pipeline:
             workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
             self._cpu = ThreadPoolExecutor(max_workers=max(2, workers), thread_name_prefix="frames")
         return self._cpu
+
+    def _make_sinks(self, cfg: StreamConfig) -> list[FileRecorder | RtspPusher]:
+        """The sinks ``cfg`` asks for, built (and validated) before the stream is registered."""
+        sinks: list[FileRecorder | RtspPusher] = []
+        if cfg.record is not None:
+            sinks.append(FileRecorder(cfg.record, cfg.id))
+        if cfg.rtsp_push is not None:
+            sinks.append(RtspPusher(cfg.rtsp_push, cfg.id))
+        return sinks
+
+    def _start_sinks(self, stream: _Stream, sinks: list[FileRecorder | RtspPusher]) -> None:
+        """Subscribe each sink before the stream's first frame. A recorder of a file source is lossless
+        (the pipeline waits for it); of a live source it drops its oldest frames like any viewer, only
+        with more room. A push is live output and never makes the pipeline wait."""
+        for sink in sinks:
+            if isinstance(sink, FileRecorder):
+                policy = DropPolicy.DROP_OLDEST if stream.live else DropPolicy.WAIT
+                sub = self.subscribe(stream.id, maxsize=16, policy=policy)
+                name = f"stream {stream.id}: recording to {sink.path}"
+            else:
+                sub = self.subscribe(stream.id, maxsize=2)
+                name = f"stream {stream.id}: push to {sink.shown_url}"
+            stream.sinks.append(asyncio.create_task(run_sink(name, sink, sub), name=name))
+
+    async def _finish_sinks(self, stream: _Stream) -> None:
+        """Let the sinks flush after their subscriptions ended; a sink that hangs is cancelled."""
+        if not stream.sinks:
+            return
+        _, pending = await asyncio.wait(stream.sinks, timeout=self.sink_close_timeout)
+        for task in pending:
+            logger.warning("stream %s: %s did not finish in time", stream.id, task.get_name())
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=self.close_timeout)
 
     def _launch(self, stream: _Stream) -> None:
         stream.task = asyncio.get_running_loop().create_task(

@@ -1,0 +1,248 @@
+"""The stream's sinks: a recorded file (lossless, atomic) and an RTSP push (live, reconnecting).
+
+Frames come from an in-test source through a real :class:`~stream.pipeline.Pipeline` with the shipped
+model at working size 64, so what is checked is what ``serve`` does with ``record:`` and ``rtsp_push:``.
+The push goes to the real GStreamer RTSP server's RECORD mount (``tests/rtsp_fixtures.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Coroutine
+from fractions import Fraction
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import av
+import numpy as np
+import pytest
+
+from models.runtime.base import Backend
+from models.runtime.registry import create_backend
+from stream.config import PipelineConfig, StreamConfig
+from stream.errors import OutputError
+from stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
+from stream.pipeline import Pipeline
+from stream.sinks import FileRecorder, RtspPusher, temporary_path
+from stream.sources import Backoff
+from tests.rtsp_fixtures import RtspServer
+
+T = TypeVar("T")
+H, W = 64, 96
+TIME_BASE = Fraction(1, 90000)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@cache
+def backend() -> Backend:
+    return create_backend()
+
+
+def luma(i: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    plane: np.ndarray = (30 + (xx * 2 + yy + i * 4) % 180).astype(np.uint8)
+    return plane
+
+
+def pts_of(i: int) -> int:
+    return 3600 * i + 17  # 25 fps in 90 kHz, not starting at zero: an offset must survive too
+
+
+class TestSource:
+    """Frames of a moving ramp: a file (as fast as taken) or live (``fps``, until closed)."""
+
+    __test__ = False
+
+    def __init__(self, stream_id: str, frames: int, *, live: bool = False, fps: float = 25.0) -> None:
+        self.stream_id = stream_id
+        self.live = live
+        self.frames = frames
+        self.fps = fps
+        self._closed = asyncio.Event()
+
+    async def events(self) -> AsyncIterator[SourceEvent]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(self.frames):
+            if self._closed.is_set():
+                return
+            if self.live:
+                await asyncio.sleep(max(0.0, start + i / self.fps - loop.time()))
+            yield Frame(self.stream_id, i, pts_of(i), TIME_BASE, luma(i), False, time.monotonic())
+        yield EndOfStream(self.stream_id)
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(PipelineConfig(size=64, max_wait_ms=2.0), backend())
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+def output_frame(i: int) -> OutputFrame:
+    grey = np.full((H // 2, W // 2), 128, np.uint8)
+    meta = {"stream": "s", "index": i, "pts": pts_of(i)}
+    return OutputFrame("s", i, pts_of(i), TIME_BASE, luma(i), grey, grey, False, time.monotonic(), meta)
+
+
+# --- recording ---------------------------------------------------------------------------------------
+
+
+def test_recorder_writes_every_frame_with_its_pts_and_metadata(tmp_path: Path) -> None:
+    out = tmp_path / "rec" / "gate.mp4"
+    count = 20
+
+    async def main() -> None:
+        p = pipeline()
+        await p.add_stream(StreamConfig("gate", "synthetic:", record=out), TestSource("gate", count))
+        await p.start()
+        await until(lambda: p.info("gate").state == "ended", 20)
+        await p.stop()
+
+    run(main())
+    assert out.exists() and not temporary_path(out).exists()
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.name, video.width, video.height) == ("h264", W, H)
+        assert video.codec_context.colorspace == 6  # BT.601 matrix, as the file colorizer tags it
+        decoded = list(container.decode(video))
+        pts = sorted(int(f.pts) for f in decoded if f.pts is not None)
+        assert video.time_base is not None
+        seconds = [float(p * video.time_base) for p in pts]
+    assert len(decoded) == count
+    assert seconds == pytest.approx([float(pts_of(i) * TIME_BASE) for i in range(count)], abs=1e-3)
+    lines = out.with_suffix(".jsonl").read_text().splitlines()
+    assert len(lines) == count
+    records = [json.loads(line) for line in lines]
+    assert [r["pts"] for r in records] == [pts_of(i) for i in range(count)]
+    assert {r["stream"] for r in records} == {"gate"}
+    assert "colorizer" in records[0]
+    # The luma went through untouched (up to the encoder's loss).
+    first = np.asarray(decoded[0].to_ndarray(format="yuv420p")[:H], dtype=np.int16)
+    assert np.abs(first - luma(0)).mean() < 3
+
+
+def test_recorder_failing_midway_leaves_no_file_under_the_final_name(tmp_path: Path) -> None:
+    out = tmp_path / "fail.mkv"
+
+    async def frames() -> AsyncIterator[OutputFrame]:
+        for i in range(5):
+            yield output_frame(i)
+        raise RuntimeError("source broke")
+
+    recorder = FileRecorder(out, "s")
+    with pytest.raises(RuntimeError):
+        run(recorder.run(frames()))
+    assert recorder.frames == 5
+    assert sorted(tmp_path.iterdir()) == []  # the partial files were removed as well
+
+
+def test_a_crash_midway_leaves_only_the_temporary_name(tmp_path: Path) -> None:
+    out = tmp_path / "crash.mp4"
+    script = f"""
+import asyncio, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from stream.sinks import FileRecorder
+from tests.test_sinks import output_frame
+
+async def frames():
+    for i in range(8):
+        yield output_frame(i)
+    os._exit(3)  # a crash: no clean-up, no finally
+
+asyncio.run(FileRecorder(Path({str(out)!r}), "s").run(frames()))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert not out.exists() and not out.with_suffix(".jsonl").exists()
+    assert temporary_path(out).exists()
+
+
+def test_a_timeline_that_jumps_back_keeps_going_forward_in_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "loop.mkv"
+
+    async def frames() -> AsyncIterator[OutputFrame]:
+        for i in range(10):
+            frame = output_frame(i % 5)  # a looped file: pts start over after five frames
+            yield frame
+
+    recorder = FileRecorder(out, "s")
+    run(recorder.run(frames()))
+    assert recorder.frames == 10 and recorder.repaired == 1
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert video.time_base is not None
+        seconds = sorted(float(f.pts * video.time_base) for f in container.decode(video) if f.pts is not None)
+    assert seconds == pytest.approx([float(pts_of(i) * TIME_BASE) for i in range(10)], abs=2e-3)
+
+
+def test_an_unsupported_record_path_is_refused_before_the_stream_starts(tmp_path: Path) -> None:
+    async def main() -> None:
+        p = pipeline()
+        with pytest.raises(OutputError, match="record"):
+            await p.add_stream(StreamConfig("x", "synthetic:", record=tmp_path / "x.gif"), TestSource("x", 1))
+        assert p.streams() == []
+        await p.stop()
+
+    run(main())
+
+
+# --- RTSP push ---------------------------------------------------------------------------------------
+
+
+def test_push_reaches_the_server_and_comes_back_after_a_server_restart(rtsp_server: RtspServer) -> None:
+    async def main() -> None:
+        p = pipeline()
+        source = TestSource("cam", 25 * 30, live=True)
+        await p.add_stream(StreamConfig("cam", "synthetic:", rtsp_push=rtsp_server.record_url), source)
+        await p.start()
+        await until(lambda: rtsp_server.count("record_frame") >= 10, 15)
+        assert rtsp_server.wait_for("record_frame")["width"] == W
+        before = rtsp_server.count("record_start")
+        await asyncio.to_thread(rtsp_server.restart)
+        after = len(rtsp_server.events)
+        # A new RECORD session, and frames in it: the pusher noticed and reconnected on its own.
+        await until(lambda: rtsp_server.count("record_start") > before, 20)
+        await until(
+            lambda: sum(1 for e in rtsp_server.events[after:] if e["event"] == "record_frame") >= 10, 15
+        )
+        assert p.info("cam").state == "running"  # the pipeline never noticed
+        await p.stop()
+
+    run(main(), timeout=60)
+
+
+def test_pusher_drops_and_counts_while_the_server_is_down_and_redacts_credentials(
+    rtsp_server: RtspServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = rtsp_server.record_url.replace("rtsp://", "rtsp://user:s3cret@")
+    rtsp_server.stop()
+    pusher = RtspPusher(url, "s", backoff=Backoff(initial=0.05, maximum=0.2))
+
+    async def frames() -> AsyncIterator[OutputFrame]:
+        for i in range(25):
+            yield output_frame(i)
+            await asyncio.sleep(0.02)
+
+    run(pusher.run(frames()))
+    assert pusher.frames_sent == 0 and pusher.drops == 25
+    assert pusher.failures >= 2  # retried, with backoff, while frames kept flowing
+    assert "s3cret" not in caplog.text and "***" in caplog.text
