@@ -21,7 +21,7 @@ from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, safe_name
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "RESULTS.md"
 KNOWN = ("quality", "model_speed", "video_speed")
-OPTIONAL = ("video_quality", "hints_curve")
+OPTIONAL = ("video_quality", "hints_curve", "live_latency", "live_soak")
 """Sections shown only when their JSON exists (no placeholder when absent)."""
 
 
@@ -428,6 +428,111 @@ def hints_section(data: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- the page
 
 
+def live_latency_section(data: dict[str, Any]) -> list[str]:
+    """Live streams through the server: the model beside the no-model limit, per stream count."""
+    targets = data.get("targets") or {}
+    src = data.get("source") or {}
+    lines = ["## Live latency (serve, WebRTC)", "", model_line(data), ""]
+    lines += _smoke_note(data)
+    lines += [
+        f"{src.get('width', '?')}x{src.get('height', '?')} at {_num(src.get('fps'), 0)} fps per stream "
+        f"({src.get('kind', '?')} source), working size {data.get('size', '?')}, {data.get('codec', '?')}. "
+        f"Latency: {data.get('latency_definition', '?')}. The limit in the same run: "
+        f"{data.get('limit_definition', 'no model')}. CPU is the server process's CPU time over wall time "
+        "(100 % = one core); CPU-bound means at least 85 % of every usable core was busy. Memory is the "
+        "server process's resident set, the highest sampled in the row.",
+        "",
+        "| run | streams | fps in | fps out | drops | p50 ms | p95 ms | p99 ms | CPU % | CPU-bound "
+        "| RSS MB | real time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    for row in data.get("rows") or []:
+        lat = row.get("latency_ms") or {}
+        lines.append(
+            f"| {row.get('mode')} | {row.get('streams')} | {_num(row.get('fps_in_min'), 1)} | "
+            f"{_num(row.get('fps_out_min'), 1)} | {row.get('drops', '–')} | {_num(lat.get('p50'), 0)} | "
+            f"{_num(lat.get('p95'), 0)} | {_num(lat.get('p99'), 0)} | {_num(row.get('cpu_percent'), 0)} | "
+            f"{'yes' if row.get('cpu_bound') else 'no'} | {_num(row.get('rss_mb_max'), 0)} | "
+            f"{'yes' if row.get('realtime') else 'no'} |"
+        )
+    rows = data.get("rows") or []
+    stages = ("queue", "preprocess", "batch_wait", "inference", "postprocess")
+    if any(r.get("stage_mean_ms") for r in rows):
+        lines += [
+            "",
+            "Mean time per pipeline stage (ms, from the pipeline's own histograms); the encode is the rest "
+            "of the end-to-end figure.",
+            "",
+            "| run | streams | " + " | ".join(stages) + " |",
+            "| --- | ---: | " + " | ".join("---:" for _ in stages) + " |",
+        ]
+        for row in rows:
+            means = row.get("stage_mean_ms") or {}
+            cells = " | ".join(_num(means.get(s), 1) for s in stages)
+            lines.append(f"| {row.get('mode')} | {row.get('streams')} | {cells} |")
+    one: dict[str, Any] = next((r for r in rows if r.get("mode") == "model" and r.get("streams") == 1), {})
+    four: dict[str, Any] = next((r for r in rows if r.get("mode") == "model" and r.get("streams") == 4), {})
+    verdict = data.get("pass") or {}
+    lines += [
+        "",
+        "fps in/out are the slowest stream's; drops are summed over streams.",
+        "",
+        "| check | measured | target | result |",
+        "| --- | ---: | ---: | --- |",
+        f"| one stream real time | {_num(one.get('fps_out_min'), 1)} fps out | "
+        f"≥ {_num((targets.get('realtime_fps_ratio') or 0) * 100, 0)} % of "
+        f"{_num(src.get('fps'), 0)} fps, ≤ {_num((targets.get('realtime_max_drop_ratio') or 0) * 100, 0)} "
+        f"% dropped | {_mark(verdict.get('realtime_1'))} |",
+        f"| one stream p95 | {_num((one.get('latency_ms') or {}).get('p95'), 0)} ms | "
+        f"≤ {_num(targets.get('p95_ms'), 0)} ms | {_mark(verdict.get('p95_1'))} |",
+        f"| resident memory, 4 streams | {_num(four.get('rss_mb_max'), 0)} MB | "
+        f"≤ {_num(targets.get('rss_mb_4_streams'), 0)} MB | {_mark(verdict.get('memory_4'))} |",
+        "",
+        machine_line(data),
+        "",
+    ]
+    return lines
+
+
+def _at_most(value: Any, limit: Any) -> bool | None:
+    if not isinstance(value, int | float) or not isinstance(limit, int | float):
+        return None
+    return bool(value <= limit)
+
+
+def live_soak_section(data: dict[str, Any]) -> list[str]:
+    """One live stream held for minutes: latency and memory must stay flat."""
+    targets = data.get("targets") or {}
+    lines = ["## Live soak", "", model_line(data), ""]
+    lines += _smoke_note(data)
+    points = data.get("points") or []
+    p95, p95_max = data.get("p95_slope_ms_per_min"), targets.get("soak_p95_slope_ms_per_min")
+    rss, rss_max = data.get("rss_slope_mb_per_min"), targets.get("soak_rss_slope_mb_per_min")
+    lines += [
+        f"One stream with one WHEP viewer for {_num(data.get('minutes'), 1)} minutes; p95 latency of each "
+        f"{_num(data.get('interval_s'), 0)} s interval and the resident memory at its end, with the "
+        "least-squares slope per minute.",
+        "",
+        "| minute | p95 ms | RSS MB |",
+        "| ---: | ---: | ---: |",
+        *[
+            f"| {_num(p.get('t_min'), 1)} | {_num(p.get('p95_ms'), 0)} | {_num(p.get('rss_mb'), 0)} |"
+            for p in points
+        ],
+        "",
+        "| check | measured | target | result |",
+        "| --- | ---: | ---: | --- |",
+        f"| p95 slope | {_num(p95)} ms/min | ≤ {_num(p95_max)} ms/min | {_mark(_at_most(p95, p95_max))} |",
+        f"| RSS slope (growth {_num(data.get('rss_growth_mb'), 0)} MB) | {_num(rss)} MB/min | "
+        f"≤ {_num(rss_max)} MB/min | {_mark(_at_most(rss, rss_max))} |",
+        f"| flat (both slopes within target) | | | {_mark(data.get('flat'))} |",
+        "",
+        machine_line(data),
+        "",
+    ]
+    return lines
+
+
 def load_results(results_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``{stem: data}`` for every readable JSON file, and a note for each one that is not."""
     found: dict[str, dict[str, Any]] = {}
@@ -477,6 +582,8 @@ def render(results_dir: Path, out: Path) -> str:
     optional = {
         "video_quality": lambda d: video_quality_section(d, results_dir, out),
         "hints_curve": hints_section,
+        "live_latency": live_latency_section,
+        "live_soak": live_soak_section,
     }
     for name in OPTIONAL:
         if name in results:

@@ -680,7 +680,9 @@ class WebRTCHub:
             @pc.on("connectionstatechange")
             async def on_state() -> None:
                 if pc.connectionState in ("failed", "closed"):
-                    await self.close_viewer(viewer.id)
+                    # Closing a viewer closes its peer, which lands here again: already gone is fine.
+                    with contextlib.suppress(UnknownSession):
+                        await self.close_viewer(viewer.id)
 
             await pc.setRemoteDescription(offer)
             track = EncodedVideoTrack(self._encoder(stream_id, codec), viewer.send_event)
