@@ -16,6 +16,7 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -183,3 +184,34 @@ def fail(message: str) -> int:
     """Print a one-line error for a person and return the exit status the CLI should use."""
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def eval_set_dirs(shared: Path, sets: list[str]) -> dict[str, Path]:
+    """The evaluation folders ``shared/data/images/eval/<set>``; a missing one is a clear error."""
+    root = shared / "data" / "images" / "eval"
+    if not root.is_dir():
+        raise BenchmarkError(f"evaluation images not found at {root} (set CHROMASTREAM_SHARED)")
+    missing = [s for s in sets if not (root / s).is_dir()]
+    if missing:
+        raise BenchmarkError(f"evaluation set(s) {', '.join(missing)} not found under {root}")
+    return {s: root / s for s in sets}
+
+
+def run_and_write(
+    name: str,
+    out_dir: Path,
+    run: Callable[[], dict[str, Any]],
+    print_summary: Callable[[dict[str, Any]], None],
+) -> int:
+    """The common tail of a benchmark's ``main``: run, turn expected failures into one error line, write
+    ``<name>.json``, print the summary. Returns the exit status."""
+    from models.runtime.base import RuntimeError_
+
+    try:
+        result = run()
+    except (BenchmarkError, RuntimeError_, ImportError) as exc:
+        return fail(str(exc))
+    path = write_json(out_dir, name, result)
+    print_summary(result)
+    print(f"\nwrote {path} in {result['seconds']:.1f} s")
+    return 0

@@ -40,14 +40,14 @@ import numpy as np
 from benchmarks import metrics
 from benchmarks.common import (
     DEFAULT_RESULTS_DIR,
-    BenchmarkError,
     default_model_path,
+    eval_set_dirs,
     fail,
     machine_tags,
     model_tags,
     now_iso,
+    run_and_write,
     shared_root,
-    write_json,
 )
 from benchmarks.metrics import F64, U8
 from benchmarks.quality import EVAL_SETS, gray_input, is_near_gray, list_images, listed_near_gray, load_rgb
@@ -203,12 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from models.runtime.registry import create_backend
     from models.runtime.session import ColorizerSession
 
-    eval_root = args.shared / "data" / "images" / "eval"
-    if not eval_root.is_dir():
-        raise BenchmarkError(f"evaluation images not found at {eval_root} (set CHROMASTREAM_SHARED)")
-    missing = [s for s in args.sets if not (eval_root / s).is_dir()]
-    if missing:
-        raise BenchmarkError(f"evaluation set(s) {', '.join(missing)} not found under {eval_root}")
+    set_dirs = eval_set_dirs(args.shared, args.sets)
     backend = create_backend(args.backend, args.model)
     session = ColorizerSession(backend, size=args.size, memory=False)
     result: dict[str, Any] = {
@@ -234,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     all_rows: list[dict[str, Any]] = []
     for name in args.sets:
-        set_dir = eval_root / name
+        set_dir = set_dirs[name]
         listed = listed_near_gray(set_dir)
         paths = list_images(set_dir)[: args.limit]
         rows: list[dict[str, Any]] = []
@@ -331,16 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--size must be in {MIN_SIZE}..{MAX_SIZE}")
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from models.runtime.base import RuntimeError_
-
-    try:
-        result = run(args)
-    except (BenchmarkError, RuntimeError_, ImportError) as exc:
-        return fail(str(exc))
-    path = write_json(args.out_dir, "hints_curve", result)
-    print_summary(result)
-    print(f"\nwrote {path} in {result['seconds']:.1f} s")
-    return 0
+    return run_and_write("hints_curve", args.out_dir, lambda: run(args), print_summary)
 
 
 if __name__ == "__main__":

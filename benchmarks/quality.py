@@ -30,14 +30,14 @@ import numpy as np
 from benchmarks import metrics
 from benchmarks.common import (
     DEFAULT_RESULTS_DIR,
-    BenchmarkError,
     default_model_path,
+    eval_set_dirs,
     fail,
     machine_tags,
     model_tags,
     now_iso,
+    run_and_write,
     shared_root,
-    write_json,
 )
 from benchmarks.metrics import U8
 
@@ -230,12 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from models.runtime.registry import create_backend
     from models.runtime.session import ColorizerSession
 
-    eval_root = args.shared / "data" / "images" / "eval"
-    if not eval_root.is_dir():
-        raise BenchmarkError(f"evaluation images not found at {eval_root} (set CHROMASTREAM_SHARED)")
-    missing = [s for s in args.sets if not (eval_root / s).is_dir()]
-    if missing:
-        raise BenchmarkError(f"evaluation set(s) {', '.join(missing)} not found under {eval_root}")
+    set_dirs = eval_set_dirs(args.shared, args.sets)
     backend = create_backend(args.backend, args.model)
     session = ColorizerSession(backend, size=args.size, memory=False)
     result: dict[str, Any] = {
@@ -256,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     all_rows: list[dict[str, Any]] = []
     for name in args.sets:
         sheet = args.out_dir / f"contact_{name}.png" if not args.no_sheets else None
-        rows, skipped = evaluate_set(session, eval_root / name, args.limit, sheet)
+        rows, skipped = evaluate_set(session, set_dirs[name], args.limit, sheet)
         all_rows.extend(rows)
         colour_rows = [r for r in rows if not r["near_gray"]]
         result["sets"][name] = {
@@ -320,16 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--limit must be at least 1")
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from models.runtime.base import RuntimeError_
-
-    try:
-        result = run(args)
-    except (BenchmarkError, RuntimeError_, ImportError) as exc:
-        return fail(str(exc))
-    path = write_json(args.out_dir, "quality", result)
-    print_summary(result)
-    print(f"\nwrote {path} in {result['seconds']:.1f} s")
-    return 0
+    return run_and_write("quality", args.out_dir, lambda: run(args), print_summary)
 
 
 if __name__ == "__main__":

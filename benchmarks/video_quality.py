@@ -46,8 +46,8 @@ from benchmarks.common import (
     machine_tags,
     model_tags,
     now_iso,
+    run_and_write,
     shared_root,
-    write_json,
 )
 from benchmarks.metrics import F32, U8
 from benchmarks.quality import gray_input, list_images, load_rgb
@@ -384,17 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--size must be in {MIN_SIZE}..{MAX_SIZE}")
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from models.runtime.base import RuntimeError_
-
-    try:
-        args.sequences = args.sequences or default_sequences()
-        result = run(args)
-    except (BenchmarkError, RuntimeError_, ImportError) as exc:
-        return fail(str(exc))
-    path = write_json(args.out_dir, "video_quality", result)
-    print_summary(result)
-    print(f"\nwrote {path} in {result['seconds']:.1f} s")
-    return 0
+    args.sequences = args.sequences or default_sequences()
+    return run_and_write("video_quality", args.out_dir, lambda: run(args), print_summary)
 
 
 if __name__ == "__main__":
