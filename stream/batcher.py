@@ -4,8 +4,9 @@ A network is far cheaper per frame in a batch than alone (on CPU, 4 frames cost 
 on a GPU far less), and the engine is stateless (GUIDE §3), so frames of different streams can ride
 together: each caller brings its own recurrent state and gets its own back. Each stream awaits
 :meth:`Batcher.colorize` for one frame at a time; the batcher collects requests of the same working shape
-until ``max_batch`` are waiting or the oldest has waited ``max_wait_ms``, concatenates them along the batch
-axis, runs the backend once and scatters the rows back.
+until ``max_batch`` are waiting, or every stream it serves is waiting (:attr:`Batcher.callers`: no one else
+can join, so waiting longer is pure latency), or the oldest has waited ``max_wait_ms``; it concatenates
+them along the batch axis, runs the backend once and scatters the rows back.
 
 Inference runs in a single-thread executor owned by the batcher: the event loop never blocks on it, and
 there is at most one call in flight per backend (a backend is one device; two concurrent calls would only
@@ -90,6 +91,9 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: list[_Request] = []
         self._closed = False
+        self.callers = 0
+        """How many callers (streams) may submit, each one frame at a time; 0 when unknown. When that
+        many requests of one shape wait, the batch is complete and runs at once."""
 
     async def colorize(self, key: Hashable, L: F32, hints: F32, state: F32) -> tuple[F32, F32]:
         """``L [n,1,H,W]``, ``hints [n,3,H,W]``, ``state [n,C,h,w]`` -> ``(ab [n,2,H,W], state_out)``.
@@ -157,7 +161,8 @@ class Batcher:
                 continue
             rows = sum(r.rows for r in requests)
             due = requests[0].enqueued + self.max_wait - now
-            if rows >= self.max_batch or due <= 0:
+            everyone = self.callers > 0 and len(requests) >= self.callers
+            if rows >= self.max_batch or due <= 0 or everyone:
                 batch: list[_Request] = []
                 taken = 0
                 while requests and taken + requests[0].rows <= self.max_batch:

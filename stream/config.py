@@ -123,8 +123,9 @@ class PipelineConfig:
     """Most frames (of any streams) run in one inference call."""
     max_wait_ms: float = 5.0
     """Longest a frame waits for others to fill a batch: the latency paid for throughput."""
-    queue_size: int = 4
-    """Frames buffered per stream before a live source's oldest frame is dropped."""
+    queue_size: int = 2
+    """Frames buffered per stream before a live source's oldest frame is dropped. Each buffered frame is a
+    frame period of latency when the machine is busy, so live streams keep this small."""
     memory: bool = True
     """Carry the recurrent state from frame to frame (temporal stability); ``False`` colours each frame
     alone."""

@@ -494,6 +494,7 @@ class Pipeline:
             raise
         stream = _Stream(cfg, source, self.config.queue_size, self.metrics)
         self._streams[cfg.id] = stream
+        self.batcher.callers = len(self._streams)
         self.metrics.viewers.labels(cfg.id).set(0)
         self._start_sinks(stream, sinks)
         if self._started:
@@ -522,6 +523,7 @@ class Pipeline:
             stream.end_subscribers()
             await self._finish_sinks(stream)
             self._streams.pop(stream_id, None)
+            self.batcher.callers = len(self._streams)
             self.metrics.forget(stream_id)
             if self.detector is not None:
                 with contextlib.suppress(Exception):

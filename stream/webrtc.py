@@ -29,6 +29,13 @@ What sharing gives up, and how each gap is closed without patching aiortc:
 
 Viewers per stream stay capped (``max_viewers``): packetization, SRTP and sending are still per viewer.
 
+While the input is down
+-----------------------
+A camera that reboots stops the stream's frames for seconds; a browser would freeze on the last picture
+with no sign of why. When no frame has come for ``idle_card_s``, the encoder keeps the output's clock: it
+sends a "reconnecting" card (the last picture, dimmed and grey, with the words on it) a few times a second
+until frames resume, and each card's data-channel message says ``{"card": "reconnecting"}``.
+
 RTP timestamps and metadata
 ---------------------------
 The packets carry the source's pts converted to the 90 kHz RTP clock, pushed forward where the source
@@ -83,6 +90,9 @@ RTP_TIME_BASE = Fraction(1, RTP_CLOCK)
 CODECS = ("VP8", "H264")
 DEFAULT_BITRATE = 1_500_000
 DEFAULT_KEYFRAME_INTERVAL = 60
+#: Seconds without a frame before the "reconnecting" card is shown, and the card's repeat period.
+IDLE_CARD_S = 1.0
+CARD_PERIOD_S = 0.25
 #: Packets a viewer may hold before it is considered behind and resynchronized on a keyframe.
 VIEWER_QUEUE = 30
 
@@ -173,6 +183,29 @@ def to_video_frame(frame: OutputFrame) -> av.VideoFrame:
     video.time_base = frame.time_base
     video.color_range = 2 if frame.full_range else 1  # AVCOL_RANGE_JPEG / AVCOL_RANGE_MPEG
     return video
+
+
+def reconnecting_card(last: OutputFrame | None, stream_id: str) -> av.VideoFrame:
+    """The picture shown while a stream's input is down: its last frame dimmed and without colour (or a
+    dark 640x480 frame before any), with "reconnecting" written across it."""
+    import cv2
+
+    if last is not None:
+        y = (last.y.astype(np.uint16) * 2 // 5 + 10).astype(np.uint8)
+        full_range = last.full_range
+    else:
+        y = np.full((480, 640), 16, np.uint8)
+        full_range = False
+    height, width = y.shape
+    scale = max(width / 640.0, 0.4)
+    status = "reconnecting..." if last is not None else "connecting..."
+    for text, dy in ((status, 0.0), (stream_id, 1.3)):
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, round(2 * scale)))
+        org = ((width - tw) // 2, int(height / 2 + th / 2 + dy * th * 1.6))
+        cv2.putText(y, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 235, max(1, round(2 * scale)), cv2.LINE_AA)
+    grey = np.full((height // 2, width // 2), 128, np.uint8)
+    card = OutputFrame(stream_id, -1, None, RTP_TIME_BASE, y, grey, grey, full_range, time.monotonic())
+    return to_video_frame(card)
 
 
 def offered_codec(sdp: str) -> str:
@@ -292,6 +325,7 @@ class StreamEncoder:
         self.stream_id = stream_id
         self.codec = codec
         self.frames_encoded = 0
+        self.cards_sent = 0
         self._feed = feed
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
@@ -353,26 +387,29 @@ class StreamEncoder:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         subscription = self._subscription
+        frames = aiter(subscription)
+        last: OutputFrame | None = None
+        waiting: asyncio.Future[OutputFrame] | None = None
+        idle_since = time.monotonic()
         try:
-            async for frame in subscription:
-                event = frame_event(frame)
-                video = to_video_frame(frame)
-                rtp_time = self._rtp_time(frame)
-                force = self._force_keyframe or self._since_keyframe + 1 >= self._keyframe_interval
-                self._force_keyframe = False
-                packet = await loop.run_in_executor(None, self._encode, video, force)
-                if packet is None:
+            while True:
+                if waiting is None:
+                    waiting = asyncio.ensure_future(anext(frames))
+                # The pending read is never cancelled on a timeout: the subscription stays intact.
+                timeout = CARD_PERIOD_S if time.monotonic() - idle_since >= IDLE_CARD_S else IDLE_CARD_S
+                done, _ = await asyncio.wait({waiting}, timeout=timeout)
+                if not done:
+                    await self._send_card(loop, last)
                     continue
-                packet.pts = rtp_time
-                packet.dts = rtp_time
-                packet.time_base = RTP_TIME_BASE
-                keyframe = bool(packet.is_keyframe)
-                self._since_keyframe = 0 if keyframe else self._since_keyframe + 1
-                self.frames_encoded += 1
-                event["rtp_time"] = rtp_time % (1 << 32)
-                item = EncodedFrame(packet, keyframe, event)
-                for queue in list(self._queues):
-                    queue.put(item)
+                try:
+                    frame = waiting.result()
+                except StopAsyncIteration:
+                    break
+                waiting = None
+                idle_since = time.monotonic()
+                last = frame
+                event = frame_event(frame)
+                await self._send(loop, to_video_frame(frame), self._rtp_time(frame), event)
             self.ended = self._subscription is subscription  # not closed by the last viewer leaving
         except asyncio.CancelledError:
             pass
@@ -380,6 +417,8 @@ class StreamEncoder:
             self.ended = True
             logger.exception("encoder of stream %s failed; its viewers are disconnected", self.stream_id)
         finally:
+            if waiting is not None and not waiting.done():
+                waiting.cancel()
             for queue in list(self._queues):
                 queue.end()
             if self._task is asyncio.current_task():
@@ -387,6 +426,36 @@ class StreamEncoder:
                 self._shutdown()
             if self.ended and self._on_end is not None:
                 self._on_end(self)
+
+    async def _send_card(self, loop: asyncio.AbstractEventLoop, last: OutputFrame | None) -> None:
+        """One "reconnecting" card, timed on from the last picture so receivers keep playing."""
+        video = reconnecting_card(last, self.stream_id)
+        step = round(CARD_PERIOD_S * RTP_CLOCK)
+        rtp_time = (
+            (self._last_rtp + step) if self._last_rtp is not None else round(time.monotonic() * RTP_CLOCK)
+        )
+        self._last_rtp = rtp_time
+        self.cards_sent += 1
+        await self._send(loop, video, rtp_time, {"stream": self.stream_id, "card": "reconnecting"})
+
+    async def _send(
+        self, loop: asyncio.AbstractEventLoop, video: av.VideoFrame, rtp_time: int, event: dict[str, Any]
+    ) -> None:
+        force = self._force_keyframe or self._since_keyframe + 1 >= self._keyframe_interval
+        self._force_keyframe = False
+        packet = await loop.run_in_executor(None, self._encode, video, force)
+        if packet is None:
+            return
+        packet.pts = rtp_time
+        packet.dts = rtp_time
+        packet.time_base = RTP_TIME_BASE
+        keyframe = bool(packet.is_keyframe)
+        self._since_keyframe = 0 if keyframe else self._since_keyframe + 1
+        self.frames_encoded += 1
+        event["rtp_time"] = rtp_time % (1 << 32)
+        item = EncodedFrame(packet, keyframe, event)
+        for queue in list(self._queues):
+            queue.put(item)
 
     def _rtp_time(self, frame: OutputFrame) -> int:
         if frame.pts is None:

@@ -39,7 +39,10 @@ def test_generator_smoke_resumes_and_exports(tmp_path: Path) -> None:
     tiny = ["--batch", "2", "--size", "64", "--limit-images", "6", "--holdout", "2",
             "--log-every", "1", "--eval-every", "2", "--save-every", "1"]
     # fmt: on
-    common = ["generator", "--run", str(run), *tiny]
+    # Three-frame clips, half of them real DAVIS motion, starting from the shipped network's weights.
+    video = ["--frames", "3", "--video-share", "0.5", "--limit-sequences", "1"]
+    shipped = Path(__file__).resolve().parents[1] / "models" / "weights" / "colorizer.onnx"
+    common = ["generator", "--run", str(run), *tiny, *video, "--init", str(shipped)]
     train_main([*common, "--steps", "2"])
     first = torch.load(run / "last.pt", weights_only=False)
     assert first["step"] == 2

@@ -5,8 +5,10 @@ Why this shape:
   sky blue and grass green when colour training data is small, and it runs in real time on a CPU.
 - The decoder uses depthwise-separable convolutions at high resolution and full convolutions only at
   1/16 and 1/32, where pixels are few; it predicts ab at 1/2 and upsamples, since chroma is smooth.
-- User hints (Zhang et al. 2017) enter at 1/4, 1/8 and 1/16, so a hint can change a whole object and not
-  only the pixels it touches.
+- User hints (Zhang et al. 2017) enter at 1/2, 1/4, 1/8 and 1/16, so a hint can change a whole object and
+  not only the pixels it touches. They are pooled as "the mean colour of the hinted pixels in this cell" and
+  "this cell holds a hint", not as plain averages: a 5-pixel click averaged over a 4x4 cell would reach the
+  network as a faint, desaturated colour that it cannot tell from a weak one.
 - The temporal memory is a ConvGRU at 1/16 with a fixed-size state passed in and out explicitly: the
   engine stays stateless, the pipeline owns one state per stream, and memory never grows.
 """
@@ -51,6 +53,14 @@ class ConvGRU(nn.Module):
         return (1 - z) * h + z * n
 
 
+def pool_hints(hints: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[B, 3, H, W]`` hints -> ``[B, 3, H/factor, W/factor]``: per cell the mean a/b of its hinted pixels
+    and a mask of 1 where any pixel of the cell is hinted (0 elsewhere)."""
+    coverage = F.avg_pool2d(hints[:, 2:3], factor)
+    ab = F.avg_pool2d(hints[:, :2], factor) / coverage.clamp_min(1.0 / (factor * factor))
+    return torch.cat([ab, (coverage * (factor * factor)).clamp(max=1.0)], 1)
+
+
 def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
@@ -74,6 +84,11 @@ class Colorizer(nn.Module):
         self.dec8 = _sep(96 + c8 + 16, 64)
         self.dec4 = nn.Sequential(_sep(64 + c4 + 3, 48), _sep(48, 32))
         self.dec2 = _sep(32 + c2, 24)
+        # Hints at 1/2 act on the last features directly, so a click shows at its own pixels at once;
+        # zero-initialized, so adding it to a trained network starts from that network's output.
+        self.hint2 = nn.Conv2d(3, 24, 3, padding=1)
+        for param in self.hint2.parameters():
+            nn.init.zeros_(param)
         self.head = nn.Conv2d(24, 2, 1)
         # Chroma gain, tuned on held-out data after training: regression losses desaturate, and how bold
         # the colours should be is a PSNR/colourfulness trade-off that is cheaper to set than to learn.
@@ -85,7 +100,7 @@ class Colorizer(nn.Module):
         gray = l_to_gray(L * spec.L_SCALE)
         x = (gray * 255.0 - 128.0) / 128.0
         f2, f4, f8, f16, f32 = self.encoder.features(x, gray=True)
-        h4 = F.avg_pool2d(hints, 4)
+        h4 = pool_hints(hints, 4)
         h8 = self.hint8(h4)
         h16 = self.hint16(h8)
         d = _up(self.reduce32(f32))
@@ -94,7 +109,7 @@ class Colorizer(nn.Module):
         d = self.dec16(torch.cat([d, state_out], 1))
         d = self.dec8(torch.cat([_up(d), f8, h8], 1))
         d = self.dec4(torch.cat([_up(d), f4, h4], 1))
-        d = self.dec2(torch.cat([_up(d), f2], 1))
+        d = self.dec2(torch.cat([_up(d), f2], 1)) + self.hint2(pool_hints(hints, 2))
         ab = _up(self.head(d)) * self.ab_gain
         return ab, state_out
 

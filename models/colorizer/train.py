@@ -35,7 +35,17 @@ from torch import nn
 from kernels.lab_torch import lab_to_rgb, rgb_to_lab
 from models.colorizer import spec
 from models.colorizer.critic import Critic, adversarial_loss, critic_loss
-from models.colorizer.data import ImageBank, is_holdout, load_rgb, random_hints, shared_root, training_images
+from models.colorizer.data import (
+    Clip,
+    ImageBank,
+    VideoBank,
+    davis_training_sequences,
+    is_holdout,
+    load_rgb,
+    random_hints,
+    shared_root,
+    training_images,
+)
 from models.colorizer.mobilenet import MobileNetV2, load_tflite
 from models.colorizer.network import Colorizer, zero_state
 
@@ -127,21 +137,36 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 @dataclass
 class Batch:
-    """One training batch of two-frame clips in network units."""
+    """One training batch of T-frame clips in network units."""
 
     L: torch.Tensor  # [B, T, 1, S, S]
     ab: torch.Tensor  # [B, T, 2, S, S]
     rgb_last: torch.Tensor  # [B, 3, S, S]
     hints: torch.Tensor  # [B, 3, S, S], the same hints for every frame (a user's hints persist)
-    flow_grid: torch.Tensor  # [B, S, S, 2]: frame-2 pixels in frame-1 grid_sample coordinates
+    flow_grid: torch.Tensor  # [B, T-1, S, S, 2]: frame t+1 pixels in frame t grid_sample coordinates
+    valid: torch.Tensor  # [B, T-1, 1, S, S]: where that motion is trusted
 
 
-def make_batch(bank: ImageBank, rng: np.random.Generator, batch: int, size: int) -> Batch:
-    clip = bank.sample(rng, batch, size, frames=2)
+class Banks:
+    """Where clips come from: still photographs with synthetic motion, and DAVIS video when loaded."""
+
+    def __init__(self, images: ImageBank, video: VideoBank | None, video_share: float):
+        self.images, self.video, self.video_share = images, video, video_share
+
+    def sample(self, rng: np.random.Generator, batch: int, size: int, frames: int) -> Clip:
+        n_video = round(batch * self.video_share) if self.video is not None else 0
+        parts = [self.images.sample(rng, batch - n_video, size, frames)] if batch > n_video else []
+        if self.video is not None and n_video:
+            parts.append(self.video.sample(rng, n_video, size, frames))
+        return Clip.cat(parts)
+
+
+def make_batch(banks: Banks, rng: np.random.Generator, batch: int, size: int, frames: int = 2) -> Batch:
+    clip = banks.sample(rng, batch, size, frames)
     b, t = clip.frames.shape[:2]
     L, ab = to_lab(clip.frames.flatten(0, 1))
     L, ab = L.unflatten(0, (b, t)), ab.unflatten(0, (b, t))
-    return Batch(L, ab, clip.frames[:, -1], random_hints(ab[:, 0], rng), clip.flow_grid)
+    return Batch(L, ab, clip.frames[:, -1], random_hints(ab[:, 0], rng), clip.flow_grid, clip.valid)
 
 
 def generator_losses(
@@ -162,9 +187,14 @@ def generator_losses(
         loss_feat = feature_loss(
             model.encoder, to_rgb(batch.L[:, -1], pred_ab[:, -1]), batch.rgb_last
         ).float()
-    warped = F.grid_sample(pred_ab[:, 0], batch.flow_grid, mode="bilinear", align_corners=False)
-    valid = (batch.flow_grid.abs() <= 1).all(-1, keepdim=True).permute(0, 3, 1, 2).float()
-    loss_temp = ((warped - pred_ab[:, -1]).abs() * valid).sum() / (2 * valid.sum() + 1)
+    # Temporal consistency: each frame's colours against the previous frame's, moved by the known (or
+    # DIS-estimated) motion, where that motion is trusted.
+    loss_temp = torch.zeros(())
+    for t in range(pred_ab.shape[1] - 1):
+        grid, valid = batch.flow_grid[:, t], batch.valid[:, t]
+        warped = F.grid_sample(pred_ab[:, t], grid, mode="bilinear", align_corners=False)
+        loss_temp = loss_temp + ((warped - pred_ab[:, t + 1]).abs() * valid).sum() / (2 * valid.sum() + 1)
+    loss_temp = loss_temp / max(pred_ab.shape[1] - 1, 1)
     loss = loss_ab + args.w_feat * loss_feat + args.w_temp * loss_temp
     parts = {"ab": loss_ab.item(), "feat": loss_feat.item(), "temp": loss_temp.item()}
     return loss, parts, pred_ab[:, -1]
@@ -207,7 +237,13 @@ class Run:
         train_paths = [p for p in paths if not is_holdout(p)]
         holdout_paths = [p for p in paths if is_holdout(p)][: args.holdout]
         print(f"training images: {len(train_paths)}, held out: {len(holdout_paths)}", flush=True)
-        self.bank = ImageBank(train_paths[: args.limit_images] if args.limit_images else train_paths)
+        images = ImageBank(train_paths[: args.limit_images] if args.limit_images else train_paths)
+        video = None
+        if args.video_share > 0:
+            sequences = davis_training_sequences(args.shared, spec.DAVIS_EVAL_SEQUENCES)
+            video = VideoBank(sequences[: args.limit_sequences] if args.limit_sequences else sequences)
+            print(f"training video: {', '.join(p.name for p in sequences)} ({len(video)} frames)", flush=True)
+        self.bank = Banks(images, video, args.video_share)
         self.holdout = [load_rgb(p, 256) for p in holdout_paths]
         self.objects = objects
         self.rng = np.random.default_rng(args.seed)
@@ -267,8 +303,35 @@ def _load_generator(model: Colorizer, path: Path) -> None:
     model.load_state_dict(ckpt["ema"])
 
 
+def load_initial_weights(model: Colorizer, path: Path) -> None:
+    """Start from earlier weights: a training checkpoint (its EMA) or a shipped ONNX file (whose
+    initializers carry the module's parameter names). The chroma gain is folded into the output layer, so
+    training continues from the same colours with a gain of 1; layers the earlier network lacked keep their
+    (neutral, zero) initialization."""
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        proto = onnx.load(str(path))
+        state = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in proto.graph.initializer}
+        state = {k: v for k, v in state.items() if k in model.state_dict()}
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=False)["ema"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("hint2.") for k in missing):
+        raise ValueError(f"{path} does not fit the network: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        gain = float(model.ab_gain)
+        for param in model.head.parameters():
+            param.mul_(gain)
+        model.ab_gain.fill_(1.0)
+    print(f"initialized from {path} (chroma gain {gain:g} folded in; new: {missing or 'none'})", flush=True)
+
+
 def train_generator(args: argparse.Namespace) -> None:
     model = build_model(args.shared)
+    if args.init is not None and not (args.run / "last.pt").exists():
+        load_initial_weights(model, args.init)
     model.train()
     model.encoder.eval()
     params = model.decoder_parameters()
@@ -280,7 +343,9 @@ def train_generator(args: argparse.Namespace) -> None:
         lr = run.lr(args.lr)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, parts, _ = generator_losses(model, make_batch(run.bank, run.rng, args.batch, args.size), args)
+        loss, parts, _ = generator_losses(
+            model, make_batch(run.bank, run.rng, args.batch, args.size, args.frames), args
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -307,7 +372,7 @@ def train_critic(args: argparse.Namespace) -> None:
     run = Run(args, {"critic": critic, "opt": opt})
 
     def train_step() -> dict[str, float]:
-        batch = make_batch(run.bank, run.rng, args.batch, args.size)
+        batch = make_batch(run.bank, run.rng, args.batch, args.size, args.frames)
         with torch.no_grad():
             fake_ab, _ = generator(batch.L[:, -1], batch.hints, zero_state(args.batch, args.size, args.size))
         real, fake = critic(batch.L[:, -1], batch.ab[:, -1]), critic(batch.L[:, -1], fake_ab)
@@ -341,7 +406,7 @@ def train_gan(args: argparse.Namespace) -> None:
         run.log({"step": run.step, "holdout": run.extra["start"]})
 
     def train_step() -> dict[str, float]:
-        batch = make_batch(run.bank, run.rng, args.batch, args.size)
+        batch = make_batch(run.bank, run.rng, args.batch, args.size, args.frames)
         loss, parts, fake_ab = generator_losses(model, batch, args)
         adv = adversarial_loss(critic(batch.L[:, -1], fake_ab))
         g_opt.zero_grad(set_to_none=True)
@@ -410,6 +475,13 @@ def _common(p: argparse.ArgumentParser, run: str, steps: int, lr: float, batch: 
         "without it PyTorch emulates bf16 and a step is several times slower than in fp32)",
     )
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--frames", type=int, default=2, help="frames per training clip (the memory unrolls over them)"
+    )
+    p.add_argument(
+        "--video-share", type=float, default=0.0, help="share of each batch cut from DAVIS training video"
+    )
+    p.add_argument("--limit-sequences", type=int, default=0, help="use only the first N DAVIS sequences")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=int, default=60, help="held-out images evaluated during training")
     p.add_argument("--limit-images", type=int, default=0, help="use only the first N images (smoke runs)")
@@ -425,6 +497,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="stage", required=True)
     gen = sub.add_parser("generator", help="stage 1: generator with feature + ab + temporal losses")
     _common(gen, "runs/generator", 3000, 2e-3, 8)
+    gen.add_argument(
+        "--init", type=Path, default=None, help="start from these weights (.pt checkpoint or .onnx)"
+    )
     crit = sub.add_parser("critic", help="stage 2: critic against the frozen generator")
     _common(crit, "runs/critic", 500, 2e-4, 8)
     crit.add_argument("--generator", type=Path, required=True, help="generator checkpoint (best.pt)")

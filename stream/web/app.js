@@ -221,6 +221,11 @@
     onMetadata(data) {
       let event;
       try { event = JSON.parse(data); } catch (_) { return; }
+      if (event.card) {  // the server keeps the picture going while the input is down
+        this.card.querySelector(".state").textContent = event.card;
+        this.card.querySelector(".fps").textContent = "0.0 fps";
+        return;
+      }
       this.metadata = event;
       this.metadataCount += 1;
       if (typeof event.rtp_time === "number") {
