@@ -1,4 +1,4 @@
-"""What travels through the live pipeline: frames, resets and the end of a stream.
+"""What travels through the live pipeline: frames, resets, the end of a stream, and the source's audio.
 
 Frames carry planes, not ``av.VideoFrame`` objects: the colorizer needs only luma in and gives chroma
 out, the planes are plain numpy arrays any stage can read without PyAV, and the encoder side builds its
@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
 
 
 class DropPolicy(enum.Enum):
@@ -62,7 +63,29 @@ class EndOfStream:
     stream_id: str
 
 
-SourceEvent = Frame | Reset | EndOfStream
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Decoded audio of a source, on the same timeline as its frames, for recorders.
+
+    Audio never goes near the colorizer: the pipeline hands it straight to the stream's recorders, which
+    place it by ``time`` beside the frames they write (the frames' ``pts * time_base`` is the same clock).
+    """
+
+    stream_id: str
+    samples: F32
+    """``[channels, n]`` float32, planar, in [-1, 1]."""
+    rate: int
+    layout: str
+    """``mono`` or ``stereo``."""
+    time: Fraction
+    """Seconds on the stream's timeline at the first sample."""
+
+    @property
+    def duration(self) -> Fraction:
+        return Fraction(int(self.samples.shape[1]), self.rate)
+
+
+SourceEvent = Frame | Reset | EndOfStream | AudioChunk
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,17 @@ from models.runtime.session import working_shape
 from stream.batcher import Batcher
 from stream.config import PipelineConfig, StreamConfig, redact_url
 from stream.errors import ChromastreamError
-from stream.frames import U8, DropPolicy, EndOfStream, Frame, OutputFrame, Reset, Source, SourceEvent
+from stream.frames import (
+    U8,
+    AudioChunk,
+    DropPolicy,
+    EndOfStream,
+    Frame,
+    OutputFrame,
+    Reset,
+    Source,
+    SourceEvent,
+)
 from stream.metadata import ColorizerInfo, frame_metadata
 from stream.metrics import PipelineMetrics
 from stream.scene_cut import SceneCutDetector
@@ -287,6 +297,8 @@ class StreamInfo:
     """State resets (reconnect, loop, scene cut, request, size change)."""
     viewers: int
     """Open subscriptions to the stream's output."""
+    deepfake: dict[str, Any] | None = None
+    """The detector's latest verdict (the metadata's ``deepfake`` shape); ``None`` while there is none."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -368,6 +380,7 @@ class _Stream:
         self.detecting: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.sinks: list[asyncio.Task[None]] = []  # recorder / RTSP push of StreamConfig, if asked for
+        self.audio_sinks: list[FileRecorder] = []  # recorders, which also keep the source's sound
         self.reconnects_seen = 0
         self.source_drops = 0
         dropped = metrics.dropped.labels(cfg.id, "input")
@@ -375,7 +388,7 @@ class _Stream:
         def count_drop(_: SourceEvent) -> None:
             dropped.inc()
 
-        self.input: BoundedQueue[SourceEvent] = BoundedQueue(
+        self.input: BoundedQueue[Frame | Reset | EndOfStream] = BoundedQueue(
             queue_size, DropPolicy.DROP_OLDEST if self.live else DropPolicy.WAIT, _is_frame, count_drop
         )
         # One frame between inference and post-processing: they overlap, and back-pressure reaches the
@@ -615,6 +628,7 @@ class Pipeline:
             drops=s.drops,
             resets=s.resets,
             viewers=len(s.subscribers),
+            deepfake=s.verdict,
         )
 
     def _mirror(self, s: _Stream) -> _SourceReport:
@@ -651,6 +665,7 @@ class Pipeline:
         with more room. A push is live output and never makes the pipeline wait."""
         for sink in sinks:
             if isinstance(sink, FileRecorder):
+                stream.audio_sinks.append(sink)
                 policy = DropPolicy.DROP_OLDEST if stream.live else DropPolicy.WAIT
                 sub = self.subscribe(stream.id, maxsize=16, policy=policy)
                 name = f"stream {stream.id}: recording to {sink.path}"
@@ -735,6 +750,9 @@ class Pipeline:
                     if event.reason == "reconnect" and _source_report(s.source).reconnects is None:
                         self.metrics.reconnects.labels(s.id).inc()
                     s.input.put_nowait(event)
+                elif isinstance(event, AudioChunk):
+                    for recorder in s.audio_sinks:  # sound skips the colorizer
+                        recorder.add_audio(event)
                 elif isinstance(event, EndOfStream):
                     break
                 self._mirror(s)

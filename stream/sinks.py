@@ -9,8 +9,11 @@ the event loop).
     ``pts``/``time_base`` kept, and one metadata object per written frame as JSON lines beside the video
     (``<name>.jsonl``). Both are written under temporary names and renamed only when the encoder has been
     flushed and the container closed, so a crash never leaves a truncated file under the name a user or a
-    script is waiting for. Audio is not recorded: the pipeline carries video frames only, so a file
-    source's audio never reaches a sink; remuxing it would need the source's packets here.
+    script is waiting for. The source's audio (handed over by the pipeline as decoded
+    :class:`~stream.frames.AudioChunk` events, on the frames' own clock) is written beside them as AAC,
+    placed by time: a gap in the sound (a camera reconnecting) is filled with silence so that picture and
+    sound stay together for the rest of the file. Sound that arrives after the file was started without
+    an audio track is dropped and counted.
 :class:`RtspPusher`
     publishes to an RTSP server (``ANNOUNCE``/``RECORD``) with low-latency baseline H.264. It is a live
     output: its subscription drops its own oldest frames, and while the server is unreachable it drops
@@ -27,6 +30,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -35,10 +39,11 @@ from typing import IO, Any, TypeVar
 
 import av
 import av.error
+import numpy as np
 
 from stream.config import redact_url
 from stream.errors import OutputError
-from stream.frames import OutputFrame
+from stream.frames import AudioChunk, OutputFrame
 from stream.sources import Backoff, is_connection_error
 from stream.video_io import (
     AVCOL_PRI_BT709,
@@ -58,6 +63,10 @@ T = TypeVar("T")
 
 #: Frame rate announced to the encoder when only timestamps are known; timing comes from the pts.
 NOMINAL_RATE = Fraction(25)
+#: Audio chunks a recorder holds for frames still in the pipeline (about 20 s of typical chunk sizes).
+MAX_PENDING_AUDIO = 1024
+#: Longest silence inserted for a gap in the sound; a longer gap restarts the sound's clock instead.
+MAX_SILENCE_S = 60
 #: x264 settings for a live push: no lookahead or B-frames (every frame leaves at once), baseline for
 #: players and servers that take nothing else, and a key frame every second so a viewer that joins (or a
 #: server after our reconnect) starts decoding within a second.
@@ -145,6 +154,20 @@ class FileRecorder:
         self._time_base = Fraction(1, 90000)
         self._offset = 0  # added to the source's pts since its timeline last jumped back
         self._step = 1  # the last gap between frames, the one assumed across a jump
+        self._audio_pending: deque[AudioChunk] = deque()
+        self._audio: av.AudioStream | None = None
+        self._audio_next: int | None = None  # pts (in samples) where the next audio sample belongs
+        self.audio_samples = 0
+        """Audio samples written so far (silence for gaps included)."""
+        self.audio_dropped = 0
+        """Audio chunks not written (no audio track in the file, overlapping sound, recorder behind)."""
+
+    def add_audio(self, chunk: AudioChunk) -> None:
+        """From the event loop: the source's sound, written beside the frames by the recorder's thread."""
+        if len(self._audio_pending) >= MAX_PENDING_AUDIO:
+            self._audio_pending.popleft()
+            self.audio_dropped += 1
+        self._audio_pending.append(chunk)
 
     async def run(self, frames: AsyncIterator[OutputFrame]) -> None:
         """Write every frame ``frames`` yields; finish the files when it ends."""
@@ -184,6 +207,7 @@ class FileRecorder:
         self._step = max(1, round(1 / (NOMINAL_RATE * frame.time_base)))
         _tag_colour(video.codec_context, frame.full_range)
         self._video = video
+        self._add_audio_track(container)
         try:
             # Create the file and write the header now: a path that cannot be written fails at the first
             # frame, not after the whole stream was encoded into buffers.
@@ -192,6 +216,16 @@ class FileRecorder:
             raise OutputError(f"cannot create {self.path}: {_message(exc)}") from exc
         self._size = (width, height)
         self._jsonl = open(self._tmp_metadata, "w", encoding="utf-8")  # noqa: SIM115 (closed in _finish)
+
+    def _add_audio_track(self, container: av.container.OutputContainer) -> None:
+        """An AAC track shaped like the first sound that came, if any came before the first frame."""
+        if not self._audio_pending:
+            return
+        first = self._audio_pending[0]
+        try:
+            self._audio = container.add_stream("aac", rate=first.rate, layout=first.layout)
+        except (ValueError, av.error.FFmpegError) as exc:
+            logger.warning("recording %s: the sound is left out (%s)", self.path, _message(exc))
 
     def _pts(self, frame: OutputFrame) -> int:
         """The source's pts in the file's time base, shifted after a jump back (a looped file, a camera
@@ -218,6 +252,8 @@ class FileRecorder:
         video_frame = _to_video_frame(frame, self._size)
         video_frame.pts = self._pts(frame)
         video_frame.time_base = self._time_base
+        # Sound up to a little past this picture: the muxer interleaves both by time.
+        self._write_audio(until=(video_frame.pts - self._offset) * self._time_base + 1)
         self._encode(video_frame)
         self._jsonl.write(json.dumps(frame.metadata, separators=(",", ":")) + "\n")
         self.frames += 1
@@ -230,10 +266,66 @@ class FileRecorder:
         except (av.error.FFmpegError, OSError) as exc:
             raise OutputError(f"cannot write {self.path}: {_message(exc)}") from exc
 
+    def _write_audio(self, until: Fraction | None) -> None:
+        """In the recorder's thread: encode the pending sound that starts before ``until`` (seconds on the
+        source's timeline; all of it if None)."""
+        while self._audio_pending:
+            chunk = self._audio_pending[0]
+            if until is not None and chunk.time >= until:
+                return
+            self._audio_pending.popleft()
+            if self._audio is None:
+                self.audio_dropped += 1
+                continue
+            self._encode_audio(chunk)
+
+    def _encode_audio(self, chunk: AudioChunk) -> None:
+        assert self._audio is not None and self._container is not None
+        rate = int(self._audio.codec_context.sample_rate)
+        if chunk.rate != rate or chunk.samples.shape[0] != (1 if self._audio.layout.name == "mono" else 2):
+            self.audio_dropped += 1  # the source's sound changed shape mid-recording
+            return
+        start = round((chunk.time + self._offset * self._time_base) * rate)
+        if self._audio_next is not None:
+            gap = start - self._audio_next
+            if gap < 0:  # overlaps sound already written (a timeline restart): keep what was first
+                self.audio_dropped += 1
+                return
+            if 0 < gap <= MAX_SILENCE_S * rate:
+                self._encode_samples(np.zeros((chunk.samples.shape[0], gap), np.float32), self._audio_next)
+        self._encode_samples(chunk.samples, start)
+
+    def _encode_samples(self, samples: np.ndarray, pts: int) -> None:
+        assert self._audio is not None and self._container is not None
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, dtype=np.float32), format="fltp", layout=self._audio.layout.name
+        )
+        frame.sample_rate = int(self._audio.codec_context.sample_rate)
+        frame.pts = pts
+        frame.time_base = Fraction(1, frame.sample_rate)
+        try:
+            for packet in self._audio.encode(frame):
+                self._container.mux(packet)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot write {self.path}: {_message(exc)}") from exc
+        self._audio_next = pts + int(samples.shape[1])
+        self.audio_samples += int(samples.shape[1])
+
     def _finish(self) -> None:
         if self._container is None:  # no frame came: there is nothing worth a file
             logger.info("recording %s: no frames, no file", self.path)
             return
+        # Sound read ahead of the last picture stays out: both tracks end together.
+        last = self._last_pts if self._last_pts is not None else 0
+        self._write_audio(until=(last + self._step) * self._time_base - self._offset * self._time_base)
+        self.audio_dropped += len(self._audio_pending)
+        self._audio_pending.clear()
+        if self._audio is not None:
+            try:
+                for packet in self._audio.encode(None):
+                    self._container.mux(packet)
+            except (av.error.FFmpegError, OSError) as exc:
+                raise OutputError(f"cannot write {self.path}: {_message(exc)}") from exc
         self._encode(None)
         try:
             self._container.close()

@@ -246,3 +246,42 @@ def test_pusher_drops_and_counts_while_the_server_is_down_and_redacts_credential
     assert pusher.frames_sent == 0 and pusher.drops == 25
     assert pusher.failures >= 2  # retried, with backoff, while frames kept flowing
     assert "s3cret" not in caplog.text and "***" in caplog.text
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["once", "looped twice"])
+def test_recording_keeps_the_sources_sound_in_step_with_the_picture(tmp_path: Path, loop: bool) -> None:
+    """A file with a 440 Hz tone, played through a live pipeline into a recording: the sound is there,
+    as long as the picture (a looped file too: its second pass follows the first in both tracks)."""
+    from stream.sources.file import FileSource
+    from tests.conftest import ClipSpec, make_clip
+
+    clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=25, width=W, height=H, audio="aac"))
+    out = tmp_path / "rec.mkv"
+    seconds = 2.0 if loop else 1.0
+
+    async def main() -> None:
+        p = pipeline()
+        source = FileSource("cam", clip, loop=loop, realtime=not loop)
+        await p.add_stream(StreamConfig("cam", "synthetic:", record=out), source)
+        await p.start()
+        if loop:
+            await until(lambda: p.info("cam").frames_out >= 50, 20)
+            await p.remove_stream("cam")
+        else:
+            await until(lambda: p.info("cam").state == "ended", 20)
+        await p.stop()
+
+    run(main())
+    with av.open(str(out)) as container:
+        assert len(container.streams.audio) == 1
+        audio = container.streams.audio[0]
+        samples = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio)])
+        rate = audio.codec_context.sample_rate
+    with av.open(str(out)) as container:
+        frames = [f for f in container.decode(video=0)]
+        video_end = float(frames[-1].pts * frames[-1].time_base) + 0.04
+    assert abs(video_end - seconds) < 0.25
+    assert abs(len(samples) / rate - video_end) < 0.25  # as long as the picture
+    assert (
+        0.1 < np.sqrt(np.mean(samples.astype(np.float64) ** 2)) < 0.2
+    )  # the 0.2-amplitude tone, not silence

@@ -28,7 +28,7 @@ import av.error
 import numpy as np
 
 from stream.errors import InputError
-from stream.frames import U8, DropPolicy, EndOfStream, Frame, SourceEvent
+from stream.frames import U8, AudioChunk, DropPolicy, EndOfStream, Frame, SourceEvent
 from stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, is_full_range, luma_plane_view
 
 logger = logging.getLogger("stream.sources")
@@ -145,6 +145,11 @@ class Timeline:
             self.step = max(1, round(1 / (rate * self.time_base)))
         self._restarting = True
 
+    @property
+    def offset_seconds(self) -> Fraction:
+        """What the current pass adds to its input's own timestamps, in seconds (for its audio)."""
+        return self._offset * self.time_base
+
     def __call__(self, raw: int | None) -> int:
         if raw is None:
             out = 0 if self.last is None else self.last + self.step
@@ -160,6 +165,51 @@ class Timeline:
                 out = self.last + 1
                 self.repaired += 1
         self.last = out
+        return out
+
+
+class AudioTap:
+    """Decodes an input's audio into :class:`AudioChunk` events on the stream's timeline.
+
+    Recorders keep the source's sound; it is decoded (and downmixed to at most stereo, float planar)
+    rather than copied as packets because a live input's connection, and with it its codec parameters,
+    can change under a recording that goes on. An audio packet that does not decode is skipped: losing
+    a moment of sound must never stop the video.
+    """
+
+    def __init__(self, stream_id: str, audio: av.AudioStream) -> None:
+        self.stream_id = stream_id
+        self.audio = audio
+        channels = audio.codec_context.channels if audio.codec_context is not None else 2
+        self.layout = "mono" if channels == 1 else "stereo"
+        self.rate = (
+            int(audio.codec_context.sample_rate or 48000) if audio.codec_context is not None else 48000
+        )
+        self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.rate)
+        self.skipped = 0
+
+    def chunks(self, packet: av.Packet[Any], offset: Fraction) -> list[AudioChunk]:
+        """The audio of one demuxed packet; ``offset`` (seconds) moves it onto the stream's timeline."""
+        try:
+            frames = list(self.audio.decode(packet))
+        except av.error.EOFError:
+            return []
+        except av.error.FFmpegError as exc:
+            self.skipped += 1
+            if self.skipped <= 3:
+                logger.info("%s: skipped an undecodable audio packet (%s)", self.stream_id, av_reason(exc))
+            return []
+        out: list[AudioChunk] = []
+        for frame in frames:
+            if frame.pts is None or frame.time_base is None:
+                continue
+            start = frame.pts * Fraction(frame.time_base) + offset
+            for resampled in self._resampler.resample(frame):
+                samples = np.ascontiguousarray(resampled.to_ndarray(), dtype=np.float32)
+                if samples.ndim == 1:
+                    samples = samples[None]
+                out.append(AudioChunk(self.stream_id, samples, self.rate, self.layout, start))
+                start += Fraction(int(samples.shape[1]), self.rate)
         return out
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import av.error
@@ -23,6 +23,7 @@ import av.error
 from stream.errors import InputError
 from stream.frames import DropPolicy, EndOfStream, Frame, Reset
 from stream.sources._common import (
+    AudioTap,
     SourceError,
     Stopped,
     ThreadedSource,
@@ -114,7 +115,15 @@ class FileSource(ThreadedSource):
                 else:
                     timeline.restart(tb, rate)
                 produced = 0
-                for frame in self._decoded(container, video):
+                tap = (
+                    AudioTap(self.stream_id, container.streams.audio[0]) if container.streams.audio else None
+                )
+                for frame in self._decoded(container, video, tap):
+                    if isinstance(frame, av.Packet):
+                        assert tap is not None
+                        for chunk in tap.chunks(frame, timeline.offset_seconds):
+                            self._call(self._handover.put(chunk))
+                        continue
                     pts = timeline(frame.pts)
                     if self.realtime:
                         at = pts * timeline.time_base
@@ -144,10 +153,12 @@ class FileSource(ThreadedSource):
             self._call(self._handover.put(Reset(self.stream_id, "loop")))
 
     def _decoded(
-        self, container: av.container.InputContainer, video: av.VideoStream
-    ) -> Iterator[av.VideoFrame]:
-        """One pass over the file; damaged packets are skipped and counted, as on export."""
-        packets = container.demux(video)
+        self, container: av.container.InputContainer, video: av.VideoStream, tap: AudioTap | None
+    ) -> Iterator[av.VideoFrame | av.Packet[Any]]:
+        """One pass over the file: decoded video frames, and the audio packets (for ``tap``) as they come;
+        damaged video packets are skipped and counted, as on export."""
+        streams = (video, tap.audio) if tap is not None else (video,)
+        packets = cast(Iterator["av.Packet[Any]"], container.demux(*streams))
         count = 0
         while True:
             packet: av.Packet[Any] | None
@@ -160,6 +171,9 @@ class FileSource(ThreadedSource):
                     raise InputError(f"cannot read video {self.path}: {av_reason(exc)}") from exc
                 logger.warning("%s: stopped reading at a damaged part (%s)", self.path.name, av_reason(exc))
                 packet = None
+            if packet is not None and tap is not None and packet.stream.index == tap.audio.index:
+                yield packet
+                continue
             try:
                 frames = video.decode(packet)
             except av.error.EOFError:

@@ -52,6 +52,7 @@ import av.error
 
 from stream.frames import U8, DropPolicy, Frame, Reset
 from stream.sources._common import (
+    AudioTap,
     InvalidSourceError,
     RetryRecord,
     SourceError,
@@ -397,9 +398,17 @@ class RtspSource(ThreadedSource):
             connection.opened_at = time.monotonic()
             if not self._call(self._opened(connection, _time_base(video), rate), connection.abort):
                 return
-            for packet in container.demux(video):
+            tap = AudioTap(self.stream_id, container.streams.audio[0]) if container.streams.audio else None
+            streams = (video, tap.audio) if tap is not None else (video,)
+            for packet in container.demux(*streams):
                 if connection.abort.is_set() or self._stop.is_set():
                     raise Stopped
+                if tap is not None and packet.stream.index == tap.audio.index:
+                    timeline = self._timeline
+                    offset = timeline.offset_seconds if timeline is not None else Fraction(0)
+                    for chunk in tap.chunks(packet, offset):
+                        self._call(self._handover.put(chunk), connection.abort)
+                    continue
                 for frame in self._decode(video, packet):
                     y, full_range = frame_luma(frame)
                     connection.last_frame_at = time.monotonic()

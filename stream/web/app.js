@@ -23,6 +23,13 @@
   const grid = document.getElementById("grid");
   const statusLine = document.getElementById("status");
   const template = document.getElementById("card-template");
+  const VERDICT_MEANING = {
+    real: "Faces look real: the calibrated probability is clearly below the detector's threshold.",
+    fake: "A face looks synthetic or manipulated: the probability is clearly above the threshold.",
+    uncertain: "Too close to the threshold to call: treat as unknown, not as real.",
+    no_face: "No face in the sampled frames: there is nothing to judge, so no probability is given.",
+    off: "The deepfake detector is off for this stream.",
+  };
   const viewers = new Map(); // stream id -> Viewer
 
   function authHeaders(extra) {
@@ -245,12 +252,22 @@
         this.card.querySelector(".latency").textContent =
           Math.round(latency) + " ms" + (p95 != null ? ` (p95 ${Math.round(p95)})` : "");
       }
-      const verdict = event.deepfake;
+      this.showVerdict(event.deepfake);
+    }
+
+    // The deepfake badge: the label, the calibrated probability and, on hover, what they mean.
+    showVerdict(verdict) {
       const badge = this.card.querySelector(".deepfake");
       const label = verdict == null ? "off" : (typeof verdict === "string" ? verdict : verdict.label || "off");
+      const p = verdict && typeof verdict.probability === "number" ? verdict.probability : null;
       badge.dataset.label = label;
-      const probability = verdict && typeof verdict.probability === "number" ? ` ${Math.round(verdict.probability * 100)}%` : "";
-      badge.textContent = "deepfake: " + label + probability;
+      badge.textContent = "deepfake: " + label.replace("_", " ") + (p == null ? "" : ` ${Math.round(p * 100)}%`);
+      const faces = verdict && Array.isArray(verdict.faces) ? verdict.faces.length : 0;
+      badge.title = VERDICT_MEANING[label] || VERDICT_MEANING.off;
+      if (p != null) {
+        badge.title += `\n${Math.round(p * 100)}% = calibrated chance that the most suspicious face ` +
+          `(${faces} tracked) is synthetic, from the grey input frames.`;
+      }
     }
 
     // Record the RTP timestamp of every picture shown, so a test (or a person) can check that the
