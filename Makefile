@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve demo test lint typecheck unit setup setup-dev system-deps train bench results clean
+.PHONY: serve demo test lint typecheck unit setup setup-dev system-deps train bench soak results clean
 
 ## serve: set up the light runtime and serve the bundled CCTV clip live (viewer URL printed)
 serve: $(VENV)/.core
@@ -52,13 +52,21 @@ $(VENV)/.dev: $(VENV)/.core
 train: $(VENV)/.dev
 	$(BIN)/python -m models.colorizer.train generator --run runs/generator
 
-## bench: every benchmark (image quality, model speed, video speed, video quality, hints), then RESULTS.md
+## bench: every benchmark (image quality, speed, video quality, hints, live latency, throughput per backend, deepfake), then RESULTS.md
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.quality
 	$(BIN)/python -m benchmarks.model_speed
 	$(BIN)/python -m benchmarks.video_speed
 	$(BIN)/python -m benchmarks.video_quality
 	$(BIN)/python -m benchmarks.hints_curve
+	$(BIN)/python -m benchmarks.live_latency
+	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.deepfake
+	$(BIN)/python -m benchmarks.report
+
+## soak: ten minutes of one live stream, latency and memory sampled every 30 s (live_soak.json), then RESULTS.md
+soak: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.live_latency --soak-only --soak-minutes 10
 	$(BIN)/python -m benchmarks.report
 
 results: $(VENV)/.dev

@@ -14,6 +14,11 @@ shipped model's shapes and scales but returns zero ``ab`` (grey output) and the 
 remains is generating the picture, preprocessing, batching, 4:2:0 post-processing and the VP8 encode.
 The gap between the two rows is what the network costs.
 
+The deepfake sampler's cost is measured on one stream whose picture holds a face (a StyleGAN face from
+``shared/data/faces/gan`` drifting over a grey 640x480 frame, an H.264 file played live and looped): the
+pipeline without the sampler, then with it at the serve default of 2 samples a second; the throughput and
+the CPU time per output frame of the two rows are compared.
+
 Run ``python -m benchmarks.live_latency`` (``--quick`` for a smoke run, ``--soak-minutes N`` for a
 memory and latency drift check on one stream); results go to ``benchmarks/results/live_latency.json``
 (and ``live_soak.json``) and RESULTS.md is generated from them.
@@ -27,6 +32,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -45,9 +51,9 @@ from benchmarks.common import (
     percentiles_ms,
     write_json,
 )
+from stream.config import PipelineConfig
 
 WIDTH, HEIGHT, FPS = 640, 480, 25.0
-SIZE = 256
 LIMIT_DEFINITION = (
     "same sources, pipeline, server, shared VP8 encoder and WHEP viewers, with a pass-through backend "
     "(the model's shapes and scales, zero ab, state unchanged): picture generation + preprocess + batching "
@@ -65,6 +71,7 @@ TARGETS = {
     "rss_mb_4_streams": 1536.0,
     "soak_p95_slope_ms_per_min": 2.0,
     "soak_rss_slope_mb_per_min": 5.0,
+    "detector_throughput_drop": 0.10,
 }
 """One stream is real time when it delivers at least 95 % of the input rate with at most 2 % of frames
 dropped; a soak is flat when neither p95 nor resident memory grows faster than the slopes given."""
@@ -243,32 +250,72 @@ async def _whep(session: Any, base: str, stream_id: str, counts: dict[str, int])
 
 @dataclass(frozen=True)
 class RunSpec:
-    mode: str  # "model" or "limit"
+    mode: str  # "model", "limit" or "model+detector"
     streams: int
     warmup_s: float
     seconds: float
+    size: int
+    face_clip: Path | None = None
+    """Play this file (live, looped) instead of the synthetic pattern."""
+    detector: bool = False
+
+
+def make_face_clip(path: Path, seconds: float = 8.0) -> Path | None:
+    """A grey 640x480 H.264 clip with a real-looking face drifting across it (None without shared data)."""
+    import av
+    import cv2
+
+    from models.colorizer.data import shared_root
+
+    faces = sorted((shared_root() / "data" / "faces" / "gan").glob("*.jpg"))
+    if not faces:
+        return None
+    picture = cv2.imread(str(faces[0]), cv2.IMREAD_GRAYSCALE)
+    if picture is None:
+        return None
+    face = cv2.resize(picture, (180, 180), interpolation=cv2.INTER_AREA)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=int(FPS), options={"preset": "veryfast", "crf": "23"})
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for i in range(int(seconds * FPS)):
+            canvas = np.full((HEIGHT, WIDTH), 90, np.uint8)
+            x = int(120 + 200 * (0.5 + 0.5 * np.sin(i / 40)))
+            y = int(120 + 60 * (0.5 + 0.5 * np.cos(i / 55)))
+            canvas[y : y + 180, x : x + 180] = face
+            frame = av.VideoFrame.from_ndarray(np.dstack([canvas] * 3), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+    return path
 
 
 @contextlib.asynccontextmanager
-async def _serving(backend: Any, streams: int) -> AsyncIterator[tuple[str, TimedFeed, list[str]]]:
+async def _serving(spec: RunSpec, backend: Any) -> AsyncIterator[tuple[str, TimedFeed, list[str]]]:
     from aiohttp import web
 
     from stream.config import PipelineConfig, StreamConfig
+    from stream.deepfake import DeepfakeSampler
     from stream.pipeline import Pipeline
     from stream.server import ServerOptions, create_app
+    from stream.sources.file import FileSource
     from stream.sources.synthetic import SyntheticSource
 
-    pipeline = Pipeline(PipelineConfig(size=SIZE), backend)
+    config = PipelineConfig(size=spec.size)
+    sampler = DeepfakeSampler() if spec.detector else None
+    pipeline = Pipeline(config, backend, detector=sampler)
     feed = TimedFeed(pipeline)
-    ids = [f"cam{i}" for i in range(streams)]
+    ids = [f"cam{i}" for i in range(spec.streams)]
     runner: web.AppRunner | None = None
     await pipeline.start()
     try:
         for stream_id in ids:
-            await pipeline.add_stream(
-                StreamConfig(id=stream_id, url="synthetic:"),
-                SyntheticSource(stream_id, WIDTH, HEIGHT, FPS),
-            )
+            source: Any
+            if spec.face_clip is not None:
+                source = FileSource(stream_id, spec.face_clip, loop=True, realtime=True)
+            else:
+                source = SyntheticSource(stream_id, WIDTH, HEIGHT, FPS)
+            await pipeline.add_stream(StreamConfig(id=stream_id, url="synthetic:"), source)
         runner = web.AppRunner(create_app(cast(Any, feed), ServerOptions(max_viewers=2)))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -279,11 +326,13 @@ async def _serving(backend: Any, streams: int) -> AsyncIterator[tuple[str, Timed
         if runner is not None:
             await runner.cleanup()
         await pipeline.stop()
+        if sampler is not None:
+            sampler.close()
 
 
 async def measure(spec: RunSpec, backend: Any) -> dict[str, Any]:
     """One row: ``spec.streams`` streams with a viewer each, warmed up, then measured for ``seconds``."""
-    async with _serving(backend, spec.streams) as (base, feed, ids):
+    async with _serving(spec, backend) as (base, feed, ids):
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         viewer_s = spec.warmup_s + spec.seconds + 30.0
@@ -344,6 +393,10 @@ async def measure(spec: RunSpec, backend: Any) -> dict[str, Any]:
     return {
         "mode": spec.mode,
         "streams": spec.streams,
+        "source": "face clip (file, live, looped)" if spec.face_clip is not None else "synthetic pattern",
+        "detector": spec.detector,
+        "cpu_ms_per_frame": 1000.0 * cpu / max(1, sum(s["frames_out"] for s in per_stream)),
+        "detector_verdicts": [after[i].deepfake for i in ids] if spec.detector else [],
         "seconds": elapsed,
         "fps_in_min": fps_in,
         "fps_out_min": fps_out,
@@ -368,10 +421,10 @@ async def measure(spec: RunSpec, backend: Any) -> dict[str, Any]:
     }
 
 
-async def soak(backend: Any, minutes: float, interval_s: float = 30.0) -> dict[str, Any]:
+async def soak(backend: Any, minutes: float, size: int, interval_s: float = 30.0) -> dict[str, Any]:
     """One stream with a viewer for ``minutes``: p95 of each interval and the RSS at its end, with the
     least-squares slope per minute (a leak or a growing queue shows as a steady positive slope)."""
-    async with _serving(backend, 1) as (base, feed, ids):
+    async with _serving(RunSpec("model", 1, 0.0, 0.0, size), backend) as (base, feed, ids):
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         viewer = ctx.Process(
@@ -424,13 +477,36 @@ async def soak(backend: Any, minutes: float, interval_s: float = 30.0) -> dict[s
     }
 
 
+def detector_cost(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Throughput and CPU per frame with the deepfake sampler against the same face clip without it."""
+    off = next((r for r in rows if r["mode"] == "model" and r.get("source", "").startswith("face")), None)
+    on = next((r for r in rows if r["mode"] == "model+detector"), None)
+    if off is None or on is None:
+        return None
+    return {
+        "fps_out_without": off["fps_out_min"],
+        "fps_out_with": on["fps_out_min"],
+        "throughput_drop": 1.0 - on["fps_out_min"] / max(off["fps_out_min"], 1e-9),
+        "cpu_ms_per_frame_without": off["cpu_ms_per_frame"],
+        "cpu_ms_per_frame_with": on["cpu_ms_per_frame"],
+        "cpu_per_frame_increase": on["cpu_ms_per_frame"] / max(off["cpu_ms_per_frame"], 1e-9) - 1.0,
+    }
+
+
 def verdict(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
-    one = next((r for r in rows if r["mode"] == "model" and r["streams"] == 1), None)
-    four = next((r for r in rows if r["mode"] == "model" and r["streams"] == 4), None)
+    def pattern(r: dict[str, Any]) -> bool:
+        return r["mode"] == "model" and not r.get("source", "").startswith("face")
+
+    one = next((r for r in rows if pattern(r) and r["streams"] == 1), None)
+    four = next((r for r in rows if pattern(r) and r["streams"] == 4), None)
+    cost = detector_cost(rows)
     return {
         "realtime_1": None if one is None else bool(one["realtime"]),
         "p95_1": None if one is None else bool((one["latency_ms"].get("p95") or 1e9) <= TARGETS["p95_ms"]),
         "memory_4": None if four is None else bool(four["rss_mb_max"] <= TARGETS["rss_mb_4_streams"]),
+        "detector_drop": None
+        if cost is None
+        else bool(cost["throughput_drop"] <= TARGETS["detector_throughput_drop"]),
     }
 
 
@@ -442,13 +518,24 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any]
     limit = PassThroughBackend(model.info)
     warmup = 1.0 if args.quick else 3.0
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 30.0)
-    rows: list[dict[str, Any]] = []
+    specs: list[tuple[RunSpec, Any]] = []
     for n in [] if args.soak_only else args.streams:
         for mode, backend in (("model", model), ("limit", limit)):
-            row = asyncio.run(measure(RunSpec(mode, n, warmup, seconds), backend))
+            specs.append((RunSpec(mode, n, warmup, seconds, args.size), backend))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        face = None if args.soak_only or not args.detector else make_face_clip(Path(tmp) / "face.mp4")
+        if face is not None:
+            for mode, on in (("model", False), ("model+detector", True)):
+                specs.append((RunSpec(mode, 1, warmup, seconds, args.size, face, on), model))
+        elif args.detector and not args.soak_only:
+            print("no faces in the shared data: the detector rows are skipped", file=sys.stderr)
+        for spec, backend in specs:
+            row = asyncio.run(measure(spec, backend))
             lat = row["latency_ms"]
             print(
-                f"{mode:5} x{n}: out {row['fps_out_min']:.1f} fps/stream, drops {row['drops']}, "
+                f"{spec.mode:14} x{spec.streams} ({row['source']}): out {row['fps_out_min']:.1f} fps/stream, "
+                f"drops {row['drops']}, "
                 f"p50/p95/p99 {lat.get('p50', 0):.0f}/{lat.get('p95', 0):.0f}/{lat.get('p99', 0):.0f} ms, "
                 f"CPU {row['cpu_percent']:.0f} %, RSS {row['rss_mb_max']:.0f} MB",
                 file=sys.stderr,
@@ -460,7 +547,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any]
         "machine": machine_tags(),
         "model": model_tags(model_path, model.info.version, model.name),
         "source": {"kind": "synthetic", "width": WIDTH, "height": HEIGHT, "fps": FPS},
-        "size": SIZE,
+        "size": args.size,
         "codec": "VP8",
         "targets": TARGETS,
     }
@@ -473,12 +560,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any]
             "limit_definition": LIMIT_DEFINITION,
             "warmup_s": warmup,
             "rows": rows,
+            "detector_cost": detector_cost(rows),
             "pass": verdict(rows),
         }
     )
     soak_data = None
     if args.soak_minutes > 0:
-        soak_data = {**common, **asyncio.run(soak(model, args.soak_minutes))}
+        soak_data = {**common, **asyncio.run(soak(model, args.soak_minutes, args.size))}
     return data, soak_data
 
 
@@ -492,6 +580,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="one-stream soak length (0 = off)")
     parser.add_argument(
         "--soak-only", action="store_true", help="run only the soak (live_latency.json is left as it is)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=PipelineConfig().size, help="working size (default: serve's default)"
+    )
+    parser.add_argument(
+        "--detector",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure one face stream without and with the deepfake sampler",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per row")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="where the JSON goes")

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, safe_name
+from benchmarks.deepfake import report_section as deepfake_section
+from benchmarks.throughput import report_section as throughput_section
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "RESULTS.md"
 KNOWN = ("quality", "model_speed", "video_speed")
-OPTIONAL = ("video_quality", "hints_curve", "live_latency", "live_soak")
+OPTIONAL = ("video_quality", "hints_curve", "live_latency", "live_soak", "deepfake")
 """Sections shown only when their JSON exists (no placeholder when absent)."""
 
 
@@ -428,6 +430,14 @@ def hints_section(data: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- the page
 
 
+def _on_face_clip(row: dict[str, Any]) -> bool:
+    return str(row.get("source", "")).startswith("face")
+
+
+def _run_name(row: dict[str, Any]) -> str:
+    return f"{row.get('mode')}{' (face clip)' if _on_face_clip(row) else ''}"
+
+
 def live_latency_section(data: dict[str, Any]) -> list[str]:
     """Live streams through the server: the model beside the no-model limit, per stream count."""
     targets = data.get("targets") or {}
@@ -449,7 +459,7 @@ def live_latency_section(data: dict[str, Any]) -> list[str]:
     for row in data.get("rows") or []:
         lat = row.get("latency_ms") or {}
         lines.append(
-            f"| {row.get('mode')} | {row.get('streams')} | {_num(row.get('fps_in_min'), 1)} | "
+            f"| {_run_name(row)} | {row.get('streams')} | {_num(row.get('fps_in_min'), 1)} | "
             f"{_num(row.get('fps_out_min'), 1)} | {row.get('drops', '–')} | {_num(lat.get('p50'), 0)} | "
             f"{_num(lat.get('p95'), 0)} | {_num(lat.get('p99'), 0)} | {_num(row.get('cpu_percent'), 0)} | "
             f"{'yes' if row.get('cpu_bound') else 'no'} | {_num(row.get('rss_mb_max'), 0)} | "
@@ -469,10 +479,15 @@ def live_latency_section(data: dict[str, Any]) -> list[str]:
         for row in rows:
             means = row.get("stage_mean_ms") or {}
             cells = " | ".join(_num(means.get(s), 1) for s in stages)
-            lines.append(f"| {row.get('mode')} | {row.get('streams')} | {cells} |")
-    one: dict[str, Any] = next((r for r in rows if r.get("mode") == "model" and r.get("streams") == 1), {})
-    four: dict[str, Any] = next((r for r in rows if r.get("mode") == "model" and r.get("streams") == 4), {})
+            lines.append(f"| {_run_name(row)} | {row.get('streams')} | {cells} |")
+
+    def pattern(r: dict[str, Any], n: int) -> bool:
+        return r.get("mode") == "model" and r.get("streams") == n and not _on_face_clip(r)
+
+    one: dict[str, Any] = next((r for r in rows if pattern(r, 1)), {})
+    four: dict[str, Any] = next((r for r in rows if pattern(r, 4)), {})
     verdict = data.get("pass") or {}
+    cost = data.get("detector_cost") or {}
     lines += [
         "",
         "fps in/out are the slowest stream's; drops are summed over streams.",
@@ -487,6 +502,18 @@ def live_latency_section(data: dict[str, Any]) -> list[str]:
         f"≤ {_num(targets.get('p95_ms'), 0)} ms | {_mark(verdict.get('p95_1'))} |",
         f"| resident memory, 4 streams | {_num(four.get('rss_mb_max'), 0)} MB | "
         f"≤ {_num(targets.get('rss_mb_4_streams'), 0)} MB | {_mark(verdict.get('memory_4'))} |",
+    ]
+    if cost:
+        lines.append(
+            f"| colorization throughput with the deepfake sampler (face clip) | "
+            f"{_num(cost.get('fps_out_with'), 1)} vs {_num(cost.get('fps_out_without'), 1)} fps "
+            f"(drop {_num(100 * cost.get('throughput_drop', math.nan), 1)} %; CPU per frame "
+            f"{_num(cost.get('cpu_ms_per_frame_with'), 1)} vs "
+            f"{_num(cost.get('cpu_ms_per_frame_without'), 1)} ms) | "
+            f"drop ≤ {_num(100 * (targets.get('detector_throughput_drop') or math.nan), 0)} % | "
+            f"{_mark(verdict.get('detector_drop'))} |"
+        )
+    lines += [
         "",
         machine_line(data),
         "",
@@ -584,6 +611,7 @@ def render(results_dir: Path, out: Path) -> str:
         "hints_curve": hints_section,
         "live_latency": live_latency_section,
         "live_soak": live_soak_section,
+        "deepfake": deepfake_section,
     }
     for name in OPTIONAL:
         if name in results:
@@ -591,7 +619,16 @@ def render(results_dir: Path, out: Path) -> str:
                 lines += optional[name](results[name])
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 lines += [f"## {name}", "", f"`{name}.json` has an unexpected layout ({exc!r}).", ""]
-    extra = [s for s in results if s not in KNOWN and s not in OPTIONAL and not s.startswith("model_speed_")]
+    for name in sorted(s for s in results if s.startswith("throughput_")):
+        try:
+            lines += throughput_section(results[name])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            lines += [f"## {name}", "", f"`{name}.json` has an unexpected layout ({exc!r}).", ""]
+    extra = [
+        s
+        for s in results
+        if s not in KNOWN and s not in OPTIONAL and not s.startswith(("model_speed_", "throughput_"))
+    ]
     if extra:
         lines += ["## Other result files", "", *[f"- `{s}.json`" for s in extra], ""]
     if problems:

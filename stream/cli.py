@@ -22,7 +22,9 @@ from models.colorizer.hints import HintError, load_hints_file
 from models.runtime.base import RuntimeError_
 from models.runtime.registry import BACKENDS
 from models.runtime.session import MAX_SIZE, MIN_SIZE
+from stream.detect_cli import add_detect
 from stream.errors import ChromastreamError, UsageError
+from stream.export_cli import add_export
 
 if TYPE_CHECKING:
     from stream.config import ServeConfig
@@ -245,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_colorize(subparsers)
     _add_serve(subparsers)
+    add_detect(subparsers)
+    add_export(subparsers)
     return parser
 
 

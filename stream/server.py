@@ -743,10 +743,12 @@ async def serve(
     """Run the pipeline and its server until SIGINT/SIGTERM (or ``stop``), then shut down in order:
     stop accepting, close every peer and event stream, stop the pipeline."""
     from models.runtime.registry import create_backend
+    from stream.deepfake import create_sampler
     from stream.pipeline import Pipeline
 
     backend = create_backend(config.pipeline.backend, config.pipeline.model)
-    pipeline = Pipeline(config.pipeline, backend)
+    sampler = create_sampler(config.pipeline.detector_rate)
+    pipeline = Pipeline(config.pipeline, backend, detector=sampler)
     app = create_app(pipeline, config, own_pipeline=True)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -778,3 +780,5 @@ async def serve(
         for sig in signals:
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+        if sampler is not None:
+            sampler.close()

@@ -417,8 +417,12 @@ class StreamEncoder:
             self.ended = True
             logger.exception("encoder of stream %s failed; its viewers are disconnected", self.stream_id)
         finally:
-            if waiting is not None and not waiting.done():
-                waiting.cancel()
+            if waiting is not None:
+                if waiting.done():
+                    if not waiting.cancelled():
+                        waiting.exception()  # retrieved: the end of the subscription is no error
+                else:
+                    waiting.cancel()
             for queue in list(self._queues):
                 queue.end()
             if self._task is asyncio.current_task():

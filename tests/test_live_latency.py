@@ -6,16 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import live_latency, report
+from models.detector.classifier_runtime import default_model_path as detector_path
+from stream.config import PipelineConfig
 
 
 def test_quick_run_writes_json_and_report_section(tmp_path: Path) -> None:
-    status = live_latency.main(["--quick", "--streams", "1", "--seconds", "1.5", "--out-dir", str(tmp_path)])
+    argv = ["--quick", "--streams", "1", "--seconds", "1.5", "--no-detector", "--out-dir", str(tmp_path)]
+    status = live_latency.main(argv)
     assert status == 0
     data = json.loads((tmp_path / "live_latency.json").read_text())
     for key in ("machine", "model", "source", "size", "targets", "rows", "pass", "limit_definition"):
         assert key in data, key
-    assert data["quick"] is True and data["size"] == 256
+    assert data["quick"] is True and data["size"] == PipelineConfig().size
     assert [(r["mode"], r["streams"]) for r in data["rows"]] == [("model", 1), ("limit", 1)]
     for row in data["rows"]:
         for key in ("fps_in_min", "fps_out_min", "drops", "cpu_percent", "cpu_bound", "rss_mb_max"):
@@ -51,3 +56,27 @@ def test_soak_section_judges_the_slopes(tmp_path: Path) -> None:
     assert "| p95 slope | 0.00 ms/min | ≤ 2.00 ms/min | **PASS** |" in section
     assert "| RSS slope (growth 60 MB) | 40.00 MB/min | ≤ 5.00 MB/min | **FAIL** |" in section
     assert "## Live latency" not in text
+
+
+@pytest.mark.skipif(not detector_path().is_file(), reason="the deepfake detector model is not built")
+def test_quick_run_measures_the_deepfake_sampler_on_a_face(tmp_path: Path) -> None:
+    argv = ["--quick", "--streams", "1", "--seconds", "2", "--out-dir", str(tmp_path)]
+    assert live_latency.main(argv) == 0
+    data = json.loads((tmp_path / "live_latency.json").read_text())
+    modes = [(r["mode"], r["source"].split(" ")[0]) for r in data["rows"]]
+    assert modes == [
+        ("model", "synthetic"),
+        ("limit", "synthetic"),
+        ("model", "face"),
+        ("model+detector", "face"),
+    ]
+    with_detector = data["rows"][-1]
+    verdicts = with_detector["detector_verdicts"]
+    assert verdicts and verdicts[0]["label"] in ("real", "fake", "uncertain")  # the face was found
+    assert data["rows"][2]["detector_verdicts"] == []
+    cost = data["detector_cost"]
+    assert cost["fps_out_with"] > 0 and cost["cpu_ms_per_frame_with"] > 0
+    assert data["pass"]["detector_drop"] in (True, False)
+    text = report.render(tmp_path, tmp_path / "RESULTS.md")
+    assert "| model+detector (face clip) | 1 |" in text
+    assert "deepfake sampler" in text

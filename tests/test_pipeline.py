@@ -714,7 +714,7 @@ def test_source_counters_are_mirrored() -> None:
             self.stats = types.SimpleNamespace(reconnects=0, dropped=0, state="running")
 
     async def main() -> None:
-        p = make()
+        p = make(queue_size=4)  # room for all three frames: this test is about counters, not drops
         await p.start()
         source = Counting()
         await p.add_stream(StreamConfig("c", "rtsp://c"), source)

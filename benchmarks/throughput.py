@@ -1,0 +1,587 @@
+"""Throughput of every backend that runs here, model only and end to end, beside this machine's limits.
+
+Model only: frames per second and p50/p95 latency of ``backend.run`` (numpy in, numpy out: what the
+batcher calls) over batch sizes (1, 4 on a CPU; 1, 8, 32 on a GPU) and two working shapes: 256x256 and
+the working shape of a 1080p stream (256x448). Inputs rotate, the state is carried, warm-up comes first.
+The fastest backend (geometric mean of fps over the configurations) is recorded beside the one ``auto``
+picks, so a ranking that no longer matches the machine shows up in the results.
+
+End to end: N synthetic 1080p H.264 streams (made with PyAV in a temporary folder) decoded, colorized in
+one batched call per frame time through the fastest backend, and re-encoded with the colorize command's
+encoder settings, decode and encode of the N streams running in parallel threads. A stream holds real
+time when its own rate reaches 30 fps. The limit in the same run: the same loop without the model.
+
+Device memory: ``torch.cuda.max_memory_allocated`` per backend on a GPU; on a CPU the process's peak
+resident set after each backend (a running maximum, so it only ever grows from one backend to the next).
+References measured in the same run: GPU device-to-device copy bandwidth and FP16 matmul TFLOP/s; CPU
+float32 matmul GFLOP/s and the decode + encode limit above. The load average at start and end is recorded:
+the development machines share two cores with other jobs.
+
+Writes ``throughput_<device>.json`` (``cpu`` or ``cuda``).
+
+    python -m benchmarks.throughput                     # a few minutes on 2 cores (torch.compile ~2 min)
+    python -m benchmarks.throughput --smoke --out-dir /tmp/tp   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    DEFAULT_RESULTS_DIR,
+    BenchmarkError,
+    default_model_path,
+    fail,
+    machine_tags,
+    model_tags,
+    now_iso,
+    percentiles_ms,
+    write_json,
+)
+from benchmarks.model_speed import measure_matmul_gflops, synthetic_l, time_calls
+
+TARGET_FPS = 30.0
+WORKING_SIZE = 256
+CPU_BACKENDS = ("onnxruntime", "torch", "torch-compile")
+GPU_BACKENDS = ("tensorrt", "torch-cuda", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: str
+    backends: tuple[str, ...]
+    batches: tuple[int, ...]
+    shapes: tuple[tuple[int, int], ...]
+    seconds: float
+    warmup: int
+    iterations: int | None
+    streams: tuple[int, ...]
+    clip: tuple[int, int, int]
+    """End-to-end clip: width, height, frames."""
+
+
+def detect_device() -> str:
+    from models.runtime.torch_backend import cuda_available
+
+    return "cuda" if cuda_available() else "cpu"
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    from models.runtime.session import working_shape
+
+    device = args.device or detect_device()
+    hd = working_shape(1080, 1920, WORKING_SIZE, 32)
+    if args.smoke:
+        names = args.backends or ("onnxruntime", "torch")
+        return Plan(device, tuple(names), (1, 2), ((64, 64), (64, 96)), 0.0, 1, 3, (1, 2), (320, 180, 4))
+    gpu = device == "cuda"
+    return Plan(
+        device=device,
+        backends=tuple(args.backends or (GPU_BACKENDS if gpu else CPU_BACKENDS)),
+        batches=(1, 8, 32) if gpu else (1, 4),
+        shapes=((WORKING_SIZE, WORKING_SIZE), hd),
+        seconds=args.seconds,
+        warmup=5,
+        iterations=None,
+        streams=(1, 2, 4, 8, 16, 32) if gpu else (1, 2),
+        clip=(1920, 1080, args.clip_frames or (90 if gpu else 30)),
+    )
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------- model only
+
+
+def bench_config(backend: Any, batch: int, shape: tuple[int, int], plan: Plan) -> dict[str, Any]:
+    info = backend.info
+    height, width = shape
+    frames = synthetic_l(4, height, width, seed=batch)
+    inputs = [
+        np.stack([frames[(i + j) % len(frames)] / info.l_scale for j in range(batch)])[:, None].astype(
+            np.float32
+        )
+        for i in range(len(frames))
+    ]
+    hints = np.zeros((batch, 3, height, width), dtype=np.float32)
+    state = [np.zeros(info.state_shape(batch, height, width), dtype=np.float32)]
+
+    def call(i: int) -> None:
+        _, state[0] = backend.run(inputs[i % len(inputs)], hints, state[0])
+
+    samples = time_calls(call, plan.warmup, plan.iterations, plan.seconds)
+    total = sum(samples)
+    return {
+        "batch": batch,
+        "height": height,
+        "width": width,
+        "iterations": len(samples),
+        "fps": batch * len(samples) / total if total > 0 else 0.0,
+        "latency_ms": percentiles_ms(samples),
+    }
+
+
+def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
+    from models.runtime.base import RuntimeError_
+    from models.runtime.registry import create_backend
+
+    torch_cuda = None
+    if plan.device == "cuda":
+        import torch
+
+        torch_cuda = torch.cuda
+        torch_cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    try:
+        backend = create_backend(name, model)
+    except RuntimeError_ as exc:
+        return {"name": name, "available": False, "reason": str(exc)}
+    load_s = time.perf_counter() - started
+    runs = []
+    first_call: dict[str, float] = {}
+    for shape in plan.shapes:
+        for batch in plan.batches:
+            t0 = time.perf_counter()
+            runs.append(bench_config(backend, batch, shape, plan))
+            # torch.compile compiles on the first call of each shape: show what that costs.
+            first_call[f"b{batch} {shape[0]}x{shape[1]}"] = time.perf_counter() - t0
+            print(f"  {name} b{batch} {shape[0]}x{shape[1]}: {runs[-1]['fps']:.1f} fps", flush=True)
+    memory: dict[str, Any]
+    if torch_cuda is not None:
+        memory = {"kind": "torch.cuda.max_memory_allocated", "mb": torch_cuda.max_memory_allocated() / 2**20}
+    else:
+        memory = {"kind": "process peak RSS so far (running maximum)", "mb": peak_rss_mb()}
+    threads = None
+    if name.startswith("torch"):
+        import torch
+
+        threads = torch.get_num_threads()
+    return {
+        "name": backend.name,
+        "requested": name,
+        "available": True,
+        "load_s": load_s,
+        "config_seconds": first_call,
+        "threads": threads,
+        "runs": runs,
+        "memory": memory,
+    }
+
+
+def geometric_mean_fps(entry: dict[str, Any]) -> float:
+    fps = [r["fps"] for r in entry["runs"] if r["fps"] > 0]
+    return math.exp(sum(math.log(f) for f in fps) / len(fps)) if fps else 0.0
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def make_clip(path: Path, width: int, height: int, frames: int) -> Path:
+    from benchmarks.video_speed import ClipSpec
+    from benchmarks.video_speed import make_clip as write_clip
+
+    return write_clip(path, ClipSpec(f"{width}x{height}", width, height, 30, frames / 30), audio=False)
+
+
+class _Stream:
+    """One synthetic stream: its decoder and its encoder (to a file in the temp folder)."""
+
+    def __init__(self, src: Path, dst: Path):
+        import av
+
+        from benchmarks.video_speed import encoder_settings
+
+        self.input = av.open(str(src))
+        self.frames = self.input.decode(video=0)
+        settings = encoder_settings()
+        self.output = av.open(str(dst), "w")
+        self.video: Any = self.output.add_stream(
+            settings["codec"], rate=30, options=dict(settings["options"])
+        )
+        vin = self.input.streams.video[0]
+        self.video.width, self.video.height = vin.codec_context.width, vin.codec_context.height
+        self.video.pix_fmt = "yuv420p"
+        self.index = 0
+
+    def decode(self, shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        import cv2
+
+        from kernels.combine import l_from_luma
+
+        frame = next(self.frames)
+        planes = frame.to_ndarray()  # yuv420p: Y on top of U and V
+        y = np.ascontiguousarray(planes[: frame.height], dtype=np.uint8)
+        if shape is None:
+            return y, None
+        small = cv2.resize(l_from_luma(y), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+        return y, small
+
+    def encode(self, y: np.ndarray, ab: np.ndarray | None) -> None:
+        import av
+
+        from kernels.combine import luma_ab_to_yuv420
+
+        if ab is None:
+            h, w = y.shape
+            u = v = np.full((h // 2, w // 2), 128, dtype=np.uint8)
+        else:
+            _, u, v = luma_ab_to_yuv420(y, ab)
+        data = np.concatenate([y, u.reshape(-1, y.shape[1]), v.reshape(-1, y.shape[1])])
+        frame = av.VideoFrame.from_ndarray(data, format="yuv420p")
+        frame.pts = self.index
+        frame.time_base = Fraction(1, 30)
+        self.index += 1
+        for packet in self.video.encode(frame):
+            self.output.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.video.encode(None):
+            self.output.mux(packet)
+        self.output.close()
+        self.input.close()
+
+
+def run_streams(clip: Path, n: int, frames: int, backend: Any | None, tmp: Path) -> dict[str, Any]:
+    """Decode -> (batched model) -> encode of ``n`` streams in lock step; ``backend=None`` is the limit."""
+    from models.runtime.session import working_shape
+
+    h, w = clip_size(clip)
+    shape = working_shape(h, w, WORKING_SIZE, 32) if backend is not None else None
+    streams = [_Stream(clip, tmp / f"out-{n}-{i}-{id(backend)}.mp4") for i in range(n)]
+    states = None
+    if backend is not None and shape is not None:
+        states = np.zeros(backend.info.state_shape(n, *shape), dtype=np.float32)
+        hints = np.zeros((n, 3, *shape), dtype=np.float32)
+    ticks: list[float] = []
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        started = time.perf_counter()
+        for _ in range(frames):
+            t0 = time.perf_counter()
+            decoded = list(pool.map(lambda s: s.decode(shape), streams))
+            abs_: list[np.ndarray | None] = [None] * n
+            if backend is not None and states is not None:
+                L = np.stack([small for _, small in decoded])[:, None] / backend.info.l_scale
+                ab, states = backend.run(L.astype(np.float32), hints, states)
+                abs_ = [ab[i] * backend.info.ab_scale for i in range(n)]
+            list(
+                pool.map(
+                    lambda args: args[0].encode(args[1][0], args[2]), zip(streams, decoded, abs_, strict=True)
+                )
+            )
+            ticks.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - started
+        list(pool.map(lambda s: s.close(), streams))
+    per_stream_fps = frames / wall
+    return {
+        "streams": n,
+        "frames_per_stream": frames,
+        "seconds": wall,
+        "fps_per_stream": per_stream_fps,
+        "fps_total": per_stream_fps * n,
+        "holds_realtime": per_stream_fps >= TARGET_FPS,
+        "latency_ms": percentiles_ms(ticks),
+    }
+
+
+def clip_size(path: Path) -> tuple[int, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        ctx = container.streams.video[0].codec_context
+        return int(ctx.height), int(ctx.width)
+
+
+def end_to_end(backend: Any, plan: Plan) -> dict[str, Any]:
+    width, height, frames = plan.clip
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="chromastream-throughput-") as folder:
+        tmp = Path(folder)
+        clip = make_clip(tmp / "clip.mp4", width, height, frames)
+        for n in plan.streams:
+            model = run_streams(clip, n, frames, backend, tmp)
+            limit = run_streams(clip, n, frames, None, tmp)
+            rows.append({"streams": n, "model": model, "limit": limit})
+            print(
+                f"  {n} x {width}x{height}: {model['fps_per_stream']:.1f} fps/stream "
+                f"(limit {limit['fps_per_stream']:.1f})",
+                flush=True,
+            )
+    held = [r["streams"] for r in rows if r["model"]["holds_realtime"]]
+    held_limit = [r["streams"] for r in rows if r["limit"]["holds_realtime"]]
+    return {
+        "clip": {"width": width, "height": height, "frames": frames, "fps": 30, "codec": "H.264"},
+        "backend": backend.name,
+        "target_fps_per_stream": TARGET_FPS,
+        "rows": rows,
+        "streams_held": max(held, default=0),
+        "streams_held_limit": max(held_limit, default=0),
+        "limit_definition": "same loop without the model: decode + encode (colorize command's settings)",
+    }
+
+
+# ------------------------------------------------------------------------------------------- references
+
+
+def gpu_references() -> dict[str, Any]:
+    import torch
+
+    n = 1 << 28  # 512 MiB of fp16
+    src = torch.empty(n, dtype=torch.float16, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    copy_gbs = 2 * src.nbytes * 10 / (time.perf_counter() - t0) / 1e9  # read + write
+    del src, dst
+    a = torch.randn(8192, 8192, dtype=torch.float16, device="cuda")
+    b = torch.randn_like(a)
+    a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    tflops = 2 * 8192**3 * 20 / (time.perf_counter() - t0) / 1e12
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "d2d_copy_gb_s": copy_gbs,
+        "fp16_matmul_tflops": tflops,
+        "what": "device-to-device copy of 512 MiB (read + write bytes); fp16 matmul 8192^3",
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from models.runtime.registry import auto_ranking
+
+    plan = make_plan(args)
+    model: Path = args.model
+    started = time.perf_counter()
+    try:
+        load_start = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        load_start = []
+    result: dict[str, Any] = {
+        "benchmark": "throughput",
+        "date": now_iso(),
+        "device": plan.device,
+        "smoke": bool(args.smoke),
+        "machine": machine_tags(),
+        "model": model_tags(model, "?", "several"),
+        "plan": {
+            "backends": list(plan.backends),
+            "batches": list(plan.batches),
+            "shapes": [list(s) for s in plan.shapes],
+            "seconds_per_config": plan.seconds,
+            "streams": list(plan.streams),
+        },
+    }
+    if plan.device == "cuda":
+        result["reference"] = gpu_references()
+    else:
+        result["reference"] = measure_matmul_gflops(bool(args.smoke))
+    entries = []
+    for name in plan.backends:
+        print(f"{name}:", flush=True)
+        entries.append(bench_backend(name, model, plan))
+        if not entries[-1]["available"]:
+            print(f"  unavailable: {entries[-1]['reason']}", flush=True)
+    result["backends"] = entries
+    ran = [e for e in entries if e["available"]]
+    if not ran:
+        raise BenchmarkError("no backend could run: " + "; ".join(e["reason"] for e in entries))
+    for e in ran:
+        e["fps_geomean"] = geometric_mean_fps(e)
+    fastest = max(ran, key=lambda e: e["fps_geomean"])
+    ranking = auto_ranking()
+    auto = next((n for n in ranking if any(e["requested"] == n for e in ran)), None)
+    result["choice"] = {
+        "fastest": fastest["requested"],
+        "auto_ranking": list(ranking),
+        "auto_picks": auto,
+        "agrees": auto == fastest["requested"],
+        "rule": "highest geometric mean of fps over the batch x shape configurations",
+    }
+    result["model"]["version"] = _model_version(model)
+    from models.runtime.registry import create_backend
+
+    print(f"end to end with {fastest['requested']}:", flush=True)
+    result["end_to_end"] = end_to_end(create_backend(fastest["requested"], model), plan)
+    try:
+        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        result["loadavg_end"] = []
+    result["loadavg_start"] = load_start
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _model_version(path: Path) -> str:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return str(session.get_modelmeta().custom_metadata_map.get("chromastream.version", "unknown"))
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print(f"\nthroughput on {result['device']}  model {result['model']['version']}")
+    print(f"{'backend':<15}{'batch':>6}{'shape':>10}{'fps':>9}{'p50 ms':>9}{'p95 ms':>9}")
+    for e in result["backends"]:
+        if not e["available"]:
+            print(f"{e['name']:<15} unavailable: {e['reason']}")
+            continue
+        for r in e["runs"]:
+            lat = r["latency_ms"]
+            shape = f"{r['height']}x{r['width']}"
+            print(
+                f"{e['name']:<15}{r['batch']:>6}{shape:>10}{r['fps']:>9.1f}{lat['p50']:>9.2f}{lat['p95']:>9.2f}"
+            )
+    c = result["choice"]
+    print(f"fastest: {c['fastest']}; auto picks {c['auto_picks']} ({'agrees' if c['agrees'] else 'DIFFERS'})")
+    e2e = result["end_to_end"]
+    print(
+        f"streams holding {e2e['target_fps_per_stream']:.0f} fps at {e2e['clip']['width']}x"
+        f"{e2e['clip']['height']}: {e2e['streams_held']} (limit without model: {e2e['streams_held_limit']})"
+    )
+    print(f"load average {result['loadavg_start']} -> {result['loadavg_end']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description=(
+            "Model-only fps and p50/p95 of every available backend over batch x working shape, the fastest "
+            "recorded beside auto's pick; end-to-end N synthetic 1080p H.264 streams beside the decode + "
+            "encode limit; device memory. Writes throughput_<device>.json."
+        ),
+    )
+    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped model)")
+    parser.add_argument("--backends", nargs="+", default=None, help="backends to measure (default: all)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration")
+    parser.add_argument("--clip-frames", type=int, default=None, help="frames per end-to-end stream")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes and clip, a few calls: seconds")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="folder for the JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.model = args.model or default_model_path()
+    if not args.model.is_file():
+        return fail(f"model file not found: {args.model}")
+    from models.runtime.base import RuntimeError_
+
+    try:
+        result = run(args)
+    except (BenchmarkError, RuntimeError_) as exc:
+        return fail(str(exc))
+    path = write_json(args.out_dir, f"throughput_{result['device']}", result)
+    print_summary(result)
+    print(f"\nwrote {path} in {result['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, int | float) and math.isfinite(x) else "–"
+
+
+def report_section(data: dict[str, Any]) -> list[str]:
+    """The RESULTS.md section for one ``throughput_<device>.json`` (called by ``benchmarks.report``)."""
+    device = data.get("device", "?")
+    machine = data.get("machine") or {}
+    model = data.get("model") or {}
+    lines = [f"## Throughput ({device})", ""]
+    if data.get("smoke"):
+        lines += ["> Smoke run (`--smoke`): tiny shapes, not a final figure.", ""]
+    lines += [
+        f"Model `{model.get('version', '?')}` (sha256 `{model.get('sha256', '?')}`), run {data.get('date')}; "
+        f"load average {data.get('loadavg_start')} at start, {data.get('loadavg_end')} at the end "
+        f"({machine.get('cores_usable', '?')} usable cores, shared with other jobs). Model only: "
+        "`backend.run` on numpy arrays, state carried, after warm-up; fps counts frames.",
+        "",
+        "| backend | batch | working shape | fps | p50 ms | p95 ms | memory MB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    skipped = []
+    for e in data.get("backends") or []:
+        if not e.get("available"):
+            skipped.append(f"- {e.get('name')}: unavailable ({e.get('reason')})")
+            continue
+        for r in e.get("runs") or []:
+            lat = r.get("latency_ms") or {}
+            lines.append(
+                f"| {e.get('name')} | {r.get('batch')} | {r.get('height')}x{r.get('width')} | "
+                f"{_fmt(r.get('fps'))} | {_fmt(lat.get('p50'), 2)} | {_fmt(lat.get('p95'), 2)} | "
+                f"{_fmt((e.get('memory') or {}).get('mb'), 0)} |"
+            )
+    choice = data.get("choice") or {}
+    lines += ["", *skipped, ""] if skipped else [""]
+    lines += [
+        f"Fastest ({choice.get('rule', '?')}): **{choice.get('fastest')}**; `auto` picks "
+        f"{choice.get('auto_picks')} ({'agrees' if choice.get('agrees') else '**differs**'}).",
+        "",
+    ]
+    ref = data.get("reference") or {}
+    if "fp16_matmul_tflops" in ref:
+        lines += [
+            f"Limits in the same run: device-to-device copy {_fmt(ref.get('d2d_copy_gb_s'))} GB/s, "
+            f"FP16 matmul {_fmt(ref.get('fp16_matmul_tflops'))} TFLOP/s ({ref.get('gpu')}).",
+            "",
+        ]
+    else:
+        lines += [
+            f"CPU reference in the same run: {ref.get('what')} {_fmt(ref.get('gflops_median'))} GFLOP/s.",
+            "",
+        ]
+    e2e = data.get("end_to_end") or {}
+    clip = e2e.get("clip") or {}
+    lines += [
+        f"End to end with {e2e.get('backend')}: N synthetic {clip.get('width')}x{clip.get('height')} H.264 "
+        f"streams, {clip.get('frames')} frames each, decode -> colorize (one batched call per frame time) "
+        f"-> encode; the limit is {e2e.get('limit_definition')}.",
+        "",
+        "| streams | fps per stream | p50 ms | p95 ms | limit fps per stream | limit p50 ms | holds 30 fps |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in e2e.get("rows") or []:
+        m, lim = row.get("model") or {}, row.get("limit") or {}
+        ml, ll = m.get("latency_ms") or {}, lim.get("latency_ms") or {}
+        lines.append(
+            f"| {row.get('streams')} | {_fmt(m.get('fps_per_stream'))} | {_fmt(ml.get('p50'))} | "
+            f"{_fmt(ml.get('p95'))} | {_fmt(lim.get('fps_per_stream'))} | {_fmt(ll.get('p50'))} | "
+            f"{'yes' if m.get('holds_realtime') else 'no'} |"
+        )
+    lines += [
+        "",
+        f"Streams holding {_fmt(e2e.get('target_fps_per_stream'), 0)} fps: {e2e.get('streams_held')} "
+        f"(limit without the model: {e2e.get('streams_held_limit')}); "
+        f"peak RSS {_fmt(data.get('peak_rss_mb'), 0)} MB.",
+        "",
+    ]
+    return lines

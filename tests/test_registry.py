@@ -1,0 +1,62 @@
+"""Backend names, what ``auto`` picks here, and that the CPU ranking matches the committed benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.runtime.base import BackendUnavailable
+from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from models.runtime.registry import BACKENDS, CPU_RANKING, auto_ranking, create_backend, default_model_path
+from stream.cli import build_parser
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "throughput_cpu.json"
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def test_names() -> None:
+    assert BACKENDS == ("auto", "onnxruntime", "torch", "torch-compile", "torch-cuda", "tensorrt")
+    with pytest.raises(BackendUnavailable, match="unknown backend 'tpu'; choose one of: auto, onnxruntime"):
+        create_backend("tpu")
+
+
+def test_cli_offers_every_backend() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["colorize", "in.png", "out.png", "--backend", "torch-cuda"])
+    assert args.backend == "torch-cuda"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["colorize", "in.png", "out.png", "--backend", "tpu"])
+
+
+@pytest.mark.skipif(_cuda(), reason="checks the CPU choice")
+def test_auto_on_cpu_is_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHROMASTREAM_MODEL", raising=False)
+    assert auto_ranking() == CPU_RANKING
+    backend = create_backend("auto")
+    assert isinstance(backend, OnnxRuntimeBackend) and backend.name == "onnxruntime"
+
+
+def test_cpu_ranking_matches_the_committed_benchmark() -> None:
+    """``auto`` on a CPU picks what ``benchmarks/throughput.py`` measured fastest on this machine class."""
+    if not RESULTS.is_file():
+        pytest.skip(f"{RESULTS.name} not written yet: python -m benchmarks.throughput")
+    data = json.loads(RESULTS.read_text())
+    assert not data["smoke"]
+    measured = {e["requested"]: e["fps_geomean"] for e in data["backends"] if e["available"]}
+    assert max(measured, key=lambda name: measured[name]) == CPU_RANKING[0]
+
+
+@pytest.mark.skipif(_cuda(), reason="checks the errors where there is no CUDA")
+@pytest.mark.parametrize(("name", "needs"), [("torch-cuda", "CUDA"), ("tensorrt", "TensorRT|CUDA")])
+def test_gpu_backends_are_unavailable_on_cpu(name: str, needs: str) -> None:
+    with pytest.raises(BackendUnavailable, match=needs):
+        create_backend(name, default_model_path())
