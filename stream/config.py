@@ -113,8 +113,11 @@ class StreamConfig:
 class PipelineConfig:
     """How frames are colorized: model, working size, batching, queues."""
 
-    size: int = 256
-    """Short side of the network's working resolution; output keeps the input's full resolution."""
+    size: int = 192
+    """Short side of the network's working resolution; output keeps the input's full resolution. The
+    default keeps a 640x480 25 fps camera in real time on two CPU cores with room to spare (measured by
+    ``benchmarks.live_latency``); colour is low-frequency, so the picture loses little. Raise it (256,
+    as ``colorize`` uses) on a machine with more cores or a GPU."""
     backend: str = "auto"
     """Inference backend name (``auto`` picks the fastest available here)."""
     model: Path | None = None

@@ -106,9 +106,11 @@ class HintPropagation(nn.Module):
         # Half confidence where the blurred mask is ``support`` times what one click's own area gives.
         # Everything is scaled by SCALE so that the sums stay far from FP16's smallest normal numbers.
         self.thresholds = [self.SCALE * support * click_area / (2 * math.pi * s**2) for s in sigmas]
-        # Separable Gaussian per scale, one copy per blurred channel (a, b, mask), as fixed buffers.
-        for i, sigma in enumerate(sigmas):
-            kernel = _gaussian(sigma)
+        # Separable Gaussian per scale, one copy per blurred channel (a, b, mask), as fixed buffers. Wide
+        # scales blur a coarser copy of the grid (a pyramid), so no kernel is longer than 13 taps.
+        self.factors = [max(1, int(s // 2)) for s in sigmas]
+        for i, (sigma, factor) in enumerate(zip(sigmas, self.factors, strict=True)):
+            kernel = _gaussian(sigma / factor)
             self.register_buffer(f"row{i}", kernel.view(1, 1, 1, -1).repeat(3, 1, 1, 1), persistent=False)
             self.register_buffer(f"col{i}", kernel.view(1, 1, -1, 1).repeat(3, 1, 1, 1), persistent=False)
 
@@ -121,21 +123,29 @@ class HintPropagation(nn.Module):
 
     def forward(self, ab: torch.Tensor, hints: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
         mask = hints[:, 2:3]
-        splat = torch.cat([(hints[:, :2] - ab) * mask, mask], 1) * self.SCALE
-        layers = [torch.exp(-((L - c) ** 2) / (2 * self.sigma_l**2)) for c in self.centres]
-        pooled = [F.avg_pool2d(splat * w, 4) for w in layers]
-        total = torch.zeros_like(ab)
-        left = torch.ones_like(mask)
+        # Everything past the splat runs at 1/4 resolution (the grid's own), and only the final correction
+        # is upsampled: the step costs a few percent of the network, with or without hints.
+        splat = F.avg_pool2d(torch.cat([(hints[:, :2] - ab) * mask, mask], 1) * self.SCALE, 4)
+        lightness = F.avg_pool2d(L, 4)
+        layers = [torch.exp(-((lightness - c) ** 2) / (2 * self.sigma_l**2)) for c in self.centres]
+        pooled = [splat * w for w in layers]
+        total = torch.zeros_like(splat[:, :2])
+        left = torch.ones_like(splat[:, 2:3])
         for i, threshold in enumerate(self.thresholds):
             acc = torch.zeros_like(splat)
+            factor = self.factors[i]
             for w, grid in zip(layers, pooled, strict=True):
-                sliced = F.interpolate(self._blur(grid, i), size=ab.shape[-2:], mode="bilinear")
-                acc = acc + w * sliced
+                if factor == 1:
+                    blurred = self._blur(grid, i)
+                else:
+                    coarse = self._blur(F.avg_pool2d(grid, factor, ceil_mode=True), i)
+                    blurred = F.interpolate(coarse, size=grid.shape[-2:], mode="bilinear")
+                acc = acc + w * blurred
             num, den = acc[:, :2], acc[:, 2:3]
             conf = den / (den + threshold)
             total = total + left * conf * num / den.clamp_min(1e-3)
             left = left * (1 - conf)
-        return ab + total
+        return ab + F.interpolate(total, size=ab.shape[-2:], mode="bilinear")
 
 
 class Colorizer(nn.Module):
