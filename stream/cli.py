@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -189,12 +190,31 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--port", type=_port, help="TCP port (default 8080; 0 picks a free one)")
     parser.add_argument("--token", help="bearer token required by the API, signalling, page and metrics")
     parser.add_argument(
-        "--size", type=_working_size, metavar="N", help="short side of the network's working resolution"
+        "--size",
+        type=_working_size,
+        metavar="N",
+        help="short side of the network's working resolution (default 192: real time on two CPU cores)",
     )
     parser.add_argument("--backend", choices=BACKENDS, help="inference backend (default auto)")
     parser.add_argument("--model", type=Path, metavar="PATH", help="colorizer ONNX file (default: shipped)")
+    parser.add_argument(
+        "--detector-rate",
+        type=_detector_rate,
+        metavar="N",
+        help="frames per second per stream sampled for the deepfake detector (default 2; 0 turns it off)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
+
+
+def _detector_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of frames per second, got {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= 120):
+        raise argparse.ArgumentTypeError(f"must be in 0..120 frames per second, got {text}")
+    return value
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -217,7 +237,12 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         config.pipeline,
         **{
             key: value
-            for key, value in (("size", args.size), ("backend", args.backend), ("model", args.model))
+            for key, value in (
+                ("size", args.size),
+                ("backend", args.backend),
+                ("model", args.model),
+                ("detector_rate", args.detector_rate),
+            )
             if value is not None
         },
     )

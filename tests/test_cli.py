@@ -397,3 +397,25 @@ def test_demo_asset_is_grey_and_licensed() -> None:
         assert np.abs(chroma.astype(int) - 128).max() <= 2
     notice = (Path(__file__).resolve().parents[1] / "NOTICE").read_text()
     assert "CC BY 4.0" in notice and "Apache" in notice
+
+
+def test_serve_flags_lay_over_the_defaults() -> None:
+    from stream.cli import _serve_config, build_parser
+    from stream.config import PipelineConfig
+
+    args = build_parser().parse_args(["serve", "--detector-rate", "0.5", "--size", "224"])
+    config = _serve_config(args)
+    assert config.pipeline.detector_rate == 0.5 and config.pipeline.size == 224
+    assert [s.id for s in config.streams] == ["demo"]  # no source, no config: the bundled clip
+    default = _serve_config(build_parser().parse_args(["serve"]))
+    assert default.pipeline.detector_rate == PipelineConfig().detector_rate == 2.0
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "nan", "500"])
+def test_serve_refuses_a_bad_detector_rate(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    from stream.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", f"--detector-rate={value}"])
+    assert exit_info.value.code == 2
+    assert "--detector-rate" in capsys.readouterr().err

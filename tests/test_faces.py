@@ -60,7 +60,7 @@ def test_grey_input_detects_like_rgb(detector: FaceDetector) -> None:
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     a, b = detector.detect(rgb), detector.detect(grey)
     assert len(a) == len(b) == 1
-    assert np.allclose(a[0].box, b[0].box, atol=8)  # ~6 % of the face side
+    assert np.allclose(a[0].box, b[0].box, atol=13)  # 10 % of the 130 px face (detected at 0.8 scale)
 
 
 def test_blank_frame_has_no_face(detector: FaceDetector) -> None:
