@@ -265,7 +265,7 @@ def make_face_clip(path: Path, seconds: float = 8.0) -> Path | None:
     import av
     import cv2
 
-    from models.colorizer.data import shared_root
+    from models.shared_data import shared_root
 
     faces = sorted((shared_root() / "data" / "faces" / "gan").glob("*.jpg"))
     if not faces:

@@ -93,7 +93,7 @@ def create_sampler(rate: float) -> DeepfakeSampler | None:
 
     try:
         sampler = DeepfakeSampler()
-    except (DetectorError, OSError) as exc:
+    except (DetectorError, OSError, ImportError) as exc:
         logger.warning("deepfake detector off: %s", exc)
         return None
     logger.info("deepfake detector %s sampling %.3g frames/s per stream", sampler.version, rate)

@@ -16,10 +16,10 @@ from models.colorizer.data import (  # noqa: E402
     VideoBank,
     davis_training_sequences,
     random_hints,
-    shared_root,
     training_images,
 )
 from models.colorizer.network import pool_hints  # noqa: E402
+from models.shared_data import shared_root  # noqa: E402
 
 SHARED = shared_root()
 needs_shared = pytest.mark.skipif(

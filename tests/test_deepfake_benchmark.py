@@ -21,7 +21,6 @@ import pytest
 
 from benchmarks import deepfake
 from benchmarks.report import render
-from models.colorizer.data import shared_root
 from models.detector.metrics import (
     accuracy_at,
     expected_calibration_error,
@@ -29,6 +28,7 @@ from models.detector.metrics import (
     roc_auc,
     summary,
 )
+from models.shared_data import shared_root
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "detector.onnx"
 FACES = shared_root() / "data" / "faces"

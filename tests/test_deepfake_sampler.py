@@ -4,6 +4,8 @@ metadata, with a face -> a calibrated probability and a label, without one -> ``
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,18 @@ def test_stream_without_faces_says_no_face_and_gives_no_number() -> None:
     judged = [f.metadata["deepfake"] for f in frames if f.metadata["deepfake"]["label"] != "off"]
     assert judged
     assert all(v["label"] == "no_face" and v["probability"] is None and v["faces"] == [] for v in judged)
+
+
+@needs_detector
+def test_the_live_detector_runs_without_torch() -> None:
+    """``make serve`` installs the runtime only: the sampler must load with torch absent."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from stream.deepfake import create_sampler\n"
+        "sampler = create_sampler(2.0)\n"
+        "assert sampler is not None, 'detector did not load'\n"
+        "sampler.close()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.colorizer.data import shared_root
 from models.detector.detector import DeepfakeDetector
+from models.shared_data import shared_root
 from stream import detect_cli
 from tests.conftest import CliRun
 

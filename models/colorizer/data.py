@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +27,6 @@ import torch.nn.functional as F
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HOLDOUT_EVERY = 20  # 1 image in 20 is held out for model selection and chroma-gain tuning
-
-
-def shared_root() -> Path:
-    """``CHROMASTREAM_SHARED``, else ``../shared`` beside the repository."""
-    env = os.environ.get("CHROMASTREAM_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared"
 
 
 def training_images(shared: Path) -> list[Path]:

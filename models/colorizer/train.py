@@ -43,11 +43,11 @@ from models.colorizer.data import (
     is_holdout,
     load_rgb,
     random_hints,
-    shared_root,
     training_images,
 )
 from models.colorizer.mobilenet import MobileNetV2, load_tflite
 from models.colorizer.network import Colorizer, zero_state
+from models.shared_data import shared_root
 
 TFLITE_PATH = Path("weights/coral-tflite/mobilenet_v2_1.0_224_quant.tflite")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from models.colorizer.data import shared_root
 from models.detector.classifier import INPUT_SIZE, NORMALIZATION, DeepfakeNet, build_classifier
 from models.detector.data import INPUT_MARGIN
+from models.shared_data import shared_root
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "logit"

@@ -44,7 +44,7 @@ class Face:
 
 def default_yunet_path() -> Path:
     """The first YuNet ONNX present under ``shared/weights/yunet``."""
-    from models.colorizer.data import shared_root
+    from models.shared_data import shared_root
 
     folder = shared_root() / "weights" / "yunet"
     for name in YUNET_FILES:

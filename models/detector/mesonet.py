@@ -39,7 +39,7 @@ class MesoNetError(DetectorModelError):
 
 def default_weights_path(name: str = DEFAULT_WEIGHTS) -> Path:
     """``<shared>/weights/mesonet/<name>`` (shared root: ``CHROMASTREAM_SHARED`` or ``../shared``)."""
-    from models.colorizer.data import shared_root
+    from models.shared_data import shared_root
 
     return shared_root() / "weights" / "mesonet" / name
 

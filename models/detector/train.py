@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.colorizer.data import shared_root
 from models.colorizer.train import ema_update, save_atomic, stop_on_signal
 from models.detector.calibration import log_loss, roc_auc, sigmoid
 from models.detector.classifier import INPUT_SIZE, DeepfakeNet, build_classifier, parameter_count
 from models.detector.data import FaceBank, build_bank, input_crop, real_face_paths, split_of
 from models.detector.faces import FaceDetector
 from models.detector.sbi import augment_input, self_blend
+from models.shared_data import shared_root
 
 
 def load_bank(run: Path, shared: Path, limit: int = 0) -> FaceBank:
