@@ -11,13 +11,11 @@ import pytest
 from models.detector.calibration import (
     calibrate,
     choose_operating_point,
-    expected_calibration_error,
     fit_temperature,
-    log_loss,
     reliability_diagram,
-    roc_auc,
     sigmoid,
 )
+from models.detector.metrics import expected_calibration_error, log_loss, roc_auc
 
 
 def _calibrated_logits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -33,12 +31,12 @@ def test_ece_drops_after_temperature_scaling_of_an_overconfident_model() -> None
     overconfident = 3.0 * z  # the same ranking, three times too sure
     t = fit_temperature(overconfident, y)
     assert t == pytest.approx(3.0, rel=0.08)
-    before = expected_calibration_error(sigmoid(overconfident), y)
-    after = expected_calibration_error(sigmoid(overconfident / t), y)
+    before = expected_calibration_error(y, sigmoid(overconfident))
+    after = expected_calibration_error(y, sigmoid(overconfident / t))
     assert before > 0.08 and after < 0.02
-    assert log_loss(sigmoid(overconfident / t), y) < log_loss(sigmoid(overconfident), y)
+    assert log_loss(y, sigmoid(overconfident / t)) < log_loss(y, sigmoid(overconfident))
     # Scaling never changes the ranking.
-    assert roc_auc(overconfident / t, y) == pytest.approx(roc_auc(overconfident, y))
+    assert roc_auc(y, overconfident / t) == pytest.approx(roc_auc(y, overconfident))
 
 
 def test_underconfident_model_gets_temperature_below_one() -> None:
@@ -48,17 +46,17 @@ def test_underconfident_model_gets_temperature_below_one() -> None:
 
 def test_ece_of_exact_probabilities_is_small_and_of_constant_wrong_is_its_gap() -> None:
     z, y = _calibrated_logits(50000, seed=2)
-    assert expected_calibration_error(sigmoid(z), y) < 0.01
+    assert expected_calibration_error(y, sigmoid(z)) < 0.01
     y_half = np.array([0, 1] * 500)
-    assert expected_calibration_error(np.full(1000, 0.9), y_half) == pytest.approx(0.4)
+    assert expected_calibration_error(y_half, np.full(1000, 0.9)) == pytest.approx(0.4)
 
 
 def test_auc_known_values() -> None:
-    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
-    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
-    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert roc_auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
     # One inversion out of 2 x 2 pairs.
-    assert roc_auc(np.array([0.1, 0.6, 0.5, 0.9]), np.array([0, 0, 1, 1])) == 0.75
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.5, 0.9])) == 0.75
 
 
 def test_operating_point_keeps_real_faces_from_being_called_fake() -> None:

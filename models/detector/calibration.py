@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from models.detector.metrics import expected_calibration_error, log_loss, roc_auc
+
 F64 = npt.NDArray[np.float64]
 ECE_BINS = 15
 
@@ -36,12 +38,6 @@ ECE_BINS = 15
 def sigmoid(x: np.ndarray) -> F64:
     z = np.asarray(x, np.float64)
     return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)), np.float64)  # overflow-free logistic
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
-    p = np.clip(np.asarray(probs, np.float64), eps, 1 - eps)
-    y = np.asarray(labels, np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def _nll_logits(logits: F64, labels: F64, temperature: float) -> float:
@@ -70,21 +66,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp((a + b) / 2))
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE with ``bins`` equal-width bins of the predicted P(fake) (GUIDE §4), weighted by bin size."""
-    p = np.asarray(probs, np.float64)
-    y = np.asarray(labels, np.float64)
-    if p.size == 0:
-        raise ValueError("ECE of an empty set")
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            ece += sel.mean() * abs(p[sel].mean() - y[sel].mean())
-    return float(ece)
-
-
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
     p = np.asarray(probs, np.float64)
     y = np.asarray(labels, np.float64)
@@ -103,26 +84,6 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
                 }
             )
     return rows
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney U with average ranks for ties)."""
-    s = np.asarray(scores, np.float64)
-    y = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUC needs both classes")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @dataclass(frozen=True)
@@ -158,9 +119,9 @@ def summarize(probs: np.ndarray, labels: np.ndarray, point: OperatingPoint | Non
     y = np.asarray(labels).astype(bool)
     out = {
         "n": float(len(p)),
-        "auc": roc_auc(p, y),
-        "log_loss": log_loss(p, y),
-        "ece": expected_calibration_error(p, y),
+        "auc": roc_auc(y, p),
+        "log_loss": log_loss(y, p),
+        "ece": expected_calibration_error(y, p),
         "accuracy_at_0.5": float(((p >= 0.5) == y).mean()),
     }
     if point is not None:
@@ -207,7 +168,7 @@ def reliability_diagram(
             cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
         for r, q in zip(rows, pts, strict=True):
             cv2.circle(img, q, 2 + min(6, int(math.sqrt(r["count"]) / 3)), colour, -1, cv2.LINE_AA)
-        label = f"{name}: ECE {expected_calibration_error(p, y, bins):.3f}"
+        label = f"{name}: ECE {expected_calibration_error(y, p, bins):.3f}"
         cv2.putText(
             img, label, (pad + 10, top + 20 + 20 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA
         )

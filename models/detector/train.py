@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from models.colorizer.train import ema_update, save_atomic, stop_on_signal
-from models.detector.calibration import log_loss, roc_auc, sigmoid
+from models.detector.calibration import sigmoid
 from models.detector.classifier import INPUT_SIZE, DeepfakeNet, build_classifier, parameter_count
 from models.detector.data import FaceBank, build_bank, input_crop, real_face_paths, split_of
 from models.detector.faces import FaceDetector
+from models.detector.metrics import log_loss, roc_auc
 from models.detector.sbi import augment_input, self_blend
 from models.shared_data import shared_root
 
@@ -116,8 +117,8 @@ def heldout_logits(
 def metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     p = sigmoid(logits)
     return {
-        "auc": roc_auc(logits, labels),
-        "log_loss": log_loss(p, labels),
+        "auc": roc_auc(labels, logits),
+        "log_loss": log_loss(labels, p),
         "acc": float(((p >= 0.5) == labels.astype(bool)).mean()),
     }
 
