@@ -8,7 +8,10 @@ picks, so a ranking that no longer matches the machine shows up in the results.
 
 End to end: N synthetic 1080p H.264 streams (made with PyAV in a temporary folder) decoded, colorized in
 one batched call per frame time through the fastest backend, and re-encoded with the colorize command's
-encoder settings, decode and encode of the N streams running in parallel threads. A stream holds real
+encoder settings, decode and encode of the N streams running in parallel threads. The frame work around
+the network is done as the pipeline does it (:func:`kernels.frame_ops.frame_ops_for`: on the GPU with a
+GPU backend); with a GPU backend the same loop also runs with the frame work on the CPU, for comparison.
+The first ticks of each loop are untimed (CUDA graphs are captured per new batch size). A stream holds real
 time when its own rate reaches 30 fps. The limit in the same run: the same loop without the model.
 
 Device memory: ``torch.cuda.max_memory_allocated`` per backend on a GPU; on a CPU the process's peak
@@ -52,8 +55,11 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.model_speed import measure_matmul_gflops, synthetic_l, time_calls
+from kernels.frame_ops import CpuFrameOps, FrameOps, frame_ops_for
 
 TARGET_FPS = 30.0
+E2E_WARMUP = 8
+"""End-to-end ticks run before timing starts: a new batch size captures a CUDA graph on its first call."""
 WORKING_SIZE = 256
 CPU_BACKENDS = ("onnxruntime", "torch", "torch-compile")
 GPU_BACKENDS = ("tensorrt", "torch-cuda", "onnxruntime")
@@ -96,7 +102,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         seconds=args.seconds,
         warmup=5,
         iterations=None,
-        streams=(1, 2, 4, 8, 16, 32) if gpu else (1, 2),
+        streams=tuple(args.streams or ((1, 2, 4, 8, 16, 32) if gpu else (1, 2))),
         clip=(1920, 1080, args.clip_frames or (90 if gpu else 30)),
     )
 
@@ -151,16 +157,27 @@ def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
         backend = create_backend(name, model)
     except RuntimeError_ as exc:
         return {"name": name, "available": False, "reason": str(exc)}
+    except Exception as exc:  # a backend that breaks while loading must not hide the others' figures
+        return {"name": name, "available": False, "reason": f"failed to load: {type(exc).__name__}: {exc}"}
     load_s = time.perf_counter() - started
     runs = []
     first_call: dict[str, float] = {}
+    errors: list[str] = []
     for shape in plan.shapes:
         for batch in plan.batches:
             t0 = time.perf_counter()
-            runs.append(bench_config(backend, batch, shape, plan))
+            try:
+                runs.append(bench_config(backend, batch, shape, plan))
+            except Exception as exc:  # a failing configuration is a result too; the others still run
+                errors.append(f"b{batch} {shape[0]}x{shape[1]}: {type(exc).__name__}: {exc}")
+                print(f"  {name} b{batch} {shape[0]}x{shape[1]}: FAILED {errors[-1]}", flush=True)
+                continue
             # torch.compile compiles on the first call of each shape: show what that costs.
             first_call[f"b{batch} {shape[0]}x{shape[1]}"] = time.perf_counter() - t0
             print(f"  {name} b{batch} {shape[0]}x{shape[1]}: {runs[-1]['fps']:.1f} fps", flush=True)
+    if not runs:
+        reason = "every configuration failed: " + "; ".join(errors)
+        return {"name": name, "available": False, "reason": reason}
     memory: dict[str, Any]
     if torch_cuda is not None:
         memory = {"kind": "torch.cuda.max_memory_allocated", "mb": torch_cuda.max_memory_allocated() / 2**20}
@@ -179,6 +196,7 @@ def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
         "config_seconds": first_call,
         "threads": threads,
         "runs": runs,
+        "errors": errors,
         "memory": memory,
     }
 
@@ -218,30 +236,19 @@ class _Stream:
         self.video.pix_fmt = "yuv420p"
         self.index = 0
 
-    def decode(self, shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
-        import cv2
-
-        from kernels.combine import l_from_luma
-
+    def decode(self) -> np.ndarray:
+        """The next frame's Y plane (uint8 ``[H, W]``)."""
         frame = next(self.frames)
         planes = frame.to_ndarray()  # yuv420p: Y on top of U and V
-        y = np.ascontiguousarray(planes[: frame.height], dtype=np.uint8)
-        if shape is None:
-            return y, None
-        small = cv2.resize(l_from_luma(y), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-        return y, small
+        return np.ascontiguousarray(planes[: frame.height], dtype=np.uint8)
 
-    def encode(self, y: np.ndarray, ab: np.ndarray | None) -> None:
+    def encode(self, y: np.ndarray, u: np.ndarray | None, v: np.ndarray | None) -> None:
         import av
 
-        from kernels.combine import luma_ab_to_yuv420
-
-        if ab is None:
-            h, w = y.shape
+        h, w = y.shape
+        if u is None or v is None:
             u = v = np.full((h // 2, w // 2), 128, dtype=np.uint8)
-        else:
-            _, u, v = luma_ab_to_yuv420(y, ab)
-        data = np.concatenate([y, u.reshape(-1, y.shape[1]), v.reshape(-1, y.shape[1])])
+        data = np.concatenate([y, u.reshape(-1, w), v.reshape(-1, w)])
         frame = av.VideoFrame.from_ndarray(data, format="yuv420p")
         frame.pts = self.index
         frame.time_base = Fraction(1, 30)
@@ -256,33 +263,38 @@ class _Stream:
         self.input.close()
 
 
-def run_streams(clip: Path, n: int, frames: int, backend: Any | None, tmp: Path) -> dict[str, Any]:
-    """Decode -> (batched model) -> encode of ``n`` streams in lock step; ``backend=None`` is the limit."""
+def run_streams(
+    clip: Path, n: int, frames: int, backend: Any | None, ops: FrameOps | None, tmp: Path
+) -> dict[str, Any]:
+    """Decode -> (pre, batched model, post) -> encode of ``n`` streams in lock step, the frame work done
+    by ``ops`` (what the pipeline uses for that backend); ``backend=None`` is the limit."""
     from models.runtime.session import working_shape
 
     h, w = clip_size(clip)
-    shape = working_shape(h, w, WORKING_SIZE, 32) if backend is not None else None
-    streams = [_Stream(clip, tmp / f"out-{n}-{i}-{id(backend)}.mp4") for i in range(n)]
-    states = None
-    if backend is not None and shape is not None:
-        states = np.zeros(backend.info.state_shape(n, *shape), dtype=np.float32)
-        hints = np.zeros((n, 3, *shape), dtype=np.float32)
+    streams = [_Stream(clip, tmp / f"out-{n}-{i}-{id(backend)}-{id(ops)}.mp4") for i in range(n)]
     ticks: list[float] = []
     with ThreadPoolExecutor(max_workers=n) as pool:
+        if backend is not None and ops is not None:
+            info = backend.info
+            shape = working_shape(h, w, WORKING_SIZE, info.size_multiple)
+            states = np.zeros(info.state_shape(n, *shape), dtype=np.float32)
+            hints = np.zeros((n, 3, *shape), dtype=np.float32)
         started = time.perf_counter()
-        for _ in range(frames):
+        for tick in range(E2E_WARMUP + frames):
+            if tick == E2E_WARMUP:  # graph capture, kernel compilation and encoder start-up stay untimed
+                ticks.clear()
+                started = time.perf_counter()
             t0 = time.perf_counter()
-            decoded = list(pool.map(lambda s: s.decode(shape), streams))
-            abs_: list[np.ndarray | None] = [None] * n
-            if backend is not None and states is not None:
-                L = np.stack([small for _, small in decoded])[:, None] / backend.info.l_scale
-                ab, states = backend.run(L.astype(np.float32), hints, states)
-                abs_ = [ab[i] * backend.info.ab_scale for i in range(n)]
-            list(
-                pool.map(
-                    lambda args: args[0].encode(args[1][0], args[2]), zip(streams, decoded, abs_, strict=True)
+            lumas = list(pool.map(_Stream.decode, streams))
+            chroma: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, None)] * n
+            if backend is not None and ops is not None:
+                L = np.concatenate(
+                    list(pool.map(ops.network_l, lumas, *_repeat(n, shape, False, info.l_scale)))
                 )
-            )
+                ab, states = backend.run(L, hints, states)
+                abs_ = [ab[i] * info.ab_scale for i in range(n)]
+                chroma = [(u, v) for _, u, v in pool.map(ops.to_yuv420, lumas, abs_, [False] * n)]
+            list(pool.map(_Stream.encode, streams, lumas, *zip(*chroma, strict=True)))
             ticks.append(time.perf_counter() - t0)
         wall = time.perf_counter() - started
         list(pool.map(lambda s: s.close(), streams))
@@ -295,7 +307,13 @@ def run_streams(clip: Path, n: int, frames: int, backend: Any | None, tmp: Path)
         "fps_total": per_stream_fps * n,
         "holds_realtime": per_stream_fps >= TARGET_FPS,
         "latency_ms": percentiles_ms(ticks),
+        "warmup_ticks": E2E_WARMUP,
     }
+
+
+def _repeat(n: int, *values: Any) -> list[list[Any]]:
+    """Each value repeated ``n`` times: the constant arguments of an ``Executor.map`` over ``n`` streams."""
+    return [[v] * n for v in values]
 
 
 def clip_size(path: Path) -> tuple[int, int]:
@@ -309,16 +327,24 @@ def clip_size(path: Path) -> tuple[int, int]:
 def end_to_end(backend: Any, plan: Plan) -> dict[str, Any]:
     width, height, frames = plan.clip
     rows: list[dict[str, Any]] = []
+    ops, cpu_ops = frame_ops_for(backend), CpuFrameOps()
     with tempfile.TemporaryDirectory(prefix="chromastream-throughput-") as folder:
         tmp = Path(folder)
-        clip = make_clip(tmp / "clip.mp4", width, height, frames)
+        clip = make_clip(tmp / "clip.mp4", width, height, E2E_WARMUP + frames)
         for n in plan.streams:
-            model = run_streams(clip, n, frames, backend, tmp)
-            limit = run_streams(clip, n, frames, None, tmp)
-            rows.append({"streams": n, "model": model, "limit": limit})
+            row: dict[str, Any] = {"streams": n, "model": run_streams(clip, n, frames, backend, ops, tmp)}
+            if ops.name != cpu_ops.name:  # the same model with the frame work on the CPU, for comparison
+                row["model_cpu_frames"] = run_streams(clip, n, frames, backend, cpu_ops, tmp)
+            row["limit"] = run_streams(clip, n, frames, None, None, tmp)
+            rows.append(row)
+            cpu_note = (
+                f", frame work on the CPU {row['model_cpu_frames']['fps_per_stream']:.1f}"
+                if "model_cpu_frames" in row
+                else ""
+            )
             print(
-                f"  {n} x {width}x{height}: {model['fps_per_stream']:.1f} fps/stream "
-                f"(limit {limit['fps_per_stream']:.1f})",
+                f"  {n} x {width}x{height}: {row['model']['fps_per_stream']:.1f} fps/stream "
+                f"(limit {row['limit']['fps_per_stream']:.1f}{cpu_note})",
                 flush=True,
             )
     held = [r["streams"] for r in rows if r["model"]["holds_realtime"]]
@@ -326,6 +352,7 @@ def end_to_end(backend: Any, plan: Plan) -> dict[str, Any]:
     return {
         "clip": {"width": width, "height": height, "frames": frames, "fps": 30, "codec": "H.264"},
         "backend": backend.name,
+        "frame_ops": ops.name,
         "target_fps_per_stream": TARGET_FPS,
         "rows": rows,
         "streams_held": max(held, default=0),
@@ -423,7 +450,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from models.runtime.registry import create_backend
 
     print(f"end to end with {fastest['requested']}:", flush=True)
-    result["end_to_end"] = end_to_end(create_backend(fastest["requested"], model), plan)
+    try:
+        result["end_to_end"] = end_to_end(create_backend(fastest["requested"], model), plan)
+    except Exception as exc:  # keep the model-only figures when the stream loop breaks
+        result["end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"  end to end FAILED: {result['end_to_end']['error']}", flush=True)
     try:
         result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover
@@ -457,10 +488,14 @@ def print_summary(result: dict[str, Any]) -> None:
     c = result["choice"]
     print(f"fastest: {c['fastest']}; auto picks {c['auto_picks']} ({'agrees' if c['agrees'] else 'DIFFERS'})")
     e2e = result["end_to_end"]
-    print(
-        f"streams holding {e2e['target_fps_per_stream']:.0f} fps at {e2e['clip']['width']}x"
-        f"{e2e['clip']['height']}: {e2e['streams_held']} (limit without model: {e2e['streams_held_limit']})"
-    )
+    if "error" in e2e:
+        print(f"end to end failed: {e2e['error']}")
+    else:
+        print(
+            f"streams holding {e2e['target_fps_per_stream']:.0f} fps at {e2e['clip']['width']}x"
+            f"{e2e['clip']['height']}: {e2e['streams_held']} "
+            f"(limit without model: {e2e['streams_held_limit']})"
+        )
     print(f"load average {result['loadavg_start']} -> {result['loadavg_end']}")
 
 
@@ -477,7 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", nargs="+", default=None, help="backends to measure (default: all)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration")
-    parser.add_argument("--clip-frames", type=int, default=None, help="frames per end-to-end stream")
+    parser.add_argument("--clip-frames", type=int, default=None, help="timed frames per end-to-end stream")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=None,
+        help="end-to-end stream counts (default: 1..32 on a GPU)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and clip, a few calls: seconds")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="folder for the JSON")
     return parser
@@ -516,7 +558,8 @@ def report_section(data: dict[str, Any]) -> list[str]:
     device = data.get("device", "?")
     machine = data.get("machine") or {}
     model = data.get("model") or {}
-    lines = [f"## Throughput ({device})", ""]
+    backends = ", ".join((data.get("plan") or {}).get("backends") or [])
+    lines = [f"## Throughput ({device}: {backends})", ""]
     if data.get("smoke"):
         lines += ["> Smoke run (`--smoke`): tiny shapes, not a final figure.", ""]
     lines += [
@@ -564,19 +607,30 @@ def report_section(data: dict[str, Any]) -> list[str]:
     lines += [
         f"End to end with {e2e.get('backend')}: N synthetic {clip.get('width')}x{clip.get('height')} H.264 "
         f"streams, {clip.get('frames')} frames each, decode -> colorize (one batched call per frame time) "
-        f"-> encode; the limit is {e2e.get('limit_definition')}.",
+        f"-> encode, the frame work (luma -> network input, ab -> U, V) on {e2e.get('frame_ops', 'cpu')}; "
+        f"the limit is {e2e.get('limit_definition')}.",
         "",
-        "| streams | fps per stream | p50 ms | p95 ms | limit fps per stream | limit p50 ms | holds 30 fps |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| streams | fps per stream | p50 ms | p95 ms | frame work on the CPU: fps | limit fps per stream "
+        "| limit p50 ms | holds 30 fps |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in e2e.get("rows") or []:
         m, lim = row.get("model") or {}, row.get("limit") or {}
         ml, ll = m.get("latency_ms") or {}, lim.get("latency_ms") or {}
+        cpu_frames = (row.get("model_cpu_frames") or {}).get("fps_per_stream")
         lines.append(
             f"| {row.get('streams')} | {_fmt(m.get('fps_per_stream'))} | {_fmt(ml.get('p50'))} | "
-            f"{_fmt(ml.get('p95'))} | {_fmt(lim.get('fps_per_stream'))} | {_fmt(ll.get('p50'))} | "
+            f"{_fmt(ml.get('p95'))} | {_fmt(cpu_frames) if cpu_frames is not None else 'same'} | "
+            f"{_fmt(lim.get('fps_per_stream'))} | {_fmt(ll.get('p50'))} | "
             f"{'yes' if m.get('holds_realtime') else 'no'} |"
         )
+    first = (e2e.get("rows") or [{}])[0].get("model") or {}
+    if e2e.get("rows") and "warmup_ticks" not in first:
+        lines += [
+            "",
+            "This run timed the end-to-end loop from its first frame: CUDA graph capture for each new batch "
+            "size and kernel compilation are inside these figures (their p50 shows the steady state).",
+        ]
     lines += [
         "",
         f"Streams holding {_fmt(e2e.get('target_fps_per_stream'), 0)} fps: {e2e.get('streams_held')} "

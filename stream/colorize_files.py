@@ -29,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from kernels.combine import l_from_luma, lab_to_rgb_u8, luma_ab_to_yuv420
+from kernels.combine import l_from_luma, lab_to_rgb_u8
+from kernels.frame_ops import frame_ops_for
 from models.colorizer.hints import Hint
 from models.runtime.registry import create_backend
 from models.runtime.session import ColorizerSession, working_shape
@@ -169,9 +170,12 @@ def colorize_picture(session: ColorizerSession, picture: Picture) -> U8:
 def chroma_function(session: ColorizerSession) -> ChromaFn:
     """The per-frame work of the video path: luma -> L -> ab -> 4:2:0 chroma (luma passes through)."""
 
+    ops = frame_ops_for(session.backend)
+    l_scale = session.backend.info.l_scale
+
     def chroma(y: U8, full_range: bool) -> tuple[U8, U8]:
-        ab = session.predict_ab(l_from_luma(y, full_range))
-        _, u, v = luma_ab_to_yuv420(y, ab, full_range)
+        L = ops.network_l(y, session.shape_for(*y.shape), full_range, l_scale)
+        _, u, v = ops.to_yuv420(y, session.predict_ab_scaled(L), full_range)
         return u, v
 
     return chroma

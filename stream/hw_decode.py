@@ -15,9 +15,11 @@ CUDA target, copies it through a reusable pinned buffer with a non-blocking host
 (:class:`PinnedUpload`).
 
 Where this was run: the software path and the fallback from a refused hardware request were run on a
-machine without a GPU (PyAV 18.1, FFmpeg with CUDA support compiled in but no device). The NVDEC path,
-the DLPack hand-over and :class:`PinnedUpload` follow PyAV 18's documented API and run only where CUDA
-and NVDEC exist; ``tests/test_hw_decode.py`` checks them there and skips them elsewhere.
+machine without a GPU (PyAV 18.1, FFmpeg with CUDA support compiled in but no device) and on a
+virtualized NVIDIA H200, where PyAV's wheel lists CUDA but opening the decoder device fails ("Operation
+not supported"): decoding fell back to software, and :class:`PinnedUpload` passed its test. The NVDEC
+path and the DLPack hand-over follow PyAV 18's documented API and have not run on a GPU yet;
+``tests/test_hw_decode.py`` checks them where NVDEC opens and skips with the reason elsewhere.
 """
 
 from __future__ import annotations

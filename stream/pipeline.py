@@ -43,11 +43,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-import cv2
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from kernels.combine import l_from_luma, luma_ab_to_yuv420
+from kernels.frame_ops import FrameOps, frame_ops_for
 from models.colorizer.hints import MAX_HINTS, Hint, HintError, rasterize
 from models.runtime.base import F32, Backend
 from models.runtime.session import working_shape
@@ -455,6 +454,8 @@ class Pipeline:
         self.metrics = PipelineMetrics(registry)
         self.registry: CollectorRegistry = self.metrics.registry
         self.batcher = Batcher(backend, config.max_batch, config.max_wait_ms, self.metrics)
+        # Frame pre/post-processing follows the model: on its GPU when it has one (kernels.frame_ops).
+        self.frame_ops: FrameOps = frame_ops_for(backend)
         self._streams: dict[str, _Stream] = {}
         self._started = False
         self._stopped = False
@@ -817,6 +818,7 @@ class Pipeline:
                 L, cut, hint_input = await loop.run_in_executor(
                     self._cpu_pool(),
                     _prepare,
+                    self.frame_ops,
                     frame.y,
                     frame.full_range,
                     shape,
@@ -887,7 +889,7 @@ class Pipeline:
                 frame = item.frame
                 start = time.monotonic()
                 y, u, v = await loop.run_in_executor(
-                    self._cpu_pool(), _to_yuv420, frame.y, item.ab, ab_scale, frame.full_range
+                    self._cpu_pool(), _to_yuv420, self.frame_ops, frame.y, item.ab, ab_scale, frame.full_range
                 )
                 now = time.monotonic()
                 latency = now - frame.ingest_time
@@ -936,6 +938,7 @@ def _source_options(cfg: StreamConfig) -> dict[str, Any]:
 
 
 def _prepare(
+    ops: FrameOps,
     y: U8,
     full_range: bool,
     shape: tuple[int, int],
@@ -946,14 +949,13 @@ def _prepare(
     """In the CPU executor: scene-cut check, network ``L [1,1,h,w]``, and hints rasterized if they changed."""
     cut = scene.update(y) if scene is not None else False
     height, width = shape
-    small = cv2.resize(l_from_luma(y, full_range), (width, height), interpolation=cv2.INTER_AREA)
-    L: F32 = np.asarray(small / np.float32(l_scale), dtype=np.float32)[None, None]
+    L = ops.network_l(y, shape, full_range, l_scale)
     hint_input: F32 | None = None
     if hints is not None:
         hint_input = np.asarray(rasterize(hints, height, width), dtype=np.float32)[None]
     return L, cut, hint_input
 
 
-def _to_yuv420(y: U8, ab: F32, ab_scale: float, full_range: bool) -> tuple[U8, U8, U8]:
+def _to_yuv420(ops: FrameOps, y: U8, ab: F32, ab_scale: float, full_range: bool) -> tuple[U8, U8, U8]:
     """In the CPU executor: network ab -> Lab units -> U, V planes beside the untouched Y plane."""
-    return luma_ab_to_yuv420(y, ab * np.float32(ab_scale), full_range)
+    return ops.to_yuv420(y, ab * np.float32(ab_scale), full_range)

@@ -88,11 +88,15 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
 def test_nvdec_frames_reach_torch_on_the_gpu(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=6, width=256, height=144))
     with hw_decode.open_video(clip) as decoded:
-        assert decoded.hardware, decoded.reason
         planes = [hw_decode.y_plane_tensor(frame, "cuda") for frame in decoded.frames()]
     assert all(y.is_cuda and y.dtype == torch.uint8 for y in planes)
     for y, ref in zip(planes, read_clip(clip).lumas, strict=True):
         np.testing.assert_array_equal(y.cpu().numpy(), ref)
+    if not decoded.hardware and "could be opened" in decoded.reason:
+        # FFmpeg has CUDA support but the machine refuses the decoder device (seen on a virtualized H200:
+        # "Operation not supported"); the software fallback has just been checked frame by frame.
+        pytest.skip(f"NVDEC unusable on this machine, software fallback checked: {decoded.reason}")
+    assert decoded.hardware, decoded.reason
 
 
 @needs_cuda

@@ -9,7 +9,14 @@ import pytest
 
 from models.runtime.base import BackendUnavailable
 from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from models.runtime.registry import BACKENDS, CPU_RANKING, auto_ranking, create_backend, default_model_path
+from models.runtime.registry import (
+    BACKENDS,
+    CPU_RANKING,
+    CUDA_RANKING,
+    auto_ranking,
+    create_backend,
+    default_model_path,
+)
 from stream.cli import build_parser
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "throughput_cpu.json"
@@ -53,6 +60,17 @@ def test_cpu_ranking_matches_the_committed_benchmark() -> None:
     assert not data["smoke"]
     measured = {e["requested"]: e["fps_geomean"] for e in data["backends"] if e["available"]}
     assert max(measured, key=lambda name: measured[name]) == CPU_RANKING[0]
+
+
+def test_gpu_ranking_agrees_with_the_committed_gpu_benchmark() -> None:
+    """Of the GPU backends that ran on the committed GPU machine, ``auto``'s order puts the fastest first."""
+    path = RESULTS.with_name("throughput_cuda_all_backends.json")
+    if not path.is_file():
+        pytest.skip(f"{path.name} not written yet: python -m benchmarks.throughput on a GPU")
+    data = json.loads(path.read_text())
+    measured = {e["requested"]: e["fps_geomean"] for e in data["backends"] if e["available"]}
+    ranked = [name for name in CUDA_RANKING if name in measured]
+    assert ranked and max(measured, key=lambda name: measured[name]) == ranked[0]
 
 
 @pytest.mark.skipif(_cuda(), reason="checks the errors where there is no CUDA")

@@ -59,10 +59,19 @@ class ColorizerSession:
     def predict_ab(self, l_plane: np.ndarray) -> F32:
         """Lab L ``[H, W]`` (0..100, any resolution) -> ab ``[2, h, w]`` in Lab units at working size."""
         info = self.backend.info
-        height, width = l_plane.shape
-        wh, ww = working_shape(height, width, self.size, info.size_multiple)
+        wh, ww = self.shape_for(*l_plane.shape)
         small = cv2.resize(l_plane.astype(np.float32), (ww, wh), interpolation=cv2.INTER_AREA)
-        L: F32 = np.asarray(small / info.l_scale, dtype=np.float32)[None, None]
+        return self.predict_ab_scaled(np.asarray(small / info.l_scale, dtype=np.float32)[None, None])
+
+    def shape_for(self, height: int, width: int) -> tuple[int, int]:
+        """The working shape of a ``height`` x ``width`` frame in this session."""
+        return working_shape(height, width, self.size, self.backend.info.size_multiple)
+
+    def predict_ab_scaled(self, L: F32) -> F32:
+        """The network's own input ``L / l_scale`` ``[1, 1, h, w]`` at the working shape (made by
+        :mod:`kernels.frame_ops`, on the GPU where the model runs there) -> ab ``[2, h, w]`` in Lab units."""
+        info = self.backend.info
+        wh, ww = L.shape[2:]
         state_shape = info.state_shape(1, wh, ww)
         state = self._state
         if state is None or not self.memory or state.shape != state_shape:
