@@ -34,4 +34,4 @@ def test_smoke_run_writes_and_reports(tmp_path: Path) -> None:
         assert row["model"]["frames_per_stream"] == 4 and row["limit"]["fps_per_stream"] > 0
     assert data["reference"]["gflops_median"] > 0 and len(data["loadavg_start"]) == 3
     page = report.render(out, tmp_path / "RESULTS.md")
-    assert "## Throughput (cpu)" in page and "end to end" in page.lower()
+    assert "## Throughput (cpu: onnxruntime, torch)" in page and "end to end" in page.lower()
