@@ -23,7 +23,7 @@ from benchmarks.throughput import report_section as throughput_section
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "RESULTS.md"
 KNOWN = ("quality", "model_speed", "video_speed")
-OPTIONAL = ("video_quality", "hints_curve", "live_latency", "live_soak", "deepfake")
+OPTIONAL = ("video_quality", "temporal_filter_sweep", "hints_curve", "live_latency", "live_soak", "deepfake")
 """Sections shown only when their JSON exists (no placeholder when absent)."""
 
 
@@ -279,6 +279,28 @@ def _signed(x: Any, digits: int = 2) -> str:
     if float(text) == 0.0:
         text = text.lstrip("-")
     return text if text.startswith("-") else "+" + text
+
+
+def temporal_sweep_section(data: dict[str, Any]) -> list[str]:
+    """How the temporal filter's constants were chosen (training sequences only)."""
+    chosen = data.get("chosen") or {}
+    lines = [
+        "## Temporal filter constants",
+        "",
+        f"Memory mode on DAVIS training sequences {', '.join(data.get('sequences') or [])} (first "
+        f"{data.get('max_frames')} frames each), run {data.get('date')}. Rule: {data.get('rule')}. "
+        f"Chosen: strength {chosen.get('strength')}, sigma {chosen.get('sigma')}.",
+        "",
+        "| strength | sigma | PSNR | ΔCF | flicker | warp | flicker / per-frame | warp / per-frame |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in data.get("rows") or []:
+        lines.append(
+            f"| {_num(r.get('strength'))} | {_num(r.get('sigma'), 1)} | {_num(r.get('psnr'))} | "
+            f"{_num(r.get('dcf'), 1)} | {_num(r.get('flicker'), 3)} | {_num(r.get('warp'), 3)} | "
+            f"{_num(r.get('flicker_ratio'), 3)} | {_num(r.get('warp_ratio'), 3)} |"
+        )
+    return [*lines, ""]
 
 
 def video_quality_section(data: dict[str, Any], results_dir: Path, out: Path) -> list[str]:
@@ -608,6 +630,7 @@ def render(results_dir: Path, out: Path) -> str:
             ]
     optional = {
         "video_quality": lambda d: video_quality_section(d, results_dir, out),
+        "temporal_filter_sweep": temporal_sweep_section,
         "hints_curve": hints_section,
         "live_latency": live_latency_section,
         "live_soak": live_soak_section,

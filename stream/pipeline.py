@@ -50,6 +50,7 @@ from kernels.frame_ops import FrameOps, frame_ops_for
 from models.colorizer.hints import MAX_HINTS, Hint, HintError, rasterize
 from models.runtime.base import F32, Backend
 from models.runtime.session import working_shape
+from models.runtime.temporal_filter import TemporalFilter
 from stream.batcher import Batcher
 from stream.config import PipelineConfig, StreamConfig, redact_url
 from stream.errors import ChromastreamError
@@ -792,6 +793,8 @@ class Pipeline:
         shape: tuple[int, int] | None = None
         frame_size: tuple[int, int] | None = None
         hint_cache: tuple[tuple[Hint, ...], tuple[int, int], F32] | None = None
+        # Part of the memory: colour held still where the picture is (models.runtime.temporal_filter).
+        smoother = TemporalFilter() if self.config.memory else None
         source_reset: str | None = None  # a Reset from the source, applied at the next frame
         try:
             while True:
@@ -856,12 +859,17 @@ class Pipeline:
                     or state.shape != state_shape
                 ):
                     state = np.zeros(state_shape, dtype=np.float32)
+                if smoother is not None and (reason is not None or need_hints):
+                    smoother.reset()  # a reset starts afresh; a new hint shows at once, not faded in
                 prepared = time.monotonic()
                 self.metrics.stage_seconds.labels(s.id, "preprocess").observe(prepared - start)
                 result = await self.batcher.submit(s.id, L, hint_cache[2], state)
                 self.metrics.stage_seconds.labels(s.id, "batch_wait").observe(result.wait_s)
                 self.metrics.stage_seconds.labels(s.id, "inference").observe(result.run_s)
                 state = result.state if self.config.memory else None
+                ab = result.ab[0]
+                if smoother is not None:
+                    ab = smoother.apply(L[0, 0] * np.float32(info.l_scale), ab)
                 colorizer = ColorizerInfo(
                     model=info.version,
                     backend=self.backend.name,
@@ -871,7 +879,7 @@ class Pipeline:
                     hints=len(hints),
                     reset=reason,
                 )
-                await s.colorized.put(_Colorized(frame, result.ab[0], colorizer))
+                await s.colorized.put(_Colorized(frame, ab, colorizer))
         except asyncio.CancelledError:
             pass
 

@@ -247,13 +247,16 @@ def test_file_source_every_frame_out_in_order_with_luma_untouched() -> None:
     assert (info.width, info.height, info.viewers) == (W, H, 0)
     json.dumps(info.to_json())
 
-    # The chroma is the network's: the same as colorizing the clip alone with a ColorizerSession.
+    # The chroma is the network's: the same as colorizing the clip alone with a ColorizerSession, the
+    # network's raw output (temporal filter off) and the filtered output that reaches the picture alike.
+    raw_session = ColorizerSession(real_backend(), size=64, smoothing=(0.0, 1.0))
     session = ColorizerSession(real_backend(), size=64)
     rows = recorder.rows()
     assert len(rows) == 12
     for frame, y, row in zip(out, frames, rows, strict=True):
+        raw = raw_session.predict_ab(l_from_luma(y))
+        np.testing.assert_allclose(row[3] * real_backend().info.ab_scale, raw, atol=1e-4)
         expected = session.predict_ab(l_from_luma(y))
-        np.testing.assert_allclose(row[3] * real_backend().info.ab_scale, expected, atol=1e-4)
         _, u, v = luma_ab_to_yuv420(y, expected)
         assert np.abs(frame.u.astype(int) - u).max() <= 1 and np.abs(frame.v.astype(int) - v).max() <= 1
 
@@ -341,7 +344,7 @@ def test_two_streams_batch_together_yet_keep_their_own_state_and_hints() -> None
         per_stream[sid].append(row)
     info = real_backend().info
     for sid, clip in clips.items():
-        session = ColorizerSession(real_backend(), size=64)
+        session = ColorizerSession(real_backend(), size=64, smoothing=(0.0, 1.0))  # raw network output
         session.set_hints([hint] if sid == "b" else [])
         state = np.zeros(info.state_shape(1, H, W), np.float32)
         for i, (y, row) in enumerate(zip(clip, per_stream[sid], strict=True)):

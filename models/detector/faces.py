@@ -127,14 +127,16 @@ class FaceDetector:
         The image is shrunk so its longest side is at most ``max_side`` (YuNet's cost grows with the
         area; faces the detector can still find at that size are the ones a classifier can judge).
         """
-        bgr = _as_bgr(image)
-        h, w = bgr.shape[:2]
+        _as_bgr(image[:1, :1])  # type and layout checks, before any work
+        h, w = image.shape[:2]
         if h < 8 or w < 8:
             return []
         scale = min(1.0, self.max_side / max(h, w))
         if scale < 1.0:
+            # Shrink first, then convert: the colour conversion then touches YuNet's pixels, not the frame's.
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            bgr = np.asarray(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+            image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        bgr = _as_bgr(image)
         sh, sw = bgr.shape[:2]
         sx, sy = w / sw, h / sh
         with self._lock:

@@ -15,6 +15,7 @@ import numpy as np
 
 from models.colorizer.hints import Hint, rasterize
 from models.runtime.base import F32, Backend
+from models.runtime.temporal_filter import SIGMA, STRENGTH, TemporalFilter
 
 MIN_SIZE = 64
 MAX_SIZE = 2048
@@ -33,7 +34,15 @@ def working_shape(height: int, width: int, size: int, multiple: int) -> tuple[in
 
 
 class ColorizerSession:
-    def __init__(self, backend: Backend, size: int = 256, memory: bool = True):
+    def __init__(
+        self,
+        backend: Backend,
+        size: int = 256,
+        memory: bool = True,
+        smoothing: tuple[float, float] = (STRENGTH, SIGMA),
+    ):
+        """``smoothing`` is the temporal filter's (strength, sigma), part of the memory
+        (:mod:`models.runtime.temporal_filter`); strength 0 leaves the network's output as it is."""
         if not MIN_SIZE <= size <= MAX_SIZE:
             raise ValueError(f"working size must be in {MIN_SIZE}..{MAX_SIZE}, got {size}")
         self.backend = backend
@@ -42,12 +51,18 @@ class ColorizerSession:
         self.hints: list[Hint] = []
         self._state: F32 | None = None
         self._hint_cache: tuple[tuple[Hint, ...], tuple[int, int], F32] | None = None
+        # Part of the memory: the output's colour held still where the picture is (temporal_filter).
+        self._filter = TemporalFilter(*smoothing) if memory else None
 
     def reset(self) -> None:
         """Forget the past (scene cut, reconnect, a new file): the next frame starts fresh."""
         self._state = None
+        if self._filter is not None:
+            self._filter.reset()
 
     def set_hints(self, hints: Sequence[Hint]) -> None:
+        if self._filter is not None and list(hints) != self.hints:
+            self._filter.reset()  # a new hint shows at once instead of fading in
         self.hints = list(hints)
 
     def _hint_input(self, shape: tuple[int, int]) -> F32:
@@ -80,4 +95,6 @@ class ColorizerSession:
         if self.memory:
             self._state = state_out
         result: F32 = ab[0] * info.ab_scale
+        if self._filter is not None:
+            result = self._filter.apply(L[0, 0] * np.float32(info.l_scale), result)
         return result
