@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import hints_curve, metrics, quality, report, video_quality
+from benchmarks import hints_curve, metrics, quality, report, temporal_sweep, video_quality
 from benchmarks.common import default_model_path, shared_root
 
 DAVIS = shared_root() / "data" / "video" / "davis"
@@ -195,7 +195,7 @@ def test_report_hints_targets_rendered(tmp_path: Path) -> None:
     assert "| 100 | 26.00 (26.00) | +4.00 | 9.0 | ≥ +5.0 | **FAIL** |" in text
 
 
-@pytest.mark.parametrize("module", [video_quality, hints_curve])
+@pytest.mark.parametrize("module", [video_quality, hints_curve, temporal_sweep])
 def test_missing_data_fails_clearly(module: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--shared", str(tmp_path), "--out-dir", str(tmp_path / "out")]
     assert module.main(argv) != 0
@@ -203,7 +203,7 @@ def test_missing_data_fails_clearly(module: Any, tmp_path: Path, capsys: pytest.
     assert not any((tmp_path / "out").glob("*.json"))
 
 
-@pytest.mark.parametrize("module", [video_quality, hints_curve])
+@pytest.mark.parametrize("module", [video_quality, hints_curve, temporal_sweep])
 def test_help(module: Any, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         module.main(["--help"])
@@ -215,3 +215,33 @@ def test_default_sequences_are_the_held_out_ones() -> None:
     from models.colorizer.spec import DAVIS_EVAL_SEQUENCES
 
     assert video_quality.default_sequences() == list(DAVIS_EVAL_SEQUENCES)
+
+
+def test_temporal_sweep_smoke_and_report(tmp_path: Path) -> None:
+    require(DAVIS)
+    out = tmp_path / "out"
+    argv = ["--sequences", "dog", "--max-frames", "3", "--strengths", "0.5", "--sigmas", "3"]
+    assert temporal_sweep.main([*argv, "--size", SIZE, "--out-dir", str(out)]) == 0
+    data = json.loads((out / "temporal_filter_sweep.json").read_text())
+    assert [(r["strength"], r["sigma"]) for r in data["rows"]] == [(0.0, None), (0.5, 3.0)]
+    assert all(math.isfinite(r["flicker"]) and math.isfinite(r["psnr"]) for r in data["rows"])
+    assert data["chosen"] in ({"strength": 0.0, "sigma": None}, {"strength": 0.5, "sigma": 3.0})
+    text = report.temporal_sweep_section(data)
+    assert text[0] == "## Temporal filter constants" and sum(line.startswith("| 0.") for line in text) == 2
+
+
+def test_temporal_sweep_refuses_held_out_sequences(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert temporal_sweep.main(["--sequences", "blackswan", "--out-dir", str(tmp_path)]) != 0
+    assert "held out" in capsys.readouterr().err
+
+
+def test_temporal_sweep_rule_keeps_quality() -> None:
+    rows = [
+        {"strength": 0.0, "sigma": None, "psnr": 27.0, "dcf": 15.0, "flicker": 1.0},
+        {"strength": 0.5, "sigma": 3.0, "psnr": 26.95, "dcf": 15.2, "flicker": 0.8},
+        {"strength": 0.9, "sigma": 3.0, "psnr": 26.5, "dcf": 15.0, "flicker": 0.5},  # PSNR fell too far
+        {"strength": 0.9, "sigma": 9.0, "psnr": 27.0, "dcf": 16.0, "flicker": 0.4},  # greyer
+    ]
+    assert temporal_sweep.choose(rows)["strength"] == 0.5
