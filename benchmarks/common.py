@@ -8,6 +8,7 @@ explains a slow run better than any guess afterwards.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -178,6 +179,42 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
         "min": float(arr.min()),
         "max": float(arr.max()),
     }
+
+
+def add_model_args(parser: argparse.ArgumentParser, size: int | None = 256) -> None:
+    """``--size`` (unless ``size`` is None), ``--model`` and ``--backend``: the same words and defaults in
+    every benchmark that runs the colorizer."""
+    if size is not None:
+        parser.add_argument(
+            "--size",
+            type=int,
+            default=size,
+            help=f"working size (short side) of the network (default: {size})",
+        )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="ONNX model file (default: the shipped model)"
+    )
+    parser.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+
+
+def add_output_args(parser: argparse.ArgumentParser, writes: str, shared: bool = True) -> None:
+    """``--out-dir`` (alias ``--out``) for the files the benchmark ``writes``, and ``--shared`` where it
+    reads the shared data."""
+    parser.add_argument(
+        "--out-dir",
+        "--out",
+        dest="out_dir",
+        type=Path,
+        default=DEFAULT_RESULTS_DIR,
+        help=f"folder for {writes} (default: {DEFAULT_RESULTS_DIR})",
+    )
+    if shared:
+        parser.add_argument(
+            "--shared",
+            type=Path,
+            default=None,
+            help="shared data folder (default: $CHROMASTREAM_SHARED or ../shared)",
+        )
 
 
 def fail(message: str) -> int:

@@ -32,14 +32,14 @@ import math
 import sys
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import metrics
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
+    add_model_args,
+    add_output_args,
     default_model_path,
     eval_set_dirs,
     fail,
@@ -288,25 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help=f"point seed (default: {DEFAULT_SEED})"
     )
-    parser.add_argument("--size", type=int, default=256, help="working size (short side) of the network")
-    parser.add_argument(
-        "--model", type=Path, default=None, help="ONNX model file (default: the shipped model)"
-    )
-    parser.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
-    parser.add_argument(
-        "--out-dir",
-        "--out",
-        dest="out_dir",
-        type=Path,
-        default=DEFAULT_RESULTS_DIR,
-        help=f"folder for hints_curve.json (default: {DEFAULT_RESULTS_DIR})",
-    )
-    parser.add_argument(
-        "--shared",
-        type=Path,
-        default=None,
-        help="shared data folder (default: $CHROMASTREAM_SHARED or ../shared)",
-    )
+    add_model_args(parser)
+    add_output_args(parser, "hints_curve.json")
     return parser
 
 

@@ -26,15 +26,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
     BenchmarkError,
+    add_model_args,
+    add_output_args,
     default_model_path,
     fail,
     machine_tags,
@@ -237,10 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
             "matmul GFLOP/s reference measured in the same run. Writes model_speed.json."
         ),
     )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="ONNX model file (default: the shipped model)"
-    )
-    parser.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+    add_model_args(parser, size=None)
     parser.add_argument(
         "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all usable cores)"
     )
@@ -255,14 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2 warm-up calls, 5 timed calls per configuration"
     )
-    parser.add_argument(
-        "--out-dir",
-        "--out",
-        dest="out_dir",
-        type=Path,
-        default=DEFAULT_RESULTS_DIR,
-        help=f"folder for model_speed.json (default: {DEFAULT_RESULTS_DIR})",
-    )
+    add_output_args(parser, "model_speed.json", shared=False)
     return parser
 
 

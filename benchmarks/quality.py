@@ -29,7 +29,8 @@ import numpy as np
 
 from benchmarks import metrics
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
+    add_model_args,
+    add_output_args,
     default_model_path,
     eval_set_dirs,
     fail,
@@ -284,25 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N", help="first N pictures per set (smoke runs)"
     )
-    parser.add_argument("--size", type=int, default=256, help="working size (short side) of the network")
-    parser.add_argument(
-        "--model", type=Path, default=None, help="ONNX model file (default: the shipped model)"
-    )
-    parser.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
-    parser.add_argument(
-        "--out-dir",
-        "--out",
-        dest="out_dir",
-        type=Path,
-        default=DEFAULT_RESULTS_DIR,
-        help=f"folder for quality.json and the contact sheets (default: {DEFAULT_RESULTS_DIR})",
-    )
-    parser.add_argument(
-        "--shared",
-        type=Path,
-        default=None,
-        help="shared data folder (default: $CHROMASTREAM_SHARED or ../shared)",
-    )
+    add_model_args(parser)
+    add_output_args(parser, "quality.json and the contact sheets")
     parser.add_argument("--no-sheets", action="store_true", help="skip the contact-sheet PNGs")
     return parser
 

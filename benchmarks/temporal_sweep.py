@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
     BenchmarkError,
+    add_model_args,
+    add_output_args,
     default_model_path,
     fail,
     machine_tags,
@@ -123,11 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", type=int, default=20, metavar="N", help="first N frames each")
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.7, 0.85])
     parser.add_argument("--sigmas", type=float, nargs="+", default=[3.0])
-    parser.add_argument("--size", type=int, default=256, help="working size (short side)")
-    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
-    parser.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="folder for the JSON")
-    parser.add_argument("--shared", type=Path, default=None, help="shared data folder")
+    add_model_args(parser)
+    add_output_args(parser, "temporal_filter_sweep.json")
     return parser
 
 

@@ -39,8 +39,9 @@ import numpy as np
 
 from benchmarks import metrics
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
     BenchmarkError,
+    add_model_args,
+    add_output_args,
     default_model_path,
     fail,
     machine_tags,
@@ -341,11 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-frames", type=int, default=None, metavar="N", help="first N frames per sequence (smoke runs)"
     )
-    parser.add_argument("--size", type=int, default=256, help="working size (short side) of the network")
-    parser.add_argument(
-        "--model", type=Path, default=None, help="ONNX model file (default: the shipped model)"
-    )
-    parser.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+    add_model_args(parser)
     parser.add_argument(
         "--strips",
         type=int,
@@ -353,20 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="write a strip PNG for the first K sequences (default: 2; 0 for none)",
     )
-    parser.add_argument(
-        "--out-dir",
-        "--out",
-        dest="out_dir",
-        type=Path,
-        default=DEFAULT_RESULTS_DIR,
-        help=f"folder for video_quality.json and the strips (default: {DEFAULT_RESULTS_DIR})",
-    )
-    parser.add_argument(
-        "--shared",
-        type=Path,
-        default=None,
-        help="shared data folder (default: $CHROMASTREAM_SHARED or ../shared)",
-    )
+    add_output_args(parser, "video_quality.json and the strips")
     return parser
 
 

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
     REPO_ROOT,
     BenchmarkError,
+    add_output_args,
     default_model_path,
     fail,
     machine_tags,
@@ -454,14 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of this environment)",
     )
     parser.add_argument("--skip-colorize", action="store_true", help="measure only the decode+encode limit")
-    parser.add_argument(
-        "--out-dir",
-        "--out",
-        dest="out_dir",
-        type=Path,
-        default=DEFAULT_RESULTS_DIR,
-        help=f"folder for video_speed.json (default: {DEFAULT_RESULTS_DIR})",
-    )
+    add_output_args(parser, "video_speed.json", shared=False)
     parser.add_argument("--transcode-only", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     return parser
 
