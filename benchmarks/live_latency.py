@@ -42,7 +42,7 @@ from typing import Any, cast
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
+    add_output_args,
     default_model_path,
     fail,
     machine_tags,
@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure one face stream without and with the deepfake sampler",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per row")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="where the JSON goes")
+    add_output_args(parser, "live_latency.json and live_soak.json", shared=False)
     return parser
 
 

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
     BenchmarkError,
+    add_output_args,
     default_model_path,
     fail,
     machine_tags,
@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="end-to-end stream counts (default: 1..32 on a GPU)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and clip, a few calls: seconds")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="folder for the JSON")
+    add_output_args(parser, "throughput_<device>.json", shared=False)
     return parser
 
 
