@@ -43,7 +43,9 @@ def test_generator_smoke_resumes_and_exports(tmp_path: Path) -> None:
     # Three-frame clips, half of them real DAVIS motion, starting from the shipped network's weights.
     video = ["--frames", "3", "--video-share", "0.5", "--limit-sequences", "1"]
     shipped = Path(__file__).resolve().parents[1] / "models" / "weights" / "colorizer.onnx"
-    common = ["generator", "--run", str(run), *tiny, *video, "--init", str(shipped)]
+    # Colour rebalancing on, selecting by colourfulness as the GAN phase does.
+    rebalance = ["--rebalance", "0.5", "--select", "dcf", "--max-psnr-drop", "100"]
+    common = ["generator", "--run", str(run), *tiny, *video, *rebalance, "--init", str(shipped)]
     train_main([*common, "--steps", "2"])
     first = torch.load(run / "last.pt", weights_only=False)
     assert first["step"] == 2
@@ -54,6 +56,7 @@ def test_generator_smoke_resumes_and_exports(tmp_path: Path) -> None:
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
     assert any("holdout" in r for r in log)
+    assert (run / "ab_histogram.npy").exists() and (run / "best.pt").exists()
     # Decoder weights moved; the frozen encoder did not.
     before, after = first["model"], ckpt["model"]
     assert not torch.equal(before["head.weight"], after["head.weight"])

@@ -47,6 +47,7 @@ from models.colorizer.data import (
 )
 from models.colorizer.mobilenet import MobileNetV2, load_tflite
 from models.colorizer.network import Colorizer, zero_state
+from models.colorizer.rebalance import ab_histogram, pixel_weights, rebalance_weights
 from models.shared_data import shared_root
 
 TFLITE_PATH = Path("weights/coral-tflite/mobilenet_v2_1.0_224_quant.tflite")
@@ -170,9 +171,11 @@ def make_batch(banks: Banks, rng: np.random.Generator, batch: int, size: int, fr
 
 
 def generator_losses(
-    model: Colorizer, batch: Batch, args: argparse.Namespace
+    model: Colorizer, batch: Batch, args: argparse.Namespace, ab_weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """The stage-1 objective; returns (loss, its parts, the last frame's predicted ab)."""
+    """The stage-1 objective; returns (loss, its parts, the last frame's predicted ab). With
+    ``ab_weights`` (:mod:`models.colorizer.rebalance`), each pixel's ab loss is weighed by the rarity of
+    its true colour."""
     b = batch.L.shape[0]
     state = zero_state(b, batch.L.shape[-2], batch.L.shape[-1])
     preds = []
@@ -181,7 +184,11 @@ def generator_losses(
             pred, state = model(batch.L[:, i], batch.hints, state)
             preds.append(pred.float())
     pred_ab = torch.stack(preds, 1)
-    loss_ab = F.smooth_l1_loss(pred_ab, batch.ab, beta=0.05)
+    if ab_weights is None:
+        loss_ab = F.smooth_l1_loss(pred_ab, batch.ab, beta=0.05)
+    else:
+        per_pixel = F.smooth_l1_loss(pred_ab, batch.ab, beta=0.05, reduction="none")
+        loss_ab = (per_pixel * pixel_weights(batch.ab, ab_weights)).mean()
     # The feature loss looks at the last frame only: it costs as much as the rest of the step.
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
         loss_feat = feature_loss(
@@ -237,7 +244,9 @@ class Run:
         train_paths = [p for p in paths if not is_holdout(p)]
         holdout_paths = [p for p in paths if is_holdout(p)][: args.holdout]
         print(f"training images: {len(train_paths)}, held out: {len(holdout_paths)}", flush=True)
-        images = ImageBank(train_paths[: args.limit_images] if args.limit_images else train_paths)
+        if args.limit_images:
+            train_paths = train_paths[: args.limit_images]
+        images = ImageBank(train_paths)
         video = None
         if args.video_share > 0:
             sequences = davis_training_sequences(args.shared, spec.DAVIS_EVAL_SEQUENCES)
@@ -245,6 +254,7 @@ class Run:
             print(f"training video: {', '.join(p.name for p in sequences)} ({len(video)} frames)", flush=True)
         self.bank = Banks(images, video, args.video_share)
         self.holdout = [load_rgb(p, 256) for p in holdout_paths]
+        self.ab_weights = self._ab_weights(train_paths) if getattr(args, "rebalance", 0.0) > 0 else None
         self.objects = objects
         self.rng = np.random.default_rng(args.seed)
         self.step = 0
@@ -260,6 +270,42 @@ class Run:
             self.rng.bit_generator.state = ckpt["rng"]
             print(f"resumed from {last} at step {self.step}", flush=True)
         self._log = (self.dir / "log.jsonl").open("a")
+
+    def _ab_weights(self, train_paths: list[Path]) -> torch.Tensor:
+        """Colour-rebalancing weights from the training photographs' ab histogram (cached in the run)."""
+        cache = self.dir / "ab_histogram.npy"
+        if cache.exists():
+            hist = np.load(cache)
+        else:
+            hist = ab_histogram(load_rgb(p, 64) for p in train_paths)
+            np.save(cache, hist)
+        weights = rebalance_weights(hist, self.args.rebalance)
+        print(
+            f"colour rebalancing: lambda {self.args.rebalance}, weights {weights[weights > 0].min():.2f}"
+            f"..{weights.max():.2f}",
+            flush=True,
+        )
+        return torch.from_numpy(weights).float()
+
+    def keep_if_better(self, ema: nn.Module, metrics: dict[str, float]) -> None:
+        """Keep ``best.pt`` by the held-out metrics: the highest PSNR (``--select psnr``), or the smallest
+        colourfulness error among checkpoints within ``--max-psnr-drop`` dB of where the stage started
+        (``--select dcf``): livelier colour, bought with a bounded, measured loss of PSNR."""
+        if self.args.select == "psnr":
+            score, eligible = metrics["psnr"], True
+        else:
+            score = -metrics["dcf"]
+            eligible = metrics["psnr"] >= self.extra["start"]["psnr"] - self.args.max_psnr_drop
+        if eligible and score > self.best:
+            self.best = score
+            best = {"ema": ema.state_dict(), "step": self.step, "holdout": metrics}
+            save_atomic(best, self.dir / "best.pt")
+
+    def log_start(self, ema: Colorizer) -> None:
+        """Measure the held-out start point once per run (the reference of ``--select dcf``)."""
+        if "start" not in self.extra:
+            self.extra["start"] = evaluate(ema, self.holdout, 256)[1.0]
+            self.log({"step": self.step, "holdout": self.extra["start"]})
 
     def checkpoint(self) -> None:
         state = {key: obj.state_dict() for key, obj in self.objects.items()}
@@ -338,13 +384,15 @@ def train_generator(args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     ema = copy.deepcopy(model)
     run = Run(args, {"model": model, "ema": ema, "opt": opt})
+    if args.select == "dcf":
+        run.log_start(ema)
 
     def train_step() -> dict[str, float]:
         lr = run.lr(args.lr)
         for group in opt.param_groups:
             group["lr"] = lr
         loss, parts, _ = generator_losses(
-            model, make_batch(run.bank, run.rng, args.batch, args.size, args.frames), args
+            model, make_batch(run.bank, run.rng, args.batch, args.size, args.frames), args, run.ab_weights
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -356,9 +404,7 @@ def train_generator(args: argparse.Namespace) -> None:
     def on_eval() -> None:
         metrics = evaluate(ema, run.holdout, 256)[1.0]
         run.log({"step": run.step, "holdout": metrics})
-        if metrics["psnr"] > run.best:
-            run.best = metrics["psnr"]
-            save_atomic({"ema": ema.state_dict(), "step": run.step, "holdout": metrics}, run.dir / "best.pt")
+        run.keep_if_better(ema, metrics)
 
     run.loop(train_step, on_eval)
 
@@ -401,13 +447,11 @@ def train_gan(args: argparse.Namespace) -> None:
     c_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, betas=(0.0, 0.9))
     ema = copy.deepcopy(model)
     run = Run(args, {"model": model, "ema": ema, "critic": critic, "g_opt": g_opt, "c_opt": c_opt})
-    if "start" not in run.extra:
-        run.extra["start"] = evaluate(ema, run.holdout, 256)[1.0]
-        run.log({"step": run.step, "holdout": run.extra["start"]})
+    run.log_start(ema)
 
     def train_step() -> dict[str, float]:
         batch = make_batch(run.bank, run.rng, args.batch, args.size, args.frames)
-        loss, parts, fake_ab = generator_losses(model, batch, args)
+        loss, parts, fake_ab = generator_losses(model, batch, args, run.ab_weights)
         adv = adversarial_loss(critic(batch.L[:, -1], fake_ab))
         g_opt.zero_grad(set_to_none=True)
         (loss + args.w_adv * adv).backward()
@@ -422,13 +466,10 @@ def train_gan(args: argparse.Namespace) -> None:
         return {"loss": loss.item(), **parts, "adv": adv.item(), "critic_loss": c_loss.item()}
 
     def on_eval() -> None:
-        # The GAN phase trades a little PSNR for livelier colour: keep the checkpoint with the smallest
-        # colourfulness error among those within --max-psnr-drop dB of where the phase started.
+        # The GAN phase trades a little PSNR for livelier colour (--select dcf by default).
         metrics = evaluate(ema, run.holdout, 256)[1.0]
         run.log({"step": run.step, "holdout": metrics})
-        if metrics["psnr"] >= run.extra["start"]["psnr"] - args.max_psnr_drop and -metrics["dcf"] > run.best:
-            run.best = -metrics["dcf"]
-            save_atomic({"ema": ema.state_dict(), "step": run.step, "holdout": metrics}, run.dir / "best.pt")
+        run.keep_if_better(ema, metrics)
 
     run.loop(train_step, on_eval)
 
@@ -456,7 +497,9 @@ def tune_gain(args: argparse.Namespace) -> None:
     print(json.dumps({"chosen_gain": chosen, "sweep": ckpt["gain_sweep"]}, indent=1))
 
 
-def _common(p: argparse.ArgumentParser, run: str, steps: int, lr: float, batch: int) -> None:
+def _common(
+    p: argparse.ArgumentParser, run: str, steps: int, lr: float, batch: int, select: str = "psnr"
+) -> None:
     p.add_argument("--run", type=Path, default=Path(run), help="run folder (checkpoints, logs)")
     p.add_argument("--shared", type=Path, default=shared_root(), help="shared data folder")
     p.add_argument("--steps", type=int, default=steps, help="total steps (a resumed run may change it)")
@@ -482,12 +525,28 @@ def _common(p: argparse.ArgumentParser, run: str, steps: int, lr: float, batch: 
         "--video-share", type=float, default=0.0, help="share of each batch cut from DAVIS training video"
     )
     p.add_argument("--limit-sequences", type=int, default=0, help="use only the first N DAVIS sequences")
+    p.add_argument(
+        "--rebalance",
+        type=float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="weigh each pixel's ab loss by the rarity of its true colour (Zhang et al. 2016; 0.5 as in the "
+        "paper, 0: off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=int, default=60, help="held-out images evaluated during training")
     p.add_argument("--limit-images", type=int, default=0, help="use only the first N images (smoke runs)")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument(
+        "--select",
+        choices=("psnr", "dcf"),
+        default=select,
+        help="best.pt: highest held-out PSNR, or smallest colourfulness error within --max-psnr-drop of "
+        "the start",
+    )
+    p.add_argument("--max-psnr-drop", type=float, default=0.3, help="PSNR --select dcf may give up (dB)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -504,11 +563,10 @@ def main(argv: list[str] | None = None) -> None:
     _common(crit, "runs/critic", 500, 2e-4, 8)
     crit.add_argument("--generator", type=Path, required=True, help="generator checkpoint (best.pt)")
     gan = sub.add_parser("gan", help="stage 3: short GAN phase, generator and critic together")
-    _common(gan, "runs/gan", 500, 5e-5, 8)
+    _common(gan, "runs/gan", 500, 5e-5, 8, select="dcf")
     gan.add_argument("--generator", type=Path, required=True, help="generator checkpoint (best.pt)")
     gan.add_argument("--critic", type=Path, required=True, help="critic checkpoint (best.pt)")
     gan.add_argument("--w-adv", type=float, default=0.02, help="adversarial-loss weight")
-    gan.add_argument("--max-psnr-drop", type=float, default=0.3, help="PSNR the phase may give up (dB)")
     gain = sub.add_parser("gain", help="tune the chroma gain of a checkpoint on held-out photographs")
     gain.add_argument("checkpoint", type=Path)
     gain.add_argument("output", type=Path)
