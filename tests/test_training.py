@@ -43,8 +43,8 @@ def test_generator_smoke_resumes_and_exports(tmp_path: Path) -> None:
     # Three-frame clips, half of them real DAVIS motion, starting from the shipped network's weights.
     video = ["--frames", "3", "--video-share", "0.5", "--limit-sequences", "1"]
     shipped = Path(__file__).resolve().parents[1] / "models" / "weights" / "colorizer.onnx"
-    # Colour rebalancing on, selecting by colourfulness as the GAN phase does.
-    rebalance = ["--rebalance", "0.5", "--select", "dcf", "--max-psnr-drop", "100"]
+    # Colour rebalancing and the colourfulness loss on, selecting by colourfulness as the GAN phase does.
+    rebalance = ["--rebalance", "0.5", "--w-cf", "1", "--select", "dcf", "--max-psnr-drop", "100"]
     common = ["generator", "--run", str(run), *tiny, *video, *rebalance, "--init", str(shipped)]
     train_main([*common, "--steps", "2"])
     first = torch.load(run / "last.pt", weights_only=False)

@@ -92,6 +92,24 @@ def feature_loss(net: MobileNetV2, pred_rgb: torch.Tensor, true_rgb: torch.Tenso
     return sum((F.l1_loss(p, t) for p, t in zip(pred, true, strict=True)), torch.zeros(())) / len(pred)
 
 
+def colourfulness_loss(pred_rgb: torch.Tensor, true_rgb: torch.Tensor) -> torch.Tensor:
+    """Mean |CF(pred) - CF(true)| / 100 per picture, with CF the Hasler–Süsstrunk colourfulness (GUIDE.md
+    §4) of RGB ``[N, 3, H, W]`` in [0, 1]. The pixel losses are minimized by the average of the plausible
+    colours, which is greyer than any of them; this term asks for the picture's overall colourfulness
+    instead, and leaves it to the other losses to say where the colour goes (as DDColor's colourfulness
+    loss does, but matched to the truth rather than maximized)."""
+
+    def cf(rgb: torch.Tensor) -> torch.Tensor:
+        x = rgb.float() * 255.0
+        rg = x[:, 0] - x[:, 1]
+        yb = 0.5 * (x[:, 0] + x[:, 1]) - x[:, 2]
+        std = torch.sqrt(rg.flatten(1).var(1, unbiased=False) + yb.flatten(1).var(1, unbiased=False) + 1e-6)
+        mean = torch.sqrt(rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2 + 1e-6)
+        return std + 0.3 * mean
+
+    return (cf(pred_rgb) - cf(true_rgb)).abs().mean() / 100.0
+
+
 def colourfulness(rgb: np.ndarray) -> float:
     """Hasler–Süsstrunk colourfulness of an RGB image in 0..255 (GUIDE.md §4)."""
     r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
@@ -190,10 +208,10 @@ def generator_losses(
         per_pixel = F.smooth_l1_loss(pred_ab, batch.ab, beta=0.05, reduction="none")
         loss_ab = (per_pixel * pixel_weights(batch.ab, ab_weights)).mean()
     # The feature loss looks at the last frame only: it costs as much as the rest of the step.
+    pred_rgb = to_rgb(batch.L[:, -1], pred_ab[:, -1])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
-        loss_feat = feature_loss(
-            model.encoder, to_rgb(batch.L[:, -1], pred_ab[:, -1]), batch.rgb_last
-        ).float()
+        loss_feat = feature_loss(model.encoder, pred_rgb, batch.rgb_last).float()
+    loss_cf = colourfulness_loss(pred_rgb, batch.rgb_last) if args.w_cf > 0 else torch.zeros(())
     # Temporal consistency: each frame's colours against the previous frame's, moved by the known (or
     # DIS-estimated) motion, where that motion is trusted.
     loss_temp = torch.zeros(())
@@ -202,8 +220,8 @@ def generator_losses(
         warped = F.grid_sample(pred_ab[:, t], grid, mode="bilinear", align_corners=False)
         loss_temp = loss_temp + ((warped - pred_ab[:, t + 1]).abs() * valid).sum() / (2 * valid.sum() + 1)
     loss_temp = loss_temp / max(pred_ab.shape[1] - 1, 1)
-    loss = loss_ab + args.w_feat * loss_feat + args.w_temp * loss_temp
-    parts = {"ab": loss_ab.item(), "feat": loss_feat.item(), "temp": loss_temp.item()}
+    loss = loss_ab + args.w_feat * loss_feat + args.w_temp * loss_temp + args.w_cf * loss_cf
+    parts = {"ab": loss_ab.item(), "feat": loss_feat.item(), "temp": loss_temp.item(), "cf": loss_cf.item()}
     return loss, parts, pred_ab[:, -1]
 
 
@@ -509,6 +527,9 @@ def _common(
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--w-feat", type=float, default=0.5, help="feature-loss weight")
     p.add_argument("--w-temp", type=float, default=1.0, help="temporal-consistency weight")
+    p.add_argument(
+        "--w-cf", type=float, default=0.0, help="colourfulness-loss weight (match the truth's colourfulness)"
+    )
     p.add_argument("--ema", type=float, default=0.998, help="EMA decay of the evaluated/exported weights")
     p.add_argument(
         "--amp",

@@ -1,4 +1,5 @@
-"""Colour rebalancing: rare colours weigh more than common ones, and the weights average to 1."""
+"""The losses against muted colour: rebalancing (rare colours weigh more, weights average to 1) and the
+colourfulness loss (the GUIDE.md §4 measure, differentiable, pulling a greyed prediction to the truth)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from models.colorizer.rebalance import (  # noqa: E402
     pixel_weights,
     rebalance_weights,
 )
+from models.colorizer.train import colourfulness, colourfulness_loss  # noqa: E402
 
 
 def _photos() -> list[np.ndarray]:
@@ -61,3 +63,26 @@ def test_bad_parameters_are_refused() -> None:
         rebalance_weights(np.zeros((N_BINS, N_BINS)))
     with pytest.raises(ValueError, match="lam"):
         rebalance_weights(np.ones((N_BINS, N_BINS)), lam=0.0)
+
+
+def test_colourfulness_loss_is_the_metric_and_restores_colour() -> None:
+    rng = np.random.default_rng(1)
+    truth = torch.from_numpy(rng.random((2, 3, 24, 24), dtype=np.float32))
+    grey = truth.mean(1, keepdim=True)
+    muted = grey + 0.3 * (truth - grey)  # the same picture with 30 % of its colour
+    expected = np.mean(
+        [
+            abs(
+                colourfulness(muted[i].permute(1, 2, 0).numpy() * 255)
+                - colourfulness(truth[i].permute(1, 2, 0).numpy() * 255)
+            )
+            for i in range(2)
+        ]
+    )
+    assert colourfulness_loss(muted, truth).item() == pytest.approx(expected / 100.0, rel=1e-4)
+    # A gradient step on the muted picture moves it away from grey, towards the truth's colourfulness.
+    x = muted.clone().requires_grad_(True)
+    colourfulness_loss(x, truth).backward()
+    stepped = (x - 0.05 * x.grad / x.grad.abs().max()).detach()
+    assert colourfulness_loss(stepped, truth) < colourfulness_loss(muted, truth)
+    assert (stepped - stepped.mean(1, keepdim=True)).abs().mean() > (muted - grey).abs().mean()
