@@ -163,6 +163,14 @@ def write_json(out_dir: Path, name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def num(x: Any, digits: int = 2) -> str:
+    """A figure for a results table: fixed decimals, or "–" where the JSON has no number (missing, null,
+    NaN, infinite, or a boolean that is not a measurement)."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
     """Latency summary in milliseconds: median and tails, because a mean hides the stalls that a
     live stream feels."""

@@ -46,6 +46,7 @@ from benchmarks.common import (
     file_sha256,
     machine_tags,
     now_iso,
+    num,
     percentiles_ms,
     run_and_write,
     shared_root,
@@ -519,8 +520,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             if not m:
                 continue
             lines.append(
-                f"{name:<12} {model:<8} {m['n']:>4} {_num(m['auc'], 3):>6} {_num(m['accuracy'], 3):>6} "
-                f"{_num(m['log_loss'], 3):>8} {_num(m['ece'], 3):>6}"
+                f"{name:<12} {model:<8} {m['n']:>4} {num(m['auc'], 3):>6} {num(m['accuracy'], 3):>6} "
+                f"{num(m['log_loss'], 3):>8} {num(m['ece'], 3):>6}"
             )
     lines += ["", "DFDC per clip (P(fake), label):"]
     for row in result["sets"]["dfdc"]["items"]:
@@ -528,32 +529,26 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         if "real_ok" in row:
             check = "  real not called fake" if row["real_ok"] else "  REAL CALLED FAKE"
         lines.append(
-            f"  {row['truth']:<5} {row['path']:<48} ours {_num(row['ours']['probability'], 3)} "
-            f"{row['ours']['label']:<9} meso {_num(row['mesonet']['probability'], 3)} "
+            f"  {row['truth']:<5} {row['path']:<48} ours {num(row['ours']['probability'], 3)} "
+            f"{row['ours']['label']:<9} meso {num(row['mesonet']['probability'], 3)} "
             f"{row['mesonet']['label']:<9}{check}"
         )
     cost = result["cost"]
     lines += [
         "",
         f"cost per sampled frame with one face ({cost['frame_size'][0]}x{cost['frame_size'][1]}, "
-        f"{cost['threads']} threads): detector p50 {_num(cost['detector_ms'].get('p50'), 1)} ms "
-        f"p95 {_num(cost['detector_ms'].get('p95'), 1)} ms; YuNet alone p50 "
-        f"{_num(cost['yunet_ms'].get('p50'), 1)} ms p95 {_num(cost['yunet_ms'].get('p95'), 1)} ms",
+        f"{cost['threads']} threads): detector p50 {num(cost['detector_ms'].get('p50'), 1)} ms "
+        f"p95 {num(cost['detector_ms'].get('p95'), 1)} ms; YuNet alone p50 "
+        f"{num(cost['yunet_ms'].get('p50'), 1)} ms p95 {num(cost['yunet_ms'].get('p95'), 1)} ms",
     ]
     return lines
-
-
-def _num(x: Any, digits: int = 2) -> str:
-    if x is None or isinstance(x, bool) or not isinstance(x, int | float) or x != x:
-        return "–"
-    return f"{x:.{digits}f}"
 
 
 # ----------------------------------------------------------------------------------------------- report
 
 
 def _cell(m: dict[str, Any] | None, key: str) -> str:
-    return _num((m or {}).get(key), 3)
+    return num((m or {}).get(key), 3)
 
 
 def report_section(data: dict[str, Any]) -> list[str]:
@@ -566,8 +561,8 @@ def report_section(data: dict[str, Any]) -> list[str]:
         "## Deepfake detector",
         "",
         f"Detector `{model.get('version', '?')}` (sha256 `{model.get('sha256', '?')}`), operating threshold "
-        f"{_num(op.get('threshold'), 3)} with uncertain band ± {_num(op.get('uncertain_band'), 3)}; baseline "
-        f"{base.get('name', '?')} (`{base.get('version', '?')}`, threshold {_num(base.get('threshold'))}) on "
+        f"{num(op.get('threshold'), 3)} with uncertain band ± {num(op.get('uncertain_band'), 3)}; baseline "
+        f"{base.get('name', '?')} (`{base.get('version', '?')}`, threshold {num(base.get('threshold'))}) on "
         f"the same face crops in the same run; run {data.get('date', '?')}.",
         "",
     ]
@@ -576,7 +571,7 @@ def report_section(data: dict[str, Any]) -> list[str]:
     lines += [
         "Labels: 1 = fake. Accuracy at each model's own operating threshold; log-loss in nats (probabilities "
         "clipped at 1e-15); ECE over 15 equal-width bins. `dfdc` scores each clip (videos sampled at "
-        f"{_num(settings.get('rate'), 1)}/s, at most {settings.get('frames_per_video', '?')} frames; the "
+        f"{num(settings.get('rate'), 1)}/s, at most {settings.get('frames_per_video', '?')} frames; the "
         "clip's score is its most suspicious face track), `dfdc_frames` each sampled frame, `images` "
         f"StyleGAN faces against held-out real faces ({settings.get('real_split', '?')}).",
         "",
@@ -605,8 +600,8 @@ def report_section(data: dict[str, Any]) -> list[str]:
         mark = "" if "real_ok" not in row else ("n/a" if ok is None else ("**PASS**" if ok else "**FAIL**"))
         lines.append(
             f"| {Path(str(row.get('path'))).name} | {row.get('truth')} | {row.get('frames_sampled')} "
-            f"({row.get('frames_with_faces')}) | {_num(row['ours'].get('probability'), 3)} "
-            f"{row['ours'].get('label')} | {_num(row['mesonet'].get('probability'), 3)} "
+            f"({row.get('frames_with_faces')}) | {num(row['ours'].get('probability'), 3)} "
+            f"{row['ours'].get('label')} | {num(row['mesonet'].get('probability'), 3)} "
             f"{row['mesonet'].get('label')} | {mark} |"
         )
     verdict = dfdc.get("real_not_fake")
@@ -627,10 +622,10 @@ def report_section(data: dict[str, Any]) -> list[str]:
             "",
             "| stage | p50 ms | p95 ms |",
             "| --- | ---: | ---: |",
-            f"| YuNet alone (limit) | {_num(yunet.get('p50'))} | {_num(yunet.get('p95'))} |",
-            f"| YuNet + crop + classifier (detector) | {_num(det.get('p50'))} | {_num(det.get('p95'))} |",
-            f"| MesoNet classifier alone, one 256 px crop | {_num(meso.get('p50'))} | "
-            f"{_num(meso.get('p95'))} |",
+            f"| YuNet alone (limit) | {num(yunet.get('p50'))} | {num(yunet.get('p95'))} |",
+            f"| YuNet + crop + classifier (detector) | {num(det.get('p50'))} | {num(det.get('p95'))} |",
+            f"| MesoNet classifier alone, one 256 px crop | {num(meso.get('p50'))} | "
+            f"{num(meso.get('p95'))} |",
         ]
     if data.get("contact_sheet"):
         lines += ["", f"Faces with their scores: [contact sheet](results/{data['contact_sheet']})."]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, safe_name
+from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, num, safe_name
 from benchmarks.deepfake import report_section as deepfake_section
 from benchmarks.throughput import report_section as throughput_section
 
@@ -27,19 +27,13 @@ OPTIONAL = ("video_quality", "temporal_filter_sweep", "hints_curve", "live_laten
 """Sections shown only when their JSON exists (no placeholder when absent)."""
 
 
-def _num(x: Any, digits: int = 2) -> str:
-    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-        return "–"
-    return f"{x:.{digits}f}"
-
-
 def _mark(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**")
 
 
 def _stat(summary: dict[str, Any], key: str, digits: int) -> str:
     s = summary.get(key) or {}
-    return f"{_num(s.get('mean'), digits)} ({_num(s.get('median'), digits)})"
+    return f"{num(s.get('mean'), digits)} ({num(s.get('median'), digits)})"
 
 
 def machine_line(data: dict[str, Any]) -> str:
@@ -100,7 +94,7 @@ def quality_section(data: dict[str, Any], results_dir: Path, out: Path) -> list[
         )
         dcf_model = (model.get("dcf") or {}).get("mean", math.nan)
         dcf_gray = (gray.get("dcf") or {}).get("mean", math.nan)
-        verdict = f"PSNR {'+' if dpsnr >= 0 else ''}{_num(dpsnr)} dB, ΔCF {_num(dcf_model - dcf_gray, 1)}"
+        verdict = f"PSNR {'+' if dpsnr >= 0 else ''}{num(dpsnr)} dB, ΔCF {num(dcf_model - dcf_gray, 1)}"
         for method, vals in (("model", model), ("grey", gray)):
             first = method == "model"
             lines.append(
@@ -158,8 +152,8 @@ def _speed_history(results_dir: Path, current: dict[str, Any]) -> list[str]:
         version = (data.get("model") or {}).get("version", "?")
         lines.append(
             f"| `{version}`{' (current)' if i == 0 else ''} | {data.get('date', '?')} | "
-            f"{_num(head.get('fps'), 1)} | {_num(head.get('p50_ms'))} | "
-            f"{_num(ref.get('gflops_median'), 1)} | {(data.get('machine') or {}).get('cpu', '?')} |"
+            f"{num(head.get('fps'), 1)} | {num(head.get('p50_ms'))} | "
+            f"{num(ref.get('gflops_median'), 1)} | {(data.get('machine') or {}).get('cpu', '?')} |"
         )
     return [*lines, ""]
 
@@ -181,17 +175,17 @@ def model_speed_section(data: dict[str, Any], results_dir: Path) -> list[str]:
     for r in data.get("runs") or []:
         lat = r.get("latency_ms") or {}
         lines.append(
-            f"| {r.get('name')} | {_num(r.get('fps'), 1)} | {_num(lat.get('p50'))} | "
-            f"{_num(lat.get('p95'))} | {_num(lat.get('p99'))} | {r.get('iterations', '')} |"
+            f"| {r.get('name')} | {num(r.get('fps'), 1)} | {num(lat.get('p50'))} | "
+            f"{num(lat.get('p95'))} | {num(lat.get('p99'))} | {r.get('iterations', '')} |"
         )
     lines += [
         "",
         "| check | measured | target / reference | result |",
         "| --- | ---: | ---: | --- |",
-        f"| fps at {target.get('size', 256)}, batch 1 | {_num(head.get('fps'), 1)} | "
-        f"≥ {_num(target.get('fps'), 0)} | {_mark(data.get('pass'))} |",
-        f"| machine reference: {ref.get('what', 'matmul')} | {_num(ref.get('gflops_median'), 1)} GFLOP/s | "
-        f"best {_num(ref.get('gflops_best'), 1)} GFLOP/s | – |",
+        f"| fps at {target.get('size', 256)}, batch 1 | {num(head.get('fps'), 1)} | "
+        f"≥ {num(target.get('fps'), 0)} | {_mark(data.get('pass'))} |",
+        f"| machine reference: {ref.get('what', 'matmul')} | {num(ref.get('gflops_median'), 1)} GFLOP/s | "
+        f"best {num(ref.get('gflops_best'), 1)} GFLOP/s | – |",
         "",
     ]
     lines += _speed_history(results_dir, data)
@@ -220,12 +214,12 @@ def video_speed_section(data: dict[str, Any]) -> list[str]:
         col_fps = col.get("fps") if col and col.get("ok") else None
         lim_fps = lim.get("fps") if lim.get("ok") else None
         ratio = col_fps / lim_fps if col_fps and lim_fps else None
-        col_text = "skipped" if col is None else ("failed" if not col.get("ok") else _num(col_fps, 1))
+        col_text = "skipped" if col is None else ("failed" if not col.get("ok") else num(col_fps, 1))
         lines.append(
             f"| {clip.get('name')} @ {clip.get('fps')} fps | {clip.get('frames')} | {col_text} | "
-            f"{_num((col or {}).get('fps_steady'), 1)} | {_num((col or {}).get('startup_s'))} | "
-            f"{_num(lim_fps, 1) if lim.get('ok') else 'failed'} | {_num(ratio)} | "
-            f"{_num(col.get('peak_rss_mb'), 0) if col else '–'} | {_num(lim.get('peak_rss_mb'), 0)} |"
+            f"{num((col or {}).get('fps_steady'), 1)} | {num((col or {}).get('startup_s'))} | "
+            f"{num(lim_fps, 1) if lim.get('ok') else 'failed'} | {num(ratio)} | "
+            f"{num(col.get('peak_rss_mb'), 0) if col else '–'} | {num(lim.get('peak_rss_mb'), 0)} |"
         )
         for what, r in (("colorize", col), ("limit", lim)):
             if r and not r.get("ok"):
@@ -242,9 +236,9 @@ def video_speed_section(data: dict[str, Any]) -> list[str]:
         "",
         "| check | measured | target | result |",
         "| --- | ---: | ---: | --- |",
-        f"| colorize fps at {fps_clip} | {_num(clip_fps, 1)} | ≥ {_num(targets.get('fps'), 0)} | "
+        f"| colorize fps at {fps_clip} | {num(clip_fps, 1)} | ≥ {num(targets.get('fps'), 0)} | "
         f"{_mark(verdict.get('fps'))} |",
-        f"| peak memory, any clip | {_num(peak, 0)} MB | ≤ {_num(targets.get('peak_rss_mb'), 0)} MB | "
+        f"| peak memory, any clip | {num(peak, 0)} MB | ≤ {num(targets.get('peak_rss_mb'), 0)} MB | "
         f"{_mark(verdict.get('memory'))} |",
         "",
     ]
@@ -265,15 +259,15 @@ VIDEO_MODES = (("memory", "memory"), ("per_frame", "per-frame"), ("gray", "grey"
 
 def _ratio_cell(compare: dict[str, Any]) -> str:
     return (
-        f"flicker ×{_num(compare.get('flicker_ratio'))}, warp ×{_num(compare.get('warp_ratio'))}, "
-        f"CDC ×{_num(compare.get('cdc_ratio'), 3)}, PSNR {_signed(compare.get('psnr_diff_db'))} dB"
+        f"flicker ×{num(compare.get('flicker_ratio'))}, warp ×{num(compare.get('warp_ratio'))}, "
+        f"CDC ×{num(compare.get('cdc_ratio'), 3)}, PSNR {_signed(compare.get('psnr_diff_db'))} dB"
     )
 
 
 def _signed(x: Any, digits: int = 2) -> str:
     """A difference with its sign always shown; a value that rounds to zero reads ``+0.00``, not
     ``-0.00``."""
-    text = _num(x, digits)
+    text = num(x, digits)
     if text == "–":
         return text
     if float(text) == 0.0:
@@ -296,9 +290,9 @@ def temporal_sweep_section(data: dict[str, Any]) -> list[str]:
     ]
     for r in data.get("rows") or []:
         lines.append(
-            f"| {_num(r.get('strength'))} | {_num(r.get('sigma'), 1)} | {_num(r.get('psnr'))} | "
-            f"{_num(r.get('dcf'), 1)} | {_num(r.get('flicker'), 3)} | {_num(r.get('warp'), 3)} | "
-            f"{_num(r.get('flicker_ratio'), 3)} | {_num(r.get('warp_ratio'), 3)} |"
+            f"| {num(r.get('strength'))} | {num(r.get('sigma'), 1)} | {num(r.get('psnr'))} | "
+            f"{num(r.get('dcf'), 1)} | {num(r.get('flicker'), 3)} | {num(r.get('warp'), 3)} | "
+            f"{num(r.get('flicker_ratio'), 3)} | {num(r.get('warp_ratio'), 3)} |"
         )
     return [*lines, ""]
 
@@ -356,22 +350,22 @@ def video_quality_section(data: dict[str, Any], results_dir: Path, out: Path) ->
         ("flicker ↓", lambda v: v.get("flicker"), 3, None),
     ]
     for label, get, digits, ref in rows:
-        cells = [_num(get(modes.get(mode) or {}), digits) for mode, _ in VIDEO_MODES]
-        lines.append(f"| {label} | {' | '.join(cells)} | {_num(ref, digits)} |")
+        cells = [num(get(modes.get(mode) or {}), digits) for mode, _ in VIDEO_MODES]
+        lines.append(f"| {label} | {' | '.join(cells)} | {num(ref, digits)} |")
     compare = mean.get("compare") or {}
     verdict = compare.get("pass") or {}
     lines += [
         "",
         "| check (memory vs per-frame) | measured | target | result |",
         "| --- | ---: | ---: | --- |",
-        f"| flicker, memory / per-frame | {_num(compare.get('flicker_ratio'))} | "
-        f"≤ {_num(targets.get('flicker_ratio_max'))} | {_mark(verdict.get('flicker'))} |",
-        f"| warp error, memory / per-frame | {_num(compare.get('warp_ratio'))} | "
-        f"≤ {_num(targets.get('warp_ratio_max'))} | {_mark(verdict.get('warp'))} |",
-        f"| CDC (mean over k), memory / per-frame | {_num(compare.get('cdc_ratio'), 3)} | "
-        f"≤ {_num(targets.get('cdc_ratio_max'))} (lower) | {_mark(verdict.get('cdc'))} |",
+        f"| flicker, memory / per-frame | {num(compare.get('flicker_ratio'))} | "
+        f"≤ {num(targets.get('flicker_ratio_max'))} | {_mark(verdict.get('flicker'))} |",
+        f"| warp error, memory / per-frame | {num(compare.get('warp_ratio'))} | "
+        f"≤ {num(targets.get('warp_ratio_max'))} | {_mark(verdict.get('warp'))} |",
+        f"| CDC (mean over k), memory / per-frame | {num(compare.get('cdc_ratio'), 3)} | "
+        f"≤ {num(targets.get('cdc_ratio_max'))} (lower) | {_mark(verdict.get('cdc'))} |",
         f"| PSNR, memory − per-frame | {_signed(compare.get('psnr_diff_db'))} dB | "
-        f"≥ −{_num(targets.get('psnr_drop_max_db'))} dB | {_mark(verdict.get('psnr'))} |",
+        f"≥ −{num(targets.get('psnr_drop_max_db'))} dB | {_mark(verdict.get('psnr'))} |",
         "",
         "Per sequence:",
         "",
@@ -386,8 +380,8 @@ def video_quality_section(data: dict[str, Any], results_dir: Path, out: Path) ->
             first = i == 0
             lines.append(
                 f"| {name if first else ''} | {seq.get('frames', '') if first else ''} | {label} | "
-                f"{_num(v.get('psnr'))} | {_num(v.get('ssim'), 4)} | {_num(v.get('dcf'), 1)} | "
-                f"{_num(cdc(v, 'mean'), 5)} | {_num(v.get('warp'), 3)} | {_num(v.get('flicker'), 3)} | "
+                f"{num(v.get('psnr'))} | {num(v.get('ssim'), 4)} | {num(v.get('dcf'), 1)} | "
+                f"{num(cdc(v, 'mean'), 5)} | {num(v.get('warp'), 3)} | {num(v.get('flicker'), 3)} | "
                 f"{_ratio_cell(seq.get('compare') or {}) if first else ''} |"
             )
     lines.append("")
@@ -415,7 +409,7 @@ def hints_section(data: dict[str, Any]) -> list[str]:
         "The protocol of Zhang et al. (2017): N points drawn uniformly over the picture (the same points "
         "for a picture and N in every run; the N points are the first N of one draw, so hints are only "
         "ever added), each revealed as a hint disc of "
-        f"{_num(data.get('hint_radius_px'), 1)} px radius at the working size carrying the ground "
+        f"{num(data.get('hint_radius_px'), 1)} px radius at the working size carrying the ground "
         "truth's mean Lab a/b over that disc; grey input from the Lab L channel; memory off. Gain is "
         "the mean per-picture PSNR difference against no hints. Near-grey ground truths are left out.",
         "",
@@ -428,12 +422,12 @@ def hints_section(data: dict[str, Any]) -> list[str]:
         gain = (point.get("gain_db") or {}).get("mean")
         dcf = (point.get("dcf") or {}).get("mean")
         lines.append(
-            f"| {n} | {_stat(point, 'psnr', 2)} | {_signed(gain)} | {_num(dcf, 1)} | "
-            f"{'≥ +' + _num(target, 1) if target is not None else ''} | "
+            f"| {n} | {_stat(point, 'psnr', 2)} | {_signed(gain)} | {num(dcf, 1)} | "
+            f"{'≥ +' + num(target, 1) if target is not None else ''} | "
             f"{_mark(verdict.get(str(n))) if target is not None else ''} |"
         )
     gray = (data.get("gray_psnr") or {}).get("mean")
-    lines += ["", f"Grey baseline (output = grey input) on the same pictures: PSNR {_num(gray)} dB.", ""]
+    lines += ["", f"Grey baseline (output = grey input) on the same pictures: PSNR {num(gray)} dB.", ""]
     missing = [n for n in targets if n not in {str(p.get("n")) for p in data.get("curve") or []}]
     if missing:
         lines += [f"Targets not measured in this run (N not in `--counts`): {', '.join(missing)}.", ""]
@@ -467,7 +461,7 @@ def live_latency_section(data: dict[str, Any]) -> list[str]:
     lines = ["## Live latency (serve, WebRTC)", "", model_line(data), ""]
     lines += _smoke_note(data)
     lines += [
-        f"{src.get('width', '?')}x{src.get('height', '?')} at {_num(src.get('fps'), 0)} fps per stream "
+        f"{src.get('width', '?')}x{src.get('height', '?')} at {num(src.get('fps'), 0)} fps per stream "
         f"({src.get('kind', '?')} source), working size {data.get('size', '?')}, {data.get('codec', '?')}. "
         f"Latency: {data.get('latency_definition', '?')}. The limit in the same run: "
         f"{data.get('limit_definition', 'no model')}. CPU is the server process's CPU time over wall time "
@@ -481,10 +475,10 @@ def live_latency_section(data: dict[str, Any]) -> list[str]:
     for row in data.get("rows") or []:
         lat = row.get("latency_ms") or {}
         lines.append(
-            f"| {_run_name(row)} | {row.get('streams')} | {_num(row.get('fps_in_min'), 1)} | "
-            f"{_num(row.get('fps_out_min'), 1)} | {row.get('drops', '–')} | {_num(lat.get('p50'), 0)} | "
-            f"{_num(lat.get('p95'), 0)} | {_num(lat.get('p99'), 0)} | {_num(row.get('cpu_percent'), 0)} | "
-            f"{'yes' if row.get('cpu_bound') else 'no'} | {_num(row.get('rss_mb_max'), 0)} | "
+            f"| {_run_name(row)} | {row.get('streams')} | {num(row.get('fps_in_min'), 1)} | "
+            f"{num(row.get('fps_out_min'), 1)} | {row.get('drops', '–')} | {num(lat.get('p50'), 0)} | "
+            f"{num(lat.get('p95'), 0)} | {num(lat.get('p99'), 0)} | {num(row.get('cpu_percent'), 0)} | "
+            f"{'yes' if row.get('cpu_bound') else 'no'} | {num(row.get('rss_mb_max'), 0)} | "
             f"{'yes' if row.get('realtime') else 'no'} |"
         )
     rows = data.get("rows") or []
@@ -500,7 +494,7 @@ def live_latency_section(data: dict[str, Any]) -> list[str]:
         ]
         for row in rows:
             means = row.get("stage_mean_ms") or {}
-            cells = " | ".join(_num(means.get(s), 1) for s in stages)
+            cells = " | ".join(num(means.get(s), 1) for s in stages)
             lines.append(f"| {_run_name(row)} | {row.get('streams')} | {cells} |")
 
     def pattern(r: dict[str, Any], n: int) -> bool:
@@ -516,23 +510,23 @@ def live_latency_section(data: dict[str, Any]) -> list[str]:
         "",
         "| check | measured | target | result |",
         "| --- | ---: | ---: | --- |",
-        f"| one stream real time | {_num(one.get('fps_out_min'), 1)} fps out | "
-        f"≥ {_num((targets.get('realtime_fps_ratio') or 0) * 100, 0)} % of "
-        f"{_num(src.get('fps'), 0)} fps, ≤ {_num((targets.get('realtime_max_drop_ratio') or 0) * 100, 0)} "
+        f"| one stream real time | {num(one.get('fps_out_min'), 1)} fps out | "
+        f"≥ {num((targets.get('realtime_fps_ratio') or 0) * 100, 0)} % of "
+        f"{num(src.get('fps'), 0)} fps, ≤ {num((targets.get('realtime_max_drop_ratio') or 0) * 100, 0)} "
         f"% dropped | {_mark(verdict.get('realtime_1'))} |",
-        f"| one stream p95 | {_num((one.get('latency_ms') or {}).get('p95'), 0)} ms | "
-        f"≤ {_num(targets.get('p95_ms'), 0)} ms | {_mark(verdict.get('p95_1'))} |",
-        f"| resident memory, 4 streams | {_num(four.get('rss_mb_max'), 0)} MB | "
-        f"≤ {_num(targets.get('rss_mb_4_streams'), 0)} MB | {_mark(verdict.get('memory_4'))} |",
+        f"| one stream p95 | {num((one.get('latency_ms') or {}).get('p95'), 0)} ms | "
+        f"≤ {num(targets.get('p95_ms'), 0)} ms | {_mark(verdict.get('p95_1'))} |",
+        f"| resident memory, 4 streams | {num(four.get('rss_mb_max'), 0)} MB | "
+        f"≤ {num(targets.get('rss_mb_4_streams'), 0)} MB | {_mark(verdict.get('memory_4'))} |",
     ]
     if cost:
         lines.append(
             f"| colorization throughput with the deepfake sampler (face clip) | "
-            f"{_num(cost.get('fps_out_with'), 1)} vs {_num(cost.get('fps_out_without'), 1)} fps "
-            f"(drop {_num(100 * cost.get('throughput_drop', math.nan), 1)} %; CPU per frame "
-            f"{_num(cost.get('cpu_ms_per_frame_with'), 1)} vs "
-            f"{_num(cost.get('cpu_ms_per_frame_without'), 1)} ms) | "
-            f"drop ≤ {_num(100 * (targets.get('detector_throughput_drop') or math.nan), 0)} % | "
+            f"{num(cost.get('fps_out_with'), 1)} vs {num(cost.get('fps_out_without'), 1)} fps "
+            f"(drop {num(100 * cost.get('throughput_drop', math.nan), 1)} %; CPU per frame "
+            f"{num(cost.get('cpu_ms_per_frame_with'), 1)} vs "
+            f"{num(cost.get('cpu_ms_per_frame_without'), 1)} ms) | "
+            f"drop ≤ {num(100 * (targets.get('detector_throughput_drop') or math.nan), 0)} % | "
             f"{_mark(verdict.get('detector_drop'))} |"
         )
     lines += [
@@ -558,22 +552,22 @@ def live_soak_section(data: dict[str, Any]) -> list[str]:
     p95, p95_max = data.get("p95_slope_ms_per_min"), targets.get("soak_p95_slope_ms_per_min")
     rss, rss_max = data.get("rss_slope_mb_per_min"), targets.get("soak_rss_slope_mb_per_min")
     lines += [
-        f"One stream with one WHEP viewer for {_num(data.get('minutes'), 1)} minutes; p95 latency of each "
-        f"{_num(data.get('interval_s'), 0)} s interval and the resident memory at its end, with the "
+        f"One stream with one WHEP viewer for {num(data.get('minutes'), 1)} minutes; p95 latency of each "
+        f"{num(data.get('interval_s'), 0)} s interval and the resident memory at its end, with the "
         "least-squares slope per minute.",
         "",
         "| minute | p95 ms | RSS MB |",
         "| ---: | ---: | ---: |",
         *[
-            f"| {_num(p.get('t_min'), 1)} | {_num(p.get('p95_ms'), 0)} | {_num(p.get('rss_mb'), 0)} |"
+            f"| {num(p.get('t_min'), 1)} | {num(p.get('p95_ms'), 0)} | {num(p.get('rss_mb'), 0)} |"
             for p in points
         ],
         "",
         "| check | measured | target | result |",
         "| --- | ---: | ---: | --- |",
-        f"| p95 slope | {_num(p95)} ms/min | ≤ {_num(p95_max)} ms/min | {_mark(_at_most(p95, p95_max))} |",
-        f"| RSS slope (growth {_num(data.get('rss_growth_mb'), 0)} MB) | {_num(rss)} MB/min | "
-        f"≤ {_num(rss_max)} MB/min | {_mark(_at_most(rss, rss_max))} |",
+        f"| p95 slope | {num(p95)} ms/min | ≤ {num(p95_max)} ms/min | {_mark(_at_most(p95, p95_max))} |",
+        f"| RSS slope (growth {num(data.get('rss_growth_mb'), 0)} MB) | {num(rss)} MB/min | "
+        f"≤ {num(rss_max)} MB/min | {_mark(_at_most(rss, rss_max))} |",
         f"| flat (both slopes within target) | | | {_mark(data.get('flat'))} |",
         "",
         machine_line(data),

@@ -51,6 +51,7 @@ from benchmarks.common import (
     machine_tags,
     model_tags,
     now_iso,
+    num,
     percentiles_ms,
     write_json,
 )
@@ -549,10 +550,6 @@ if __name__ == "__main__":
 # ------------------------------------------------------------------------------------------- report
 
 
-def _fmt(x: Any, digits: int = 1) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, int | float) and math.isfinite(x) else "–"
-
-
 def report_section(data: dict[str, Any]) -> list[str]:
     """The RESULTS.md section for one ``throughput_<device>.json`` (called by ``benchmarks.report``)."""
     device = data.get("device", "?")
@@ -580,8 +577,8 @@ def report_section(data: dict[str, Any]) -> list[str]:
             lat = r.get("latency_ms") or {}
             lines.append(
                 f"| {e.get('name')} | {r.get('batch')} | {r.get('height')}x{r.get('width')} | "
-                f"{_fmt(r.get('fps'))} | {_fmt(lat.get('p50'), 2)} | {_fmt(lat.get('p95'), 2)} | "
-                f"{_fmt((e.get('memory') or {}).get('mb'), 0)} |"
+                f"{num(r.get('fps'), 1)} | {num(lat.get('p50'), 2)} | {num(lat.get('p95'), 2)} | "
+                f"{num((e.get('memory') or {}).get('mb'), 0)} |"
             )
     choice = data.get("choice") or {}
     lines += ["", *skipped, ""] if skipped else [""]
@@ -593,13 +590,13 @@ def report_section(data: dict[str, Any]) -> list[str]:
     ref = data.get("reference") or {}
     if "fp16_matmul_tflops" in ref:
         lines += [
-            f"Limits in the same run: device-to-device copy {_fmt(ref.get('d2d_copy_gb_s'))} GB/s, "
-            f"FP16 matmul {_fmt(ref.get('fp16_matmul_tflops'))} TFLOP/s ({ref.get('gpu')}).",
+            f"Limits in the same run: device-to-device copy {num(ref.get('d2d_copy_gb_s'), 1)} GB/s, "
+            f"FP16 matmul {num(ref.get('fp16_matmul_tflops'), 1)} TFLOP/s ({ref.get('gpu')}).",
             "",
         ]
     else:
         lines += [
-            f"CPU reference in the same run: {ref.get('what')} {_fmt(ref.get('gflops_median'))} GFLOP/s.",
+            f"CPU reference in the same run: {ref.get('what')} {num(ref.get('gflops_median'), 1)} GFLOP/s.",
             "",
         ]
     e2e = data.get("end_to_end") or {}
@@ -619,9 +616,9 @@ def report_section(data: dict[str, Any]) -> list[str]:
         ml, ll = m.get("latency_ms") or {}, lim.get("latency_ms") or {}
         cpu_frames = (row.get("model_cpu_frames") or {}).get("fps_per_stream")
         lines.append(
-            f"| {row.get('streams')} | {_fmt(m.get('fps_per_stream'))} | {_fmt(ml.get('p50'))} | "
-            f"{_fmt(ml.get('p95'))} | {_fmt(cpu_frames) if cpu_frames is not None else 'same'} | "
-            f"{_fmt(lim.get('fps_per_stream'))} | {_fmt(ll.get('p50'))} | "
+            f"| {row.get('streams')} | {num(m.get('fps_per_stream'), 1)} | {num(ml.get('p50'), 1)} | "
+            f"{num(ml.get('p95'), 1)} | {num(cpu_frames, 1) if cpu_frames is not None else 'same'} | "
+            f"{num(lim.get('fps_per_stream'), 1)} | {num(ll.get('p50'), 1)} | "
             f"{'yes' if m.get('holds_realtime') else 'no'} |"
         )
     first = (e2e.get("rows") or [{}])[0].get("model") or {}
@@ -633,9 +630,9 @@ def report_section(data: dict[str, Any]) -> list[str]:
         ]
     lines += [
         "",
-        f"Streams holding {_fmt(e2e.get('target_fps_per_stream'), 0)} fps: {e2e.get('streams_held')} "
+        f"Streams holding {num(e2e.get('target_fps_per_stream'), 0)} fps: {e2e.get('streams_held')} "
         f"(limit without the model: {e2e.get('streams_held_limit')}); "
-        f"peak RSS {_fmt(data.get('peak_rss_mb'), 0)} MB.",
+        f"peak RSS {num(data.get('peak_rss_mb'), 0)} MB.",
         "",
     ]
     return lines
