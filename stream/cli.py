@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from models.colorizer.hints import HintError, load_hints_file
 from models.runtime.base import RuntimeError_
 from models.runtime.registry import BACKENDS
 from models.runtime.session import MAX_SIZE, MIN_SIZE
+from stream.arg_types import number, whole_number
 from stream.detect_cli import add_detect
 from stream.errors import ChromastreamError, UsageError
 from stream.export_cli import add_export
@@ -44,16 +44,6 @@ Handler = Callable[[argparse.Namespace], int]
 def demo_clip() -> Path:
     """The bundled grey CCTV clip (see NOTICE for its source and licence)."""
     return Path(str(resources.files("stream") / "assets" / "demo_cctv.mp4"))
-
-
-def _working_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not MIN_SIZE <= value <= MAX_SIZE:
-        raise argparse.ArgumentTypeError(f"must be in {MIN_SIZE}..{MAX_SIZE}, got {value}")
-    return value
 
 
 _COLORIZE_EPILOG = f"""\
@@ -89,7 +79,7 @@ def _add_colorize(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     )
     parser.add_argument(
         "--size",
-        type=_working_size,
+        type=whole_number(MIN_SIZE, MAX_SIZE),
         default=256,
         metavar="N",
         help="short side of the network's working resolution (default 256); outputs keep full resolution",
@@ -160,16 +150,6 @@ Flags given beside --config override the file's values. The viewer page is at th
 the pipeline is stopped cleanly."""
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
-    return value
-
-
 def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
@@ -187,11 +167,13 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a stream to colorize (rtsp://..., a file, synthetic:); repeat for more; ids cam1, cam2, ...",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, help="TCP port (default 8080; 0 picks a free one)")
+    parser.add_argument(
+        "--port", type=whole_number(0, 65535), help="TCP port (default 8080; 0 picks a free one)"
+    )
     parser.add_argument("--token", help="bearer token required by the API, signalling, page and metrics")
     parser.add_argument(
         "--size",
-        type=_working_size,
+        type=whole_number(MIN_SIZE, MAX_SIZE),
         metavar="N",
         help="short side of the network's working resolution (default 192: real time on two CPU cores)",
     )
@@ -199,22 +181,12 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--model", type=Path, metavar="PATH", help="colorizer ONNX file (default: shipped)")
     parser.add_argument(
         "--detector-rate",
-        type=_detector_rate,
+        type=number(0, 120, unit="frames per second"),
         metavar="N",
         help="frames per second per stream sampled for the deepfake detector (default 2; 0 turns it off)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
-
-
-def _detector_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of frames per second, got {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= 120):
-        raise argparse.ArgumentTypeError(f"must be in 0..120 frames per second, got {text}")
-    return value
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from stream.arg_types import number, whole_number
 from stream.errors import ChromastreamError, InputError, UsageError
 
 if TYPE_CHECKING:
@@ -234,26 +235,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 _EPILOG = """\
 The answer is one of real / fake / uncertain / no_face with the calibrated probability that a face is
 manipulated (null when no face is found). A video's verdict is its most suspicious face track; each
@@ -274,14 +255,14 @@ def add_detect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     parser.add_argument(
         "--rate",
-        type=_positive_float,
+        type=number(0, above=True),
         default=DEFAULT_RATE,
         metavar="N",
         help=f"video frames sampled per second (default {DEFAULT_RATE:g})",
     )
     parser.add_argument(
         "--max-frames",
-        type=_positive_int,
+        type=whole_number(1),
         default=DEFAULT_MAX_FRAMES,
         metavar="N",
         help=f"at most this many sampled video frames (default {DEFAULT_MAX_FRAMES})",
