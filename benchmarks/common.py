@@ -199,10 +199,18 @@ def add_model_args(parser: argparse.ArgumentParser, size: int | None = 256) -> N
             default=size,
             help=f"working size (short side) of the network (default: {size})",
         )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="ONNX model file (default: the shipped model)"
-    )
+    add_model_arg(parser)
     parser.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    """``--model``, resolved to the shipped model (or ``$CHROMASTREAM_MODEL``) when the parser is built."""
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=default_model_path(),
+        help="ONNX model file (default: the shipped model)",
+    )
 
 
 def add_output_args(parser: argparse.ArgumentParser, writes: str, shared: bool = True) -> None:
@@ -220,7 +228,7 @@ def add_output_args(parser: argparse.ArgumentParser, writes: str, shared: bool =
         parser.add_argument(
             "--shared",
             type=Path,
-            default=None,
+            default=shared_root(),
             help="shared data folder (default: $CHROMASTREAM_SHARED or ../shared)",
         )
 

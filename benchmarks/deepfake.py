@@ -41,15 +41,14 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.common import (
-    DEFAULT_RESULTS_DIR,
     BenchmarkError,
+    add_output_args,
     file_sha256,
     machine_tags,
     now_iso,
     num,
     percentiles_ms,
     run_and_write,
-    shared_root,
 )
 
 if TYPE_CHECKING:
@@ -436,7 +435,7 @@ def contact_sheet(cells: list[tuple[U8, str]], title: str, columns: int = 6) -> 
 
 def run(args: argparse.Namespace, classifier: FaceClassifier | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    shared = args.shared or shared_root()
+    shared = args.shared
     items = dfdc_items(shared)
     fakes = gan_faces(shared)
     reals, rule = held_out_real(shared)
@@ -648,8 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--frames", type=int, default=DEFAULT_FRAMES, help="at most this many samples per video"
     )
     parser.add_argument("--timing-reps", type=int, default=TIMING_REPS, help="timed calls per stage")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="where the JSON goes")
-    parser.add_argument("--shared", type=Path, default=None, help="shared data root (default ../shared)")
+    add_output_args(parser, "deepfake.json and its contact sheet")
     parser.add_argument("--no-sheet", dest="sheet", action="store_false", help="skip the contact sheet PNG")
     return parser
 

@@ -40,14 +40,12 @@ from benchmarks import metrics
 from benchmarks.common import (
     add_model_args,
     add_output_args,
-    default_model_path,
     eval_set_dirs,
     fail,
     machine_tags,
     model_tags,
     now_iso,
     run_and_write,
-    shared_root,
 )
 from benchmarks.metrics import F64, U8
 from benchmarks.quality import EVAL_SETS, gray_input, is_near_gray, list_images, listed_near_gray, load_rgb
@@ -298,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     from models.runtime.session import MAX_SIZE, MIN_SIZE
 
     args = build_parser().parse_args(argv)
-    args.shared = args.shared or shared_root()
-    args.model = args.model or default_model_path()
     args.counts = sorted(set(args.counts))
     if args.limit is not None and args.limit < 1:
         return fail("--limit must be at least 1")

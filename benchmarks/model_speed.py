@@ -35,7 +35,6 @@ from benchmarks.common import (
     BenchmarkError,
     add_model_args,
     add_output_args,
-    default_model_path,
     fail,
     machine_tags,
     model_tags,
@@ -258,7 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.model = args.model or default_model_path()
     if args.quick:
         args.warmup, args.iterations = min(args.warmup, 2), args.iterations or 5
     if args.iterations is not None and args.iterations < 1:

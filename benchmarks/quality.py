@@ -31,14 +31,12 @@ from benchmarks import metrics
 from benchmarks.common import (
     add_model_args,
     add_output_args,
-    default_model_path,
     eval_set_dirs,
     fail,
     machine_tags,
     model_tags,
     now_iso,
     run_and_write,
-    shared_root,
 )
 from benchmarks.metrics import U8
 
@@ -293,8 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.shared = args.shared or shared_root()
-    args.model = args.model or default_model_path()
     if args.limit is not None and args.limit < 1:
         return fail("--limit must be at least 1")
     if not args.model.is_file():

@@ -23,13 +23,11 @@ from benchmarks.common import (
     BenchmarkError,
     add_model_args,
     add_output_args,
-    default_model_path,
     fail,
     machine_tags,
     model_tags,
     now_iso,
     run_and_write,
-    shared_root,
 )
 from benchmarks.video_quality import davis_root, evaluate_sequence, mean_over_sequences
 from models.colorizer import spec
@@ -130,8 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.shared = args.shared or shared_root()
-    args.model = args.model or default_model_path()
     held_out = sorted(set(args.sequences) & set(spec.DAVIS_EVAL_SEQUENCES))
     if held_out:
         return fail(f"{', '.join(held_out)} are held out for evaluation; tune on training sequences only")

@@ -45,8 +45,8 @@ import numpy as np
 
 from benchmarks.common import (
     BenchmarkError,
+    add_model_arg,
     add_output_args,
-    default_model_path,
     fail,
     machine_tags,
     model_tags,
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
             "encode limit; device memory. Writes throughput_<device>.json."
         ),
     )
-    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped model)")
+    add_model_arg(parser)
     parser.add_argument("--backends", nargs="+", default=None, help="backends to measure (default: all)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration")
@@ -528,7 +528,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.model = args.model or default_model_path()
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
     from models.runtime.base import RuntimeError_

@@ -42,13 +42,11 @@ from benchmarks.common import (
     BenchmarkError,
     add_model_args,
     add_output_args,
-    default_model_path,
     fail,
     machine_tags,
     model_tags,
     now_iso,
     run_and_write,
-    shared_root,
 )
 from benchmarks.metrics import F32, U8
 from benchmarks.quality import gray_input, list_images, load_rgb
@@ -356,8 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.shared = args.shared or shared_root()
-    args.model = args.model or default_model_path()
     if args.max_frames is not None and args.max_frames < 2:
         return fail("--max-frames must be at least 2 (the video measures compare consecutive frames)")
     if args.strips < 0:

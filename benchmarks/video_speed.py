@@ -43,8 +43,8 @@ import numpy as np
 from benchmarks.common import (
     REPO_ROOT,
     BenchmarkError,
+    add_model_arg,
     add_output_args,
-    default_model_path,
     fail,
     machine_tags,
     model_tags,
@@ -443,9 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
             "same run. Writes video_speed.json."
         ),
     )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="ONNX model file (default: the shipped model)"
-    )
+    add_model_arg(parser)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s at 640x480, 1 s at 1080p")
     parser.add_argument(
         "--command",
@@ -465,7 +463,6 @@ def main(argv: list[str] | None = None) -> int:
         src, dst = args.transcode_only
         print(f"{transcode(src, dst)} frames")
         return 0
-    args.model = args.model or default_model_path()
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
     from models.runtime.base import RuntimeError_

@@ -272,7 +272,7 @@ class Run:
             print(f"training video: {', '.join(p.name for p in sequences)} ({len(video)} frames)", flush=True)
         self.bank = Banks(images, video, args.video_share)
         self.holdout = [load_rgb(p, 256) for p in holdout_paths]
-        self.ab_weights = self._ab_weights(train_paths) if getattr(args, "rebalance", 0.0) > 0 else None
+        self.ab_weights = self._ab_weights(train_paths) if args.rebalance > 0 else None
         self.objects = objects
         self.rng = np.random.default_rng(args.seed)
         self.step = 0
