@@ -252,8 +252,9 @@ class FileRecorder:
         video_frame = _to_video_frame(frame, self._size)
         video_frame.pts = self._pts(frame)
         video_frame.time_base = self._time_base
-        # Sound up to a little past this picture: the muxer interleaves both by time.
-        self._write_audio(until=(video_frame.pts - self._offset) * self._time_base + 1)
+        # Sound up to the end of this picture, no further: the sound of pictures still in the colorizer
+        # waits for them, so whenever the stream stops, both tracks end together.
+        self._write_audio(until=(video_frame.pts - self._offset + self._step) * self._time_base)
         self._encode(video_frame)
         self._jsonl.write(json.dumps(frame.metadata, separators=(",", ":")) + "\n")
         self.frames += 1
