@@ -245,6 +245,10 @@ class FileRecorder:
         self._last_pts = pts
         return pts
 
+    def _picture_end(self, pts: int) -> Fraction:
+        """When the picture at file ``pts`` ends, in seconds on the source's timeline (the sound's clock)."""
+        return (pts - self._offset + self._step) * self._time_base
+
     def _write(self, frame: OutputFrame) -> None:
         if self._container is None:
             self._open(frame)
@@ -254,7 +258,7 @@ class FileRecorder:
         video_frame.time_base = self._time_base
         # Sound up to the end of this picture, no further: the sound of pictures still in the colorizer
         # waits for them, so whenever the stream stops, both tracks end together.
-        self._write_audio(until=(video_frame.pts - self._offset + self._step) * self._time_base)
+        self._write_audio(until=self._picture_end(video_frame.pts))
         self._encode(video_frame)
         self._jsonl.write(json.dumps(frame.metadata, separators=(",", ":")) + "\n")
         self.frames += 1
@@ -317,8 +321,7 @@ class FileRecorder:
             logger.info("recording %s: no frames, no file", self.path)
             return
         # Sound read ahead of the last picture stays out: both tracks end together.
-        last = self._last_pts if self._last_pts is not None else 0
-        self._write_audio(until=(last + self._step) * self._time_base - self._offset * self._time_base)
+        self._write_audio(until=self._picture_end(self._last_pts if self._last_pts is not None else 0))
         self.audio_dropped += len(self._audio_pending)
         self._audio_pending.clear()
         if self._audio is not None:
