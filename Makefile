@@ -50,7 +50,7 @@ $(VENV)/.dev: $(VENV)/.core
 
 ## train: stage 1 of the colorizer (resumable; run it again to continue)
 train: $(VENV)/.dev
-	$(BIN)/python -m models.colorizer.train generator --run runs/generator
+	$(BIN)/python -m chromastream.models.colorizer.train generator --run runs/generator
 
 ## bench: every benchmark (image quality, speed, video quality, hints, live latency, throughput per backend, deepfake), then RESULTS.md
 bench: $(VENV)/.dev

@@ -41,7 +41,7 @@ def shared_root() -> Path:
 
 def default_model_path() -> Path:
     """The model the runtime would pick (the shipped one unless ``CHROMASTREAM_MODEL`` says otherwise)."""
-    from models.runtime.registry import default_model_path as runtime_default
+    from chromastream.models.runtime.registry import default_model_path as runtime_default
 
     return runtime_default()
 
@@ -258,7 +258,7 @@ def run_and_write(
 ) -> int:
     """The common tail of a benchmark's ``main``: run, turn expected failures into one error line, write
     ``<name>.json``, print the summary. Returns the exit status."""
-    from models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import RuntimeError_
 
     try:
         result = run()

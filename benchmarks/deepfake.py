@@ -13,9 +13,10 @@ Sets:
 * ``dfdc_frames``: the same sampled frames scored one by one (the most suspicious face of each frame),
   a larger but correlated sample.
 * ``images``: fully synthetic StyleGAN faces (fake) against the held-out real faces (real): the
-  evaluation half of the identity split the detector's training uses (``models.detector.data.split_of``;
-  where that module is absent, ``sha1(file name) % 100 < 15`` is held out). One face per picture; tight
-  crops are retried on a mirrored-border canvas, as the training data are.
+  evaluation half of the identity split the detector's training uses
+  (``chromastream.models.detector.data.split_of``; where that module is absent, ``sha1(file name) % 100 < 15``
+  is held out). One face per picture; tight crops are retried on a mirrored-border canvas, as the training
+  data are.
 
 MesoNet gets its native 256 px input cut from the same detected face box (same alignment and margin);
 its operating threshold is 0.5 (no uncertain band). Cost: median and p95 per sampled frame with one
@@ -52,9 +53,9 @@ from benchmarks.common import (
 )
 
 if TYPE_CHECKING:
-    from models.detector.detector import FaceClassifier, FaceFinder
-    from models.detector.faces import Face
-    from models.detector.mesonet import MesoNet
+    from chromastream.models.detector.detector import FaceClassifier, FaceFinder
+    from chromastream.models.detector.faces import Face
+    from chromastream.models.detector.mesonet import MesoNet
 
 U8 = npt.NDArray[np.uint8]
 
@@ -104,15 +105,15 @@ class Models:
 def load_models(classifier: FaceClassifier | None = None) -> Models:
     import cv2
 
-    from models.detector import DetectorError
-    from models.detector.faces import FaceDetector
-    from models.detector.mesonet import MesoNet, default_weights_path
+    from chromastream.models.detector import DetectorError
+    from chromastream.models.detector.faces import FaceDetector
+    from chromastream.models.detector.mesonet import MesoNet, default_weights_path
 
     cv2.setNumThreads(THREADS)
     path: Path | None = None
     try:
         if classifier is None:
-            from models.detector.classifier_runtime import DeepfakeClassifier
+            from chromastream.models.detector.classifier_runtime import DeepfakeClassifier
 
             loaded = DeepfakeClassifier(threads=THREADS)
             path = loaded.model_path
@@ -156,7 +157,7 @@ def held_out_real(shared: Path) -> tuple[list[Path], str]:
         raise BenchmarkError(f"real faces not found at {folder}")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     try:
-        from models.detector.data import split_of
+        from chromastream.models.detector.data import split_of
     except ImportError:
         rule = f"sha1(file name) % 100 < {FALLBACK_HOLDOUT_PERCENT}"
         return [
@@ -164,7 +165,7 @@ def held_out_real(shared: Path) -> tuple[list[Path], str]:
             for p in paths
             if int(hashlib.sha1(p.name.encode()).hexdigest(), 16) % 100 < FALLBACK_HOLDOUT_PERCENT
         ], rule
-    return [p for p in paths if split_of(p) == "eval"], "models.detector.data.split_of == 'eval'"
+    return [p for p in paths if split_of(p) == "eval"], "chromastream.models.detector.data.split_of == 'eval'"
 
 
 def gan_faces(shared: Path) -> list[Path]:
@@ -175,7 +176,7 @@ def gan_faces(shared: Path) -> list[Path]:
 
 
 def read_rgb(path: Path) -> U8:
-    from stream.image_io import read_image
+    from chromastream.stream.image_io import read_image
 
     pixels = read_image(path).pixels
     if pixels.ndim == 2:
@@ -188,7 +189,7 @@ def detect_one(faces: FaceFinder, rgb: U8) -> Face | None:
     border of a third of the size on each side (boxes mapped back to the picture)."""
     import cv2
 
-    from models.detector.faces import Face
+    from chromastream.models.detector.faces import Face
 
     found = faces.detect(rgb)
     if found:
@@ -210,7 +211,7 @@ def detect_one(faces: FaceFinder, rgb: U8) -> Face | None:
 
 
 def _metrics(labels: list[int], scores: list[float], threshold: float) -> dict[str, Any] | None:
-    from models.detector.metrics import summary
+    from chromastream.models.detector.metrics import summary
 
     if not labels:
         return None
@@ -230,10 +231,10 @@ def score_dfdc(
     models: Models, items: list[Item], rate: float, frames: int, sheet: list[tuple[U8, str]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per-clip and per-frame results on DFDC for both models."""
-    from models.detector.detector import ClipVerdict, DeepfakeDetector
-    from models.detector.faces import crop_face
-    from stream.detect_cli import read_picture, sample_video
-    from stream.image_io import is_image_path
+    from chromastream.models.detector.detector import ClipVerdict, DeepfakeDetector
+    from chromastream.models.detector.faces import crop_face
+    from chromastream.stream.detect_cli import read_picture, sample_video
+    from chromastream.stream.image_io import is_image_path
 
     info = models.ours.info
     window = max(8, frames)
@@ -305,7 +306,7 @@ def score_images(
     """One face per picture, both models on crops from the same box."""
     import cv2
 
-    from models.detector.faces import crop_face
+    from chromastream.models.detector.faces import crop_face
 
     size = int(models.ours.info.input_size)
     labels: list[int] = []
@@ -370,8 +371,8 @@ def _fmt(p: float | None) -> str:
 def measure_cost(models: Models, frame: U8, reps: int) -> dict[str, Any]:
     """Per sampled frame with one face: YuNet alone, YuNet + crop + classifier (the detector's sample),
     and MesoNet's classifier share for reference. Warm-up calls first; the median and tails are kept."""
-    from models.detector.detector import DeepfakeDetector
-    from models.detector.faces import crop_face
+    from chromastream.models.detector.detector import DeepfakeDetector
+    from chromastream.models.detector.faces import crop_face
 
     faces = models.faces.detect(frame)
     if len(faces) != 1:
@@ -657,7 +658,7 @@ def main(argv: list[str] | None = None, classifier: FaceClassifier | None = None
     if args.rate <= 0 or args.frames < 1 or args.timing_reps < 1:
         print("error: --rate, --frames and --timing-reps must be positive", file=sys.stderr)
         return 2
-    from stream.errors import InputError
+    from chromastream.stream.errors import InputError
 
     def go() -> dict[str, Any]:
         try:

@@ -91,8 +91,8 @@ def patch_mean_ab(ab: F64, x: int, y: int, radius: float) -> tuple[float, float]
 def make_hints(truth: U8, points: list[tuple[int, int]], radius: float) -> list[Any]:
     """Hints at ``points`` (pixel positions of ``truth``) with the truth's mean colour over a disc of
     ``radius`` (relative to the short side, the :class:`Hint` convention)."""
-    from kernels.lab_numpy import rgb_to_lab
-    from models.colorizer.hints import AB_LIMIT, Hint
+    from chromastream.kernels.lab_numpy import rgb_to_lab
+    from chromastream.models.colorizer.hints import AB_LIMIT, Hint
 
     height, width = truth.shape[:2]
     ab: F64 = np.asarray(rgb_to_lab(truth.astype(np.float64) / 255.0), dtype=np.float64)[..., 1:]
@@ -114,14 +114,14 @@ def make_hints(truth: U8, points: list[tuple[int, int]], radius: float) -> list[
 
 def hint_radius(height: int, width: int, size: int, multiple: int) -> float:
     """``Hint.radius`` that gives ``HINT_RADIUS_PX`` pixels at the working size of this picture."""
-    from models.runtime.session import working_shape
+    from chromastream.models.runtime.session import working_shape
 
     return HINT_RADIUS_PX / min(working_shape(height, width, size, multiple))
 
 
 def evaluate_image(session: Any, truth: U8, name: str, counts: list[int], seed: int) -> dict[str, Any]:
     """One picture colorized with each number of hints; PSNR, CF and ΔCF for each."""
-    from kernels.combine import lab_to_rgb_u8
+    from chromastream.kernels.combine import lab_to_rgb_u8
 
     height, width = truth.shape[:2]
     radius = hint_radius(height, width, session.size, session.backend.info.size_multiple)
@@ -198,8 +198,8 @@ def print_summary(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from models.runtime.registry import create_backend
-    from models.runtime.session import ColorizerSession
+    from chromastream.models.runtime.registry import create_backend
+    from chromastream.models.runtime.session import ColorizerSession
 
     set_dirs = eval_set_dirs(args.shared, args.sets)
     backend = create_backend(args.backend, args.model)
@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.colorizer.hints import MAX_HINTS
-    from models.runtime.session import MAX_SIZE, MIN_SIZE
+    from chromastream.models.colorizer.hints import MAX_HINTS
+    from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
 
     args = build_parser().parse_args(argv)
     args.counts = sorted(set(args.counts))

@@ -1,8 +1,8 @@
 """Live end-to-end latency of ``chromastream serve``: camera frame in, encoded WebRTC packet out.
 
 The path measured is the one a viewer gets: a paced 640x480 25 fps :class:`SyntheticSource` per stream,
-the real :class:`~stream.pipeline.Pipeline` at working size 256, the real aiohttp app with its shared
-per-stream VP8 encoder, and one WHEP viewer per stream (an aiortc client on loopback). Latency is taken
+the real :class:`~chromastream.stream.pipeline.Pipeline` at working size 256, the real aiohttp app with its
+shared per-stream VP8 encoder, and one WHEP viewer per stream (an aiortc client on loopback). Latency is taken
 from the frame's ``ingest_time`` (when the source produced it) to the moment the stream's encoder has
 encoded it and handed the packet to every viewer's send queue, i.e. ready to packetize and send; the
 network and the viewer's decoder are not part of it, because on loopback they only measure this machine
@@ -51,7 +51,7 @@ from benchmarks.common import (
     percentiles_ms,
     write_json,
 )
-from stream.config import PipelineConfig
+from chromastream.stream.config import PipelineConfig
 
 WIDTH, HEIGHT, FPS = 640, 480, 25.0
 LIMIT_DEFINITION = (
@@ -213,7 +213,7 @@ async def _whep(session: Any, base: str, stream_id: str, counts: dict[str, int])
     from aiortc import RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 
-    from stream.webrtc import allow_loopback_candidates, peer_connection
+    from chromastream.stream.webrtc import allow_loopback_candidates, peer_connection
 
     allow_loopback_candidates()
     pc = peer_connection()
@@ -265,7 +265,7 @@ def make_face_clip(path: Path, seconds: float = 8.0) -> Path | None:
     import av
     import cv2
 
-    from models.shared_data import shared_root
+    from chromastream.models.shared_data import shared_root
 
     faces = sorted((shared_root() / "data" / "faces" / "gan").glob("*.jpg"))
     if not faces:
@@ -294,12 +294,12 @@ def make_face_clip(path: Path, seconds: float = 8.0) -> Path | None:
 async def _serving(spec: RunSpec, backend: Any) -> AsyncIterator[tuple[str, TimedFeed, list[str]]]:
     from aiohttp import web
 
-    from stream.config import PipelineConfig, StreamConfig
-    from stream.deepfake import DeepfakeSampler
-    from stream.pipeline import Pipeline
-    from stream.server import ServerOptions, create_app
-    from stream.sources.file import FileSource
-    from stream.sources.synthetic import SyntheticSource
+    from chromastream.stream.config import PipelineConfig, StreamConfig
+    from chromastream.stream.deepfake import DeepfakeSampler
+    from chromastream.stream.pipeline import Pipeline
+    from chromastream.stream.server import ServerOptions, create_app
+    from chromastream.stream.sources.file import FileSource
+    from chromastream.stream.sources.synthetic import SyntheticSource
 
     config = PipelineConfig(size=spec.size)
     sampler = DeepfakeSampler() if spec.detector else None
@@ -511,7 +511,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    from models.runtime.registry import create_backend
+    from chromastream.models.runtime.registry import create_backend
 
     model_path = default_model_path()
     model = create_backend("auto", model_path)

@@ -1,8 +1,8 @@
 """Model-only speed of the colorizer: frames per second and latency tails of the realistic call.
 
 The realistic call is one frame of one stream at the 256x256 working size through a
-:class:`~models.runtime.session.ColorizerSession` with its recurrent memory carried from frame to frame
-and a few user hints rasterized, so the figure includes everything the pipeline pays per frame apart
+:class:`~chromastream.models.runtime.session.ColorizerSession` with its recurrent memory carried from frame to
+frame and a few user hints rasterized, so the figure includes everything the pipeline pays per frame apart
 from decoding, colour conversion and encoding (``benchmarks.video_speed`` measures those end to end).
 
 Figures need a yardstick from the same machine in the same run: the target (30 fps at 256, batch 1)
@@ -129,8 +129,8 @@ def _summary(
 
 def bench_session(backend: Any, size: int, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
     """Batch 1 through a session: memory carried, hints set (the pipeline's per-frame call)."""
-    from models.colorizer.hints import parse_hints
-    from models.runtime.session import ColorizerSession
+    from chromastream.models.colorizer.hints import parse_hints
+    from chromastream.models.runtime.session import ColorizerSession
 
     session = ColorizerSession(backend, size=size, memory=True)
     session.set_hints(parse_hints(list(HINTS)))
@@ -147,7 +147,7 @@ def bench_batch(
     backend: Any, batch: int, size: int, args: argparse.Namespace, seconds: float
 ) -> dict[str, Any]:
     """Several streams in one call, straight on the backend (what the batcher does), state carried."""
-    from models.colorizer.hints import parse_hints, rasterize
+    from chromastream.models.colorizer.hints import parse_hints, rasterize
 
     info = backend.info
     frames = synthetic_l(N_INPUTS, size, size, seed=batch)
@@ -169,10 +169,10 @@ def bench_batch(
 
 def create(args: argparse.Namespace) -> Any:
     if args.threads is not None:
-        from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(args.model, threads=args.threads)
-    from models.runtime.registry import create_backend
+    from chromastream.models.runtime.registry import create_backend
 
     return create_backend(args.backend, args.model)
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--iterations must be at least 1")
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import RuntimeError_
 
     try:
         result = run(args)

@@ -92,7 +92,7 @@ def load_rgb(path: Path) -> U8:
 
 def gray_input(rgb: U8) -> tuple[U8, np.ndarray]:
     """The grey picture (L channel, a = b = 0, 8-bit) and the exact Lab L of that grey picture."""
-    from kernels.lab_numpy import gray_u8_to_l_table, l_to_gray, rgb_to_lab
+    from chromastream.kernels.lab_numpy import gray_u8_to_l_table, l_to_gray, rgb_to_lab
 
     lightness = rgb_to_lab(rgb.astype(np.float32) / 255.0)[..., 0]
     gray: U8 = np.clip(np.rint(l_to_gray(lightness) * 255.0), 0, 255).astype(np.uint8)
@@ -155,7 +155,7 @@ def evaluate_set(
     session: Any, set_dir: Path, limit: int | None, sheet_path: Path | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Per-picture rows for one set, and the pictures skipped with the reason."""
-    from kernels.combine import lab_to_rgb_u8
+    from chromastream.kernels.combine import lab_to_rgb_u8
 
     listed = listed_near_gray(set_dir)
     paths = list_images(set_dir)
@@ -226,8 +226,8 @@ def print_summary(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from models.runtime.registry import create_backend
-    from models.runtime.session import ColorizerSession
+    from chromastream.models.runtime.registry import create_backend
+    from chromastream.models.runtime.session import ColorizerSession
 
     set_dirs = eval_set_dirs(args.shared, args.sets)
     backend = create_backend(args.backend, args.model)

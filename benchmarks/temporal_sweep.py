@@ -1,5 +1,5 @@
-"""Choosing the temporal filter's constants (:mod:`models.runtime.temporal_filter`) on DAVIS *training*
-sequences, by the video-quality measures of :mod:`benchmarks.video_quality`.
+"""Choosing the temporal filter's constants (:mod:`chromastream.models.runtime.temporal_filter`) on DAVIS
+*training* sequences, by the video-quality measures of :mod:`benchmarks.video_quality`.
 
 Each (strength, sigma) pair colorizes the same frames with memory on; strength 0 is the network's memory
 alone. The rule, fixed before the run: the lowest flicker among the pairs whose PSNR is within 0.1 dB of
@@ -30,10 +30,10 @@ from benchmarks.common import (
     run_and_write,
 )
 from benchmarks.video_quality import davis_root, evaluate_sequence, mean_over_sequences
-from models.colorizer import spec
+from chromastream.models.colorizer import spec
 
 SWEEP_SEQUENCES = ("bmx-trees", "dog", "drift-chicane", "scooter-black")
-"""Four of the six DAVIS training sequences (models.colorizer.spec keeps the held-out ones apart): camera
+"""Four of the six DAVIS training sequences (chromastream.models.colorizer.spec keeps the held-out ones apart): camera
 and object motion, a still background and a chase, in about 10 minutes on 2 cores."""
 PSNR_TOLERANCE_DB = 0.1
 DCF_TOLERANCE = 0.5
@@ -51,8 +51,8 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from models.runtime.registry import create_backend
-    from models.runtime.session import ColorizerSession
+    from chromastream.models.runtime.registry import create_backend
+    from chromastream.models.runtime.session import ColorizerSession
 
     root = davis_root(args.shared)
     if not root.is_dir():

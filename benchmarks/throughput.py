@@ -9,10 +9,10 @@ picks, so a ranking that no longer matches the machine shows up in the results.
 End to end: N synthetic 1080p H.264 streams (made with PyAV in a temporary folder) decoded, colorized in
 one batched call per frame time through the fastest backend, and re-encoded with the colorize command's
 encoder settings, decode and encode of the N streams running in parallel threads. The frame work around
-the network is done as the pipeline does it (:func:`kernels.frame_ops.frame_ops_for`: on the GPU with a
-GPU backend); with a GPU backend the same loop also runs with the frame work on the CPU, for comparison.
-The first ticks of each loop are untimed (CUDA graphs are captured per new batch size). A stream holds real
-time when its own rate reaches 30 fps. The limit in the same run: the same loop without the model.
+the network is done as the pipeline does it (:func:`chromastream.kernels.frame_ops.frame_ops_for`: on the GPU
+with a GPU backend); with a GPU backend the same loop also runs with the frame work on the CPU, for
+comparison. The first ticks of each loop are untimed (CUDA graphs are captured per new batch size). A stream
+holds real time when its own rate reaches 30 fps. The limit in the same run: the same loop without the model.
 
 Device memory: ``torch.cuda.max_memory_allocated`` per backend on a GPU; on a CPU the process's peak
 resident set after each backend (a running maximum, so it only ever grows from one backend to the next).
@@ -56,7 +56,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.model_speed import measure_matmul_gflops, synthetic_l, time_calls
-from kernels.frame_ops import CpuFrameOps, FrameOps, frame_ops_for
+from chromastream.kernels.frame_ops import CpuFrameOps, FrameOps, frame_ops_for
 
 TARGET_FPS = 30.0
 E2E_WARMUP = 8
@@ -81,13 +81,13 @@ class Plan:
 
 
 def detect_device() -> str:
-    from models.runtime.torch_backend import cuda_available
+    from chromastream.models.runtime.torch_backend import cuda_available
 
     return "cuda" if cuda_available() else "cpu"
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    from models.runtime.session import working_shape
+    from chromastream.models.runtime.session import working_shape
 
     device = args.device or detect_device()
     hd = working_shape(1080, 1920, WORKING_SIZE, 32)
@@ -144,8 +144,8 @@ def bench_config(backend: Any, batch: int, shape: tuple[int, int], plan: Plan) -
 
 
 def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
-    from models.runtime.base import RuntimeError_
-    from models.runtime.registry import create_backend
+    from chromastream.models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.registry import create_backend
 
     torch_cuda = None
     if plan.device == "cuda":
@@ -269,7 +269,7 @@ def run_streams(
 ) -> dict[str, Any]:
     """Decode -> (pre, batched model, post) -> encode of ``n`` streams in lock step, the frame work done
     by ``ops`` (what the pipeline uses for that backend); ``backend=None`` is the limit."""
-    from models.runtime.session import working_shape
+    from chromastream.models.runtime.session import working_shape
 
     h, w = clip_size(clip)
     streams = [_Stream(clip, tmp / f"out-{n}-{i}-{id(backend)}-{id(ops)}.mp4") for i in range(n)]
@@ -397,7 +397,7 @@ def gpu_references() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from models.runtime.registry import auto_ranking
+    from chromastream.models.runtime.registry import auto_ranking
 
     plan = make_plan(args)
     model: Path = args.model
@@ -448,7 +448,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rule": "highest geometric mean of fps over the batch x shape configurations",
     }
     result["model"]["version"] = _model_version(model)
-    from models.runtime.registry import create_backend
+    from chromastream.models.runtime.registry import create_backend
 
     print(f"end to end with {fastest['requested']}:", flush=True)
     try:
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import RuntimeError_
 
     try:
         result = run(args)

@@ -50,7 +50,7 @@ from benchmarks.common import (
 )
 from benchmarks.metrics import F32, U8
 from benchmarks.quality import gray_input, list_images, load_rgb
-from models.colorizer import spec
+from chromastream.models.colorizer import spec
 
 MODES = ("memory", "per_frame", "gray")
 MODE_LABELS = {"memory": "memory", "per_frame": "per-frame", "gray": "grey"}
@@ -89,7 +89,7 @@ def load_frames(seq_dir: Path, max_frames: int | None) -> list[U8]:
 def colorize(session: Any, lightness: list[F32]) -> tuple[list[U8], float]:
     """The session's outputs for the frames in order (memory or not is the session's setting), and the
     mean seconds per frame of model plus output conversion."""
-    from kernels.combine import lab_to_rgb_u8
+    from chromastream.kernels.combine import lab_to_rgb_u8
 
     session.reset()
     outputs: list[U8] = []
@@ -278,8 +278,8 @@ def print_summary(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from models.runtime.registry import create_backend
-    from models.runtime.session import ColorizerSession
+    from chromastream.models.runtime.registry import create_backend
+    from chromastream.models.runtime.session import ColorizerSession
 
     root = davis_root(args.shared)
     if not root.is_dir():
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--max-frames must be at least 2 (the video measures compare consecutive frames)")
     if args.strips < 0:
         return fail("--strips must be 0 or more")
-    from models.runtime.session import MAX_SIZE, MIN_SIZE
+    from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
 
     if not MIN_SIZE <= args.size <= MAX_SIZE:
         return fail(f"--size must be in {MIN_SIZE}..{MAX_SIZE}")

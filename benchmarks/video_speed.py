@@ -63,7 +63,7 @@ def encoder_settings() -> dict[str, Any]:
     values below are used only where the ``stream`` package cannot be imported)."""
     codec, options = "libx264", {"preset": "veryfast", "crf": "20"}
     try:
-        from stream import video_io
+        from chromastream.stream import video_io
 
         codec, options = str(video_io.ENCODER), dict(video_io.ENCODER_OPTIONS)
     except (ImportError, AttributeError):
@@ -357,7 +357,7 @@ def bench_clip(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from models.runtime.registry import create_backend
+    from chromastream.models.runtime.registry import create_backend
 
     if args.skip_colorize:
         command = []
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import RuntimeError_
 
     try:
         result = run(args)

@@ -1,7 +1,8 @@
 """Fast CPU versions of the per-frame pre/post-processing, built on OpenCV's SIMD code.
 
-These run on every frame, so they use OpenCV; :mod:`kernels.combine_numpy` holds the plain numpy
-reference they are tested against, and :mod:`kernels.combine_torch` the torch version for GPU tensors.
+These run on every frame, so they use OpenCV; :mod:`chromastream.kernels.combine_numpy` holds the plain numpy
+reference they are tested against, and :mod:`chromastream.kernels.combine_torch` the torch version for GPU
+tensors.
 
 Frames arrive as video luma (Y', 8-bit, limited "TV" range 16..235 unless said otherwise) and leave either
 as RGB (pictures) or as YUV 4:2:0 planes (the encoder's format). In the YUV path the output Y plane *is*
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from kernels.lab_numpy import gray_to_l
+from chromastream.kernels.lab_numpy import gray_to_l
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]

@@ -1,8 +1,9 @@
-"""Plain-numpy reference of :mod:`kernels.combine`: every step written out, nothing delegated to OpenCV.
+"""Plain-numpy reference of :mod:`chromastream.kernels.combine`: every step written out, nothing delegated to
+OpenCV.
 
 The OpenCV versions are fast but opaque (fixed-point paths, SIMD, their own Lab constants); this module
-spells out the same maths with the conventions of :mod:`kernels.lab_numpy`, so the fast CPU code and the
-torch code can both be checked against something readable. It is not meant to be fast.
+spells out the same maths with the conventions of :mod:`chromastream.kernels.lab_numpy`, so the fast CPU code
+and the torch code can both be checked against something readable. It is not meant to be fast.
 
 Resampling conventions (the ones the network's training and every implementation share):
 - Bilinear with half-pixel centres: output pixel ``i`` samples the input at ``(i + 0.5) * in / out - 0.5``,
@@ -17,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from kernels.combine import luma_to_l_table
-from kernels.lab_numpy import lab_to_rgb
+from chromastream.kernels.combine import luma_to_l_table
+from chromastream.kernels.lab_numpy import lab_to_rgb
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -63,7 +64,8 @@ def resize_bilinear(x: npt.ArrayLike, height: int, width: int) -> F32:
 
 
 def upsample_ab(ab_low: F32, height: int, width: int) -> F32:
-    """``[2, h, w]`` -> ``[height, width, 2]``, channel-last like :func:`kernels.combine.upsample_ab`."""
+    """``[2, h, w]`` -> ``[height, width, 2]``, channel-last like
+    :func:`chromastream.kernels.combine.upsample_ab`."""
     return np.ascontiguousarray(resize_bilinear(ab_low, height, width).transpose(1, 2, 0))
 
 

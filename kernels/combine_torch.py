@@ -1,13 +1,14 @@
-"""Torch version of :mod:`kernels.combine` on batched tensors, for frames that already live on a GPU.
+"""Torch version of :mod:`chromastream.kernels.combine` on batched tensors, for frames that already live on a
+GPU.
 
 When the decoder writes frames into device memory (NVDEC) and the network runs there too, moving the
 planes to the host just to combine them would cost more than the combine itself. Everything here works
 on ``[B, ...]`` tensors on whatever device they arrive on, with no host round trip and no
 data-dependent Python control flow, so the functions batch many streams and trace cleanly.
 
-Conventions are those of :mod:`kernels.combine_numpy` (the reference): bilinear with half-pixel centres,
-2x2 means for chroma-grid lightness, BT.601 chroma, round-half-up to 8 bits. Planes are channel-first:
-luma ``[B, H, W]``, ab ``[B, 2, h, w]``, RGB ``[B, 3, H, W]``.
+Conventions are those of :mod:`chromastream.kernels.combine_numpy` (the reference): bilinear with half-pixel
+centres, 2x2 means for chroma-grid lightness, BT.601 chroma, round-half-up to 8 bits. Planes are
+channel-first: luma ``[B, H, W]``, ab ``[B, 2, h, w]``, RGB ``[B, 3, H, W]``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import lab_torch
-from kernels.combine import luma_to_l_table as _luma_to_l_table_np
-from kernels.combine_numpy import CB_ROW, CR_ROW
-from kernels.luma import PixelFormat, planar_layout
+from chromastream.kernels import lab_torch
+from chromastream.kernels.combine import luma_to_l_table as _luma_to_l_table_np
+from chromastream.kernels.combine_numpy import CB_ROW, CR_ROW
+from chromastream.kernels.luma import PixelFormat, planar_layout
 
 
 def luma_to_l_table(
@@ -94,7 +95,7 @@ def luma_ab_to_yuv420(
     """Luma ``[B, H, W]`` uint8 (H, W even) + ab ``[B, 2, h, w]`` -> (Y, U, V) of 4:2:0, Y returned as is.
 
     Chroma is computed at chroma resolution from L averaged over each 2x2 block, as in
-    :func:`kernels.combine.luma_ab_to_yuv420`: a quarter of the pixels go through the Lab maths.
+    :func:`chromastream.kernels.combine.luma_ab_to_yuv420`: a quarter of the pixels go through the Lab maths.
     """
     if y.dim() != 3:
         raise ValueError(f"luma must be [B, H, W], got {tuple(y.shape)}")
@@ -118,7 +119,7 @@ def y_plane(
     y_rows: int | None = None,
 ) -> torch.Tensor:
     """Y plane ``[height, width]`` of a flat uint8 I420 / NV12 tensor, as a view (torch twin of
-    :func:`kernels.luma.y_plane`, for frames a hardware decoder left in device memory)."""
+    :func:`chromastream.kernels.luma.y_plane`, for frames a hardware decoder left in device memory)."""
     layout = planar_layout(fmt, height, width, y_stride, uv_stride, y_rows)
     if buffer.dtype != torch.uint8 or buffer.dim() != 1:
         raise ValueError(

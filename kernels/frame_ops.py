@@ -6,10 +6,11 @@ planes. At 1080p those two are the expensive part on a CPU (a resize and a full-
 conversion in numpy: about 40 ms per frame, measured on the H200 machine's CPU in
 ``benchmarks/results/throughput_cuda.json``), while the network on a GPU takes 2-3 ms. So when the model
 runs on a CUDA device, the frame work follows it there through the fused Triton kernels of
-:mod:`kernels.triton_frames` (one pass each way), and only the Y plane (up), the small ``L`` (down) and
-the two chroma planes (down) cross the bus.
+:mod:`chromastream.kernels.triton_frames` (one pass each way), and only the Y plane (up), the small ``L``
+(down) and the two chroma planes (down) cross the bus.
 
-- :class:`CpuFrameOps`: OpenCV and numpy (:mod:`kernels.combine`); the reference, and the only choice
+- :class:`CpuFrameOps`: OpenCV and numpy (:mod:`chromastream.kernels.combine`); the reference, and the only
+choice
   without a GPU.
 - :class:`TritonFrameOps`: the same maths in Triton on CUDA tensors. On CPU tensors Triton's interpreter
   runs the same kernels (slowly), which is how the CPU-only test suite checks this class.
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from kernels.combine import F32, U8, l_from_luma, luma_ab_to_yuv420
+from chromastream.kernels.combine import F32, U8, l_from_luma, luma_ab_to_yuv420
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class FrameOps(Protocol):
 
 
 class CpuFrameOps:
-    """OpenCV's ``INTER_AREA`` resize and the numpy Lab -> YUV conversion of :mod:`kernels.combine`."""
+    """OpenCV's ``INTER_AREA`` resize and the numpy Lab -> YUV conversion of
+    :mod:`chromastream.kernels.combine`."""
 
     name = "cpu"
 
@@ -72,7 +74,7 @@ class TritonFrameOps:
     def __init__(self, device: Any = "cuda") -> None:
         import torch
 
-        from kernels import triton_frames
+        from chromastream.kernels import triton_frames
 
         if not triton_frames.kernels_available():
             raise triton_frames.KernelUnavailable(
@@ -117,7 +119,7 @@ def frame_ops_for(backend: object) -> FrameOps:
     device = getattr(backend, "device", None)
     if getattr(device, "type", None) != "cuda":
         return CpuFrameOps()
-    from kernels import triton_frames
+    from chromastream.kernels import triton_frames
 
     try:
         return TritonFrameOps(device)

@@ -1,15 +1,15 @@
 """CIE Lab <-> sRGB conversions in torch, channel-first (``[B, 3, H, W]``), differentiable.
 
-Same conventions as :mod:`kernels.lab_numpy` (the reference). Training uses these to turn predicted ab
-into RGB for the feature loss and the critic, so every op here must have a gradient; ``lab_to_rgb``
-clamps only at the very end so gradients still flow for in-gamut colours.
+Same conventions as :mod:`chromastream.kernels.lab_numpy` (the reference). Training uses these to turn
+predicted ab into RGB for the feature loss and the critic, so every op here must have a gradient;
+``lab_to_rgb`` clamps only at the very end so gradients still flow for in-gamut colours.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.lab_numpy import RGB_TO_XYZ, WHITE_D65, XYZ_TO_RGB
+from chromastream.kernels.lab_numpy import RGB_TO_XYZ, WHITE_D65, XYZ_TO_RGB
 
 _EPS = 216.0 / 24389.0
 _KAPPA = 24389.0 / 27.0

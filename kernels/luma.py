@@ -4,7 +4,7 @@ Decoders and capture devices hand frames over as one flat buffer in a planar 4:2
 U, then V, each its own plane) or NV12 (Y, then one plane of interleaved U/V). Rows are often padded to an
 alignment (``stride`` bytes per row, more than the width) and planes to an aligned row count. The colorizer
 needs only the Y plane, so these functions return it as a ``[height, width]`` view into the buffer: no
-copy on the hot path, and the output's Y plane can be that same memory (:mod:`kernels.combine`).
+copy on the hot path, and the output's Y plane can be that same memory (:mod:`chromastream.kernels.combine`).
 
 The whole buffer's size is checked against the layout before anything is read: a size mismatch almost
 always means the width, height or stride is wrong, and slicing the wrong rows would silently produce a

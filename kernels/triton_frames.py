@@ -1,16 +1,16 @@
 """Per-frame pre- and post-processing as fused Triton kernels, for frames that live in GPU memory.
 
-The CPU path (:mod:`kernels.combine`, :mod:`models.runtime.session`) makes the network input with a
-table lookup, an ``INTER_AREA`` resize and a division, and the output chroma with a 2x2 mean, a bilinear
-resize, a Lab conversion and a matrix: several full passes over memory each. Here each direction is one
-kernel that reads the luma bytes once and writes only its result:
+The CPU path (:mod:`chromastream.kernels.combine`, :mod:`chromastream.models.runtime.session`) makes the
+network input with a table lookup, an ``INTER_AREA`` resize and a division, and the output chroma with a 2x2
+mean, a bilinear resize, a Lab conversion and a matrix: several full passes over memory each. Here each
+direction is one kernel that reads the luma bytes once and writes only its result:
 
 - :func:`network_input`: luma ``[H, W]`` uint8 (any strides, e.g. the Y plane of an I420 / NV12 buffer)
   -> ``L / L_SCALE`` ``[1, 1, h, w]`` float32 or float16 at the working size, resampled exactly as
   ``cv2.resize(..., INTER_AREA)`` does on the CPU path (area averaging when shrinking, OpenCV's two-tap
   "area" interpolation when enlarging), so both paths feed the network the same numbers.
 - :func:`luma_ab_to_yuv420`: luma + low-resolution ab ``[2, h, w]`` -> (Y, U, V) of 4:2:0, the maths of
-  :func:`kernels.combine_numpy.luma_ab_to_yuv420` (the reference); Y is the input tensor itself.
+  :func:`chromastream.kernels.combine_numpy.luma_ab_to_yuv420` (the reference); Y is the input tensor itself.
 
 Tensors may be on CUDA (compiled kernels) or on the CPU, where Triton's interpreter runs the same kernel
 code: slow, but it lets the CPU-only test suite check the kernels against the numpy reference. The
@@ -23,7 +23,7 @@ do not call these functions on CPU tensors from several threads at once.
 
 ``tests/test_triton_kernels.py`` runs the interpreter in CI and the compiled kernels wherever
 ``torch.cuda.is_available()``; they passed compiled on an NVIDIA H200 (Triton 3.6, torch 2.11).
-:mod:`kernels.frame_ops` puts them on the video paths when the model runs on a GPU.
+:mod:`chromastream.kernels.frame_ops` puts them on the video paths when the model runs on a GPU.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from kernels.combine import luma_to_l_table
-from kernels.combine_numpy import linear_taps
-from kernels.luma import PixelFormat
-from models.colorizer.spec import L_SCALE
+from chromastream.kernels.combine import luma_to_l_table
+from chromastream.kernels.combine_numpy import linear_taps
+from chromastream.kernels.luma import PixelFormat
+from chromastream.models.colorizer.spec import L_SCALE
 
 I32 = npt.NDArray[np.int32]
 F32 = npt.NDArray[np.float32]
@@ -142,7 +142,8 @@ _modules: dict[tuple[str, bool], ModuleType] = {}
 
 
 def _load_module(name: str, interpret: bool) -> ModuleType:
-    """``kernels.<name>`` compiled or interpreted; a private copy when the process default differs."""
+    """``chromastream.kernels.<name>`` compiled or interpreted; a private copy when the process default
+    differs."""
     try:
         import triton
     except ImportError as exc:
@@ -152,12 +153,14 @@ def _load_module(name: str, interpret: bool) -> ModuleType:
         if key in _modules:
             return _modules[key]
         if bool(triton.knobs.runtime.interpret) == interpret:
-            module = importlib.import_module(f"kernels.{name}")
+            module = importlib.import_module(f"chromastream.kernels.{name}")
         else:
-            spec = importlib.util.find_spec(f"kernels.{name}")
+            spec = importlib.util.find_spec(f"chromastream.kernels.{name}")
             if spec is None or spec.origin is None:
-                raise KernelUnavailable(f"kernels.{name} is missing from this installation; {INSTALL_HINT}")
-            alias = f"kernels.{name}_{'interpreted' if interpret else 'compiled'}"
+                raise KernelUnavailable(
+                    f"chromastream.kernels.{name} is missing from this installation; {INSTALL_HINT}"
+                )
+            alias = f"chromastream.kernels.{name}_{'interpreted' if interpret else 'compiled'}"
             copy_spec = importlib.util.spec_from_file_location(alias, spec.origin)
             assert copy_spec is not None and copy_spec.loader is not None
             module = importlib.util.module_from_spec(copy_spec)
@@ -236,7 +239,8 @@ def network_input(
 ) -> torch.Tensor:
     """Luma ``[H, W]`` uint8 (any strides) -> the network's ``L`` input ``[1, 1, h, w]`` on the same device.
 
-    ``shape`` is the working size ``(h, w)`` (:func:`models.runtime.session.working_shape`). Equals
+    ``shape`` is the working size ``(h, w)`` (:func:`chromastream.models.runtime.session.working_shape`).
+    Equals
     ``cv2.resize(kernels.combine.l_from_luma(y, full_range), (w, h), INTER_AREA) / l_scale``, computed in
     float32 and stored as ``dtype`` (float32 or float16).
     """
@@ -273,10 +277,11 @@ def network_input_from_frame(
 ) -> torch.Tensor:
     """:func:`network_input` straight from a flat I420 / NV12 frame buffer (uint8, 1-D, any device).
 
-    The layout is checked as :func:`kernels.luma.y_plane` checks it (a wrong size raises ``ValueError``),
-    and the kernel reads the Y rows in place, through the stride: no copy of the plane is made.
+    The layout is checked as :func:`chromastream.kernels.luma.y_plane` checks it (a wrong size raises
+    ``ValueError``), and the kernel reads the Y rows in place, through the stride: no copy of the plane is
+    made.
     """
-    from kernels.combine_torch import y_plane
+    from chromastream.kernels.combine_torch import y_plane
 
     y = y_plane(buffer, fmt, height, width, y_stride=y_stride, uv_stride=uv_stride, y_rows=y_rows)
     return network_input(y, shape, full_range=full_range, l_scale=l_scale, dtype=dtype)
@@ -290,7 +295,8 @@ def luma_ab_to_yuv420(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Luma ``[H, W]`` uint8 (H, W even, any strides) + ab ``[2, h, w]`` in Lab units -> (Y, U, V).
 
-    Y is ``y`` itself; U and V ``[H/2, W/2]`` uint8 follow :func:`kernels.combine_numpy.luma_ab_to_yuv420`.
+    Y is ``y`` itself; U and V ``[H/2, W/2]`` uint8 follow
+    :func:`chromastream.kernels.combine_numpy.luma_ab_to_yuv420`.
     ``out`` takes two preallocated planes to write into (any strides): e.g. an encoder's frame buffer,
     or ``uv[:, 0::2]`` and ``uv[:, 1::2]`` of an interleaved NV12 chroma plane.
     """

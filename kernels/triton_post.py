@@ -1,11 +1,11 @@
 """Triton kernel: full-resolution luma + low-resolution ab -> the U and V planes of 4:2:0, in one pass.
 
-Import through :mod:`kernels.triton_frames` (it validates the tensors, uploads the tables and picks
-compiled or interpreted kernels). The maths is :func:`kernels.combine_numpy.luma_ab_to_yuv420`, one
-chroma sample per lane: the four luma bytes of its 2x2 block go through the Y' -> L table and are
-averaged, ab is sampled bilinearly from the network's output with the reference's half-pixel taps,
-Lab -> XYZ -> linear RGB -> R'G'B' (clipped) -> BT.601 Cb/Cr, rounded half up to 8 bits. Only U and V
-are written; the output's Y plane is the input's, untouched.
+Import through :mod:`chromastream.kernels.triton_frames` (it validates the tensors, uploads the tables and
+picks compiled or interpreted kernels). The maths is
+:func:`chromastream.kernels.combine_numpy.luma_ab_to_yuv420`, one chroma sample per lane: the four luma bytes
+of its 2x2 block go through the Y' -> L table and are averaged, ab is sampled bilinearly from the network's
+output with the reference's half-pixel taps, Lab -> XYZ -> linear RGB -> R'G'B' (clipped) -> BT.601 Cb/Cr,
+rounded half up to 8 bits. Only U and V are written; the output's Y plane is the input's, untouched.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.combine_numpy import CB_ROW, CR_ROW
-from kernels.lab_numpy import WHITE_D65, XYZ_TO_RGB
+from chromastream.kernels.combine_numpy import CB_ROW, CR_ROW
+from chromastream.kernels.lab_numpy import WHITE_D65, XYZ_TO_RGB
 
 # Kernels may only read module globals that are compile-time constants: the XYZ -> linear RGB matrix
 # with the D65 white folded in (as in kernels.lab_torch), and the BT.601 chroma rows. Write them to the

@@ -1,7 +1,7 @@
 """Triton kernel: 8-bit luma -> the colorizer's ``L / L_SCALE`` input at working size, in one pass.
 
-Import through :mod:`kernels.triton_frames`, which checks the tensors, builds the resampling tables and
-chooses between compiled kernels (CUDA) and Triton's interpreter (CPU tensors). This module imports
+Import through :mod:`chromastream.kernels.triton_frames`, which checks the tensors, builds the resampling
+tables and chooses between compiled kernels (CUDA) and Triton's interpreter (CPU tensors). This module imports
 triton at the top so that ``@triton.jit`` sees the real decorator; whether it compiles or interprets is
 decided when the module is executed (``triton.knobs.runtime.interpret``, i.e. ``TRITON_INTERPRET``).
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.runtime.base import F32, Backend
-from stream.errors import ChromastreamError
-from stream.metrics import PipelineMetrics
+from chromastream.models.runtime.base import F32, Backend
+from chromastream.stream.errors import ChromastreamError
+from chromastream.stream.metrics import PipelineMetrics
 
 logger = logging.getLogger(__name__)
 

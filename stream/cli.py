@@ -18,17 +18,17 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.colorizer.hints import HintError, load_hints_file
-from models.runtime.base import RuntimeError_
-from models.runtime.registry import BACKENDS
-from models.runtime.session import MAX_SIZE, MIN_SIZE
-from stream.arg_types import number, whole_number
-from stream.detect_cli import add_detect
-from stream.errors import ChromastreamError, UsageError
-from stream.export_cli import add_export
+from chromastream.models.colorizer.hints import HintError, load_hints_file
+from chromastream.models.runtime.base import RuntimeError_
+from chromastream.models.runtime.registry import BACKENDS
+from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
+from chromastream.stream.arg_types import number, whole_number
+from chromastream.stream.detect_cli import add_detect
+from chromastream.stream.errors import ChromastreamError, UsageError
+from chromastream.stream.export_cli import add_export
 
 if TYPE_CHECKING:
-    from stream.config import ServeConfig
+    from chromastream.stream.config import ServeConfig
 
 PROG = "chromastream"
 DEMO_OUTPUT = "chromastream-demo.mp4"
@@ -36,14 +36,14 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-logger = logging.getLogger("stream.cli")
+logger = logging.getLogger("chromastream.stream.cli")
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def demo_clip() -> Path:
     """The bundled grey CCTV clip (see NOTICE for its source and licence)."""
-    return Path(str(resources.files("stream") / "assets" / "demo_cctv.mp4"))
+    return Path(str(resources.files("chromastream.stream") / "assets" / "demo_cctv.mp4"))
 
 
 _COLORIZE_EPILOG = f"""\
@@ -106,7 +106,7 @@ def _add_colorize(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _run_colorize(args: argparse.Namespace) -> int:
     # Heavy imports (PyAV, OpenCV, ONNX Runtime) only once a command actually needs them.
-    from stream.colorize_files import ColorizeOptions, run
+    from chromastream.stream.colorize_files import ColorizeOptions, run
 
     if args.demo:
         if args.output is not None:
@@ -193,7 +193,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     """The file's config (or the defaults) with the flags laid over it."""
     import dataclasses
 
-    from stream.config import ServeConfig, StreamConfig, load_config
+    from chromastream.stream.config import ServeConfig, StreamConfig, load_config
 
     config = load_config(args.config) if args.config is not None else ServeConfig()
     if args.source:
@@ -229,7 +229,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 def _run_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from stream.server import serve
+    from chromastream.stream.server import serve
 
     config = _serve_config(args)
     asyncio.run(serve(config, announce=lambda url: print(f"chromastream: viewer at {url}", flush=True)))

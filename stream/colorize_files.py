@@ -29,14 +29,14 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from kernels.combine import l_from_luma, lab_to_rgb_u8
-from kernels.frame_ops import frame_ops_for
-from models.colorizer.hints import Hint
-from models.runtime.registry import create_backend
-from models.runtime.session import ColorizerSession, working_shape
-from stream.errors import InputError, OutputError, UsageError
-from stream.image_io import IMAGE_EXTENSIONS, Picture, encode_image, is_image_path, read_image
-from stream.video_io import CONTAINERS, VIDEO_EXTENSIONS, ChromaFn, is_video_path, transcode
+from chromastream.kernels.combine import l_from_luma, lab_to_rgb_u8
+from chromastream.kernels.frame_ops import frame_ops_for
+from chromastream.models.colorizer.hints import Hint
+from chromastream.models.runtime.registry import create_backend
+from chromastream.models.runtime.session import ColorizerSession, working_shape
+from chromastream.stream.errors import InputError, OutputError, UsageError
+from chromastream.stream.image_io import IMAGE_EXTENSIONS, Picture, encode_image, is_image_path, read_image
+from chromastream.stream.video_io import CONTAINERS, VIDEO_EXTENSIONS, ChromaFn, is_video_path, transcode
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +420,8 @@ def run(
     sequence: bool = False,
     session: ColorizerSession | None = None,
 ) -> JobResult:
-    """Run one job end to end; raises :class:`stream.errors.ChromastreamError` subclasses on bad input."""
+    """Run one job end to end; raises :class:`chromastream.stream.errors.ChromastreamError` subclasses on bad
+    input."""
     kind = plan_job(source, target, sequence)
     started = time.perf_counter()
     session = session or make_session(options)

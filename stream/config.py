@@ -36,9 +36,9 @@ from typing import Any
 
 import yaml
 
-from models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hints
-from models.runtime.session import MAX_SIZE, MIN_SIZE
-from stream.errors import ChromastreamError
+from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hints
+from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
+from chromastream.stream.errors import ChromastreamError
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSPORTS = ("tcp", "udp")
@@ -133,7 +133,8 @@ class PipelineConfig:
     """Carry the recurrent state from frame to frame (temporal stability); ``False`` colours each frame
     alone."""
     scene_cut_threshold: float | None = 0.45
-    """Scene-cut score above which the state resets (see :mod:`stream.scene_cut`); ``None`` disables."""
+    """Scene-cut score above which the state resets (see :mod:`chromastream.stream.scene_cut`); ``None``
+    disables."""
     detector_rate: float = 2.0
     """Frames per second per stream sampled for the deepfake detector (``0`` samples none)."""
 

@@ -1,12 +1,13 @@
-"""The live pipeline's deepfake sampler: the detector behind :class:`stream.pipeline.DetectorHook`.
+"""The live pipeline's deepfake sampler: the detector behind
+:class:`chromastream.stream.pipeline.DetectorHook`.
 
 The pipeline hands this hook an *input* frame (the grey luma, before colorization: GUIDE §3) at most
 ``detector_rate`` times a second per stream and never waits for it, so detection can only cost CPU, never
 video frames. Work runs in one thread of its own: face detection and the classifier are one core's worth
 of work at most, and a single thread keeps them from competing with the colorizer for both cores.
 
-Each stream has its own :class:`~models.detector.detector.DeepfakeDetector` (its own face tracks and
-verdict history); the face detector and classifier sessions are loaded once and shared.
+Each stream has its own :class:`~chromastream.models.detector.detector.DeepfakeDetector` (its own face tracks
+and verdict history); the face detector and classifier sessions are loaded once and shared.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stream.frames import Frame
+from chromastream.stream.frames import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ class DeepfakeSampler:
 
     def __init__(self, classifier: Any = None, faces: Any = None, window: int = 8) -> None:
         """Loads the shipped classifier and face detector unless given; raises
-        :class:`models.detector.DetectorModelError` when a model file is missing or unreadable."""
-        from models.detector.classifier_runtime import DeepfakeClassifier
-        from models.detector.faces import FaceDetector
+        :class:`chromastream.models.detector.DetectorModelError` when a model file is missing or
+        unreadable."""
+        from chromastream.models.detector.classifier_runtime import DeepfakeClassifier
+        from chromastream.models.detector.faces import FaceDetector
 
         self.classifier = classifier if classifier is not None else DeepfakeClassifier()
         self.faces = faces if faces is not None else FaceDetector()
@@ -61,7 +63,7 @@ class DeepfakeSampler:
     def _detector(self, stream_id: str) -> Any:
         detector = self._detectors.get(stream_id)
         if detector is None:
-            from models.detector.detector import DeepfakeDetector
+            from chromastream.models.detector.detector import DeepfakeDetector
 
             detector = DeepfakeDetector(self.classifier, self.faces, window=self.window)
             self._detectors[stream_id] = detector
@@ -89,7 +91,7 @@ def create_sampler(rate: float) -> DeepfakeSampler | None:
     if rate <= 0:
         logger.info("deepfake detector off (detector_rate is 0)")
         return None
-    from models.detector import DetectorError
+    from chromastream.models.detector import DetectorError
 
     try:
         sampler = DeepfakeSampler()

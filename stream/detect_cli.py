@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from stream.arg_types import number, whole_number
-from stream.errors import ChromastreamError, InputError, UsageError
+from chromastream.stream.arg_types import number, whole_number
+from chromastream.stream.errors import ChromastreamError, InputError, UsageError
 
 if TYPE_CHECKING:
-    from models.detector.detector import ClipVerdict, DeepfakeDetector
+    from chromastream.models.detector.detector import ClipVerdict, DeepfakeDetector
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _check_size(path: Path, width: int, height: int, what: str) -> None:
 
 def read_picture(path: Path) -> SampledFrame:
     """A still picture as one sampled frame (grey pictures are analysed as grey)."""
-    from stream.image_io import read_image
+    from chromastream.stream.image_io import read_image
 
     picture = read_image(path)
     _check_size(path, picture.width, picture.height, "picture")
@@ -73,7 +73,7 @@ def sample_video(path: Path, rate: float, max_frames: int) -> Iterator[SampledFr
     import av
     import av.error
 
-    from stream.video_io import open_input, time_base
+    from chromastream.stream.video_io import open_input, time_base
 
     if rate <= 0:
         raise UsageError(f"--rate must be positive, got {rate}")
@@ -116,8 +116,8 @@ def sample_video(path: Path, rate: float, max_frames: int) -> Iterator[SampledFr
 
 def build_detector(window: int) -> DeepfakeDetector:
     """The shipped detector (classifier + YuNet); model problems become one-line errors."""
-    from models.detector import DetectorError
-    from models.detector.detector import DeepfakeDetector
+    from chromastream.models.detector import DetectorError
+    from chromastream.models.detector.detector import DeepfakeDetector
 
     try:
         return DeepfakeDetector(window=window)
@@ -126,7 +126,7 @@ def build_detector(window: int) -> DeepfakeDetector:
 
 
 def _is_picture(path: Path) -> bool:
-    from stream.image_io import is_image_path
+    from chromastream.stream.image_io import is_image_path
 
     return is_image_path(path)
 
@@ -138,8 +138,8 @@ def detect_file(
     detector: DeepfakeDetector | None = None,
 ) -> dict[str, Any]:
     """The verdict of one picture or video as a JSON-ready dict (what ``detect --json`` prints)."""
-    from models.detector import DetectorError
-    from models.detector.detector import ClipVerdict
+    from chromastream.models.detector import DetectorError
+    from chromastream.models.detector.detector import ClipVerdict
 
     if max_frames < 1:
         raise UsageError(f"--max-frames must be at least 1, got {max_frames}")

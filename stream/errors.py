@@ -1,7 +1,7 @@
 """The exceptions of the ``stream`` package.
 
-Library code raises these and never exits; only :mod:`stream.cli` turns them into a message and an exit
-status. Each message is written for the person at the terminal: it names the file and says what to do.
+Library code raises these and never exits; only :mod:`chromastream.stream.cli` turns them into a message and
+an exit status. Each message is written for the person at the terminal: it names the file and says what to do.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """``chromastream export``: model files for deployment — ONNX FP32, ONNX FP16 and the TensorRT engine.
 
 The source is the shipped model (or ``--model FILE``), or a training checkpoint (``--checkpoint``, exported
-through :mod:`models.colorizer.export`, which needs torch). The FP16 file is float16 inside with float32
-inputs and outputs (:mod:`models.runtime.onnx_fp16`), checked against the FP32 model with ONNX Runtime on a
-probe input before it is written. Each file is written beside its target and renamed, so a failed export
-never leaves half a model; an existing file is replaced only with ``--overwrite``. ``--engine`` builds the
-TensorRT engine into the engine cache, where TensorRT is installed.
+through :mod:`chromastream.models.colorizer.export`, which needs torch). The FP16 file is float16 inside with
+float32 inputs and outputs (:mod:`chromastream.models.runtime.onnx_fp16`), checked against the FP32 model with
+ONNX Runtime on a probe input before it is written. Each file is written beside its target and renamed, so a
+failed export never leaves half a model; an existing file is replaced only with ``--overwrite``. ``--engine``
+builds the TensorRT engine into the engine cache, where TensorRT is installed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import InputError, OutputError, UsageError
+from chromastream.stream.errors import InputError, OutputError, UsageError
 
 FP16_ATOL_AB = 1e-2
 """Largest |ab difference| accepted between the FP16 and FP32 files (network units; 1.1 Lab units)."""
@@ -89,7 +89,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 def _source_model(args: argparse.Namespace) -> Iterator[Path]:
     """The FP32 ONNX to start from: the given or shipped file, or a temporary export of a checkpoint."""
     if args.checkpoint is None:
-        from models.runtime.registry import default_model_path
+        from chromastream.models.runtime.registry import default_model_path
 
         path: Path = args.model or default_model_path()
         if not path.is_file():
@@ -101,8 +101,8 @@ def _source_model(args: argparse.Namespace) -> Iterator[Path]:
     try:
         import torch
 
-        from models.colorizer.export import export_onnx
-        from models.colorizer.network import Colorizer
+        from chromastream.models.colorizer.export import export_onnx
+        from chromastream.models.colorizer.network import Colorizer
     except ImportError as exc:
         raise UsageError(
             f"exporting a checkpoint needs torch: pip install 'chromastream[train]' ({exc})"
@@ -124,8 +124,8 @@ def fp16_error(fp32_path: Path, fp16_bytes: bytes) -> dict[str, float]:
     """Largest differences between the two files on the probe input (ONNX Runtime, CPU)."""
     import onnxruntime as ort
 
-    from models.runtime.base import ModelInfo
-    from models.runtime.onnx_to_torch import probe_inputs
+    from chromastream.models.runtime.base import ModelInfo
+    from chromastream.models.runtime.onnx_to_torch import probe_inputs
 
     sessions = [
         ort.InferenceSession(src, providers=["CPUExecutionProvider"]) for src in (str(fp32_path), fp16_bytes)
@@ -148,7 +148,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError("--fp32 and --fp16 name the same file")
     for target in targets:
         _check_target(target, args.overwrite)
-    from models.runtime.onnx_fp16 import convert_to_fp16, load_onnx
+    from chromastream.models.runtime.onnx_fp16 import convert_to_fp16, load_onnx
 
     summary: dict[str, Any] = {}
     with _source_model(args) as source:
@@ -171,7 +171,7 @@ def run_export(args: argparse.Namespace) -> int:
             summary["fp16"] = str(args.fp16)
             summary["fp16_error"] = error
         if args.engine:
-            from models.runtime.tensorrt_backend import TensorRTBackend
+            from chromastream.models.runtime.tensorrt_backend import TensorRTBackend
 
             backend = TensorRTBackend(source)
             summary["engine"] = str(backend.cache.engine_path(backend.key))

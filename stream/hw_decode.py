@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.dlpack import from_dlpack
 
-from stream.errors import InputError
-from stream.video_io import luma_plane_view, open_input
+from chromastream.stream.errors import InputError
+from chromastream.stream.video_io import luma_plane_view, open_input
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def open_video(
 
     Falls back to software decoding, logging the reason once, when PyAV or FFmpeg lack CUDA support,
     when no CUDA device opens, or when FFmpeg has no NVDEC configuration for the stream's codec.
-    Missing or unreadable files raise :class:`~stream.errors.InputError` either way.
+    Missing or unreadable files raise :class:`~chromastream.stream.errors.InputError` either way.
     """
     if not hardware:
         return DecodedVideo(open_input(path), False, False, "software decoding (hardware not requested)")

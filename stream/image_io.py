@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from stream.errors import InputError, OutputError
+from chromastream.stream.errors import InputError, OutputError
 
 U8 = npt.NDArray[np.uint8]
 

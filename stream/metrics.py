@@ -1,6 +1,6 @@
 """Prometheus metrics of the live pipeline, in a registry of its own.
 
-Each :class:`~stream.pipeline.Pipeline` owns one :class:`PipelineMetrics`; the server exposes its
+Each :class:`~chromastream.stream.pipeline.Pipeline` owns one :class:`PipelineMetrics`; the server exposes its
 ``registry`` on ``/metrics``. A private registry (rather than prometheus_client's global one) lets tests and
 embedding applications run several pipelines in one process without name clashes. Series are labelled by
 stream where the value belongs to a stream; when a stream is removed its series are removed too, so a

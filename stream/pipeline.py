@@ -3,7 +3,8 @@
 Each stream is a small graph of three tasks joined by bounded queues (GUIDE §3):
 
 ``read``
-    pulls events from the stream's :class:`~stream.frames.Source` into the *input queue*. The queue's
+    pulls events from the stream's :class:`~chromastream.stream.frames.Source` into the *input queue*. The
+    queue's
     :class:`DropPolicy` is named per source: ``DROP_OLDEST`` for live sources (a camera does not wait for
     us; when we fall behind, the oldest frame goes and the drop is counted, so latency stays bounded) and
     ``WAIT`` for files (nothing is lost; the reader simply waits). Resets and the end of the stream are
@@ -12,8 +13,8 @@ Each stream is a small graph of three tasks joined by bounded queues (GUIDE §3)
 ``infer``
     takes one frame at a time: scene-cut check and network input (in the CPU executor), the recurrent
     state (zeros after a reset, a cut, a size change, or always without memory), then the shared
-    :class:`~stream.batcher.Batcher`, which runs frames of all streams in one inference call. The stream's
-    state lives here and nowhere else; the engine is stateless.
+    :class:`~chromastream.stream.batcher.Batcher`, which runs frames of all streams in one inference call. The
+    stream's state lives here and nowhere else; the engine is stateless.
 ``output``
     turns the low-resolution ``ab`` and the full-resolution input luma into 4:2:0 planes (CPU executor;
     the output's Y plane *is* the input's), attaches the metadata and offers the frame to every
@@ -24,9 +25,10 @@ Subscribers (WebRTC encoders, SSE clients, recorders) each have their own bounde
 oldest frame when they fall behind, so a slow viewer never slows the pipeline or another viewer.
 
 A supervisor task per stream owns the three tasks: when the source ends, the last frame flows out and
-subscribers receive :class:`~stream.frames.EndOfStream`; when any task fails, the error is logged with its
-traceback and shown in :class:`StreamInfo`, the other tasks are cancelled and the source is closed. Closing
-is bounded by :attr:`Pipeline.close_timeout`, so a source that hangs cannot hang :meth:`Pipeline.stop`.
+subscribers receive :class:`~chromastream.stream.frames.EndOfStream`; when any task fails, the error is logged
+with its traceback and shown in :class:`StreamInfo`, the other tasks are cancelled and the source is closed.
+Closing is bounded by :attr:`Pipeline.close_timeout`, so a source that hangs cannot hang
+:meth:`Pipeline.stop`.
 """
 
 from __future__ import annotations
@@ -46,15 +48,15 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from kernels.frame_ops import FrameOps, frame_ops_for
-from models.colorizer.hints import MAX_HINTS, Hint, HintError, rasterize
-from models.runtime.base import F32, Backend
-from models.runtime.session import working_shape
-from models.runtime.temporal_filter import TemporalFilter
-from stream.batcher import Batcher
-from stream.config import PipelineConfig, StreamConfig, redact_url
-from stream.errors import ChromastreamError
-from stream.frames import (
+from chromastream.kernels.frame_ops import FrameOps, frame_ops_for
+from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, rasterize
+from chromastream.models.runtime.base import F32, Backend
+from chromastream.models.runtime.session import working_shape
+from chromastream.models.runtime.temporal_filter import TemporalFilter
+from chromastream.stream.batcher import Batcher
+from chromastream.stream.config import PipelineConfig, StreamConfig, redact_url
+from chromastream.stream.errors import ChromastreamError
+from chromastream.stream.frames import (
     U8,
     AudioChunk,
     DropPolicy,
@@ -65,10 +67,10 @@ from stream.frames import (
     Source,
     SourceEvent,
 )
-from stream.metadata import ColorizerInfo, frame_metadata
-from stream.metrics import PipelineMetrics
-from stream.scene_cut import SceneCutDetector
-from stream.sinks import FileRecorder, RtspPusher, run_sink
+from chromastream.stream.metadata import ColorizerInfo, frame_metadata
+from chromastream.stream.metrics import PipelineMetrics
+from chromastream.stream.scene_cut import SceneCutDetector
+from chromastream.stream.sinks import FileRecorder, RtspPusher, run_sink
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +339,7 @@ class DetectorHook(Protocol):
     The pipeline calls :meth:`detect` at most ``detector_rate`` times a second per stream, never with two
     calls in flight for one stream, and never waits for it before colorizing; a frame that arrives while a
     call is running is simply not sampled. The returned verdict (the metadata's ``deepfake`` shape, see
-    :mod:`stream.metadata`) goes into every following frame's metadata until the next verdict.
+    :mod:`chromastream.stream.metadata`) goes into every following frame's metadata until the next verdict.
     """
 
     async def detect(self, frame: Frame) -> dict[str, Any]: ...
@@ -486,13 +488,13 @@ class Pipeline:
 
     async def add_stream(self, cfg: StreamConfig, source: Source | None = None) -> StreamInfo:
         """Add a stream and start it (if the pipeline runs); without ``source``, one is opened from
-        ``cfg.url`` with :func:`stream.sources.open_source`."""
+        ``cfg.url`` with :func:`chromastream.stream.sources.open_source`."""
         if self._stopped:
             raise PipelineClosed("the pipeline was stopped; it takes no more streams")
         if cfg.id in self._streams:
             raise DuplicateStream(f"stream {cfg.id!r} exists already")
         if source is None:
-            from stream.sources import open_source
+            from chromastream.stream.sources import open_source
 
             opened: Any = open_source(cfg.id, cfg.url, **_source_options(cfg))
             source = await opened if inspect.isawaitable(opened) else opened

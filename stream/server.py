@@ -15,7 +15,8 @@ the pipeline's subscription is drained by a separate task, so a slow reader neve
 
 ``viewers`` in the API's stream objects is the number of WebRTC viewers (``chromastream_webrtc_viewers``).
 The pipeline's own ``viewers`` counts its subscriptions, and all viewers of a stream share one
-subscription through the shared encoder (see :mod:`stream.webrtc`), so the server reports its own count.
+subscription through the shared encoder (see :mod:`chromastream.stream.webrtc`), so the server reports its own
+count.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
-from stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
-from stream.errors import ChromastreamError
-from stream.webrtc import (
+from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
+from chromastream.stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
+from chromastream.stream.errors import ChromastreamError
+from chromastream.stream.webrtc import (
     TooManyViewers,
     UnknownSession,
     WebRTCError,
@@ -52,7 +53,7 @@ from stream.webrtc import (
     to_json,
 )
 
-logger = logging.getLogger("stream.server")
+logger = logging.getLogger("chromastream.stream.server")
 
 MAX_BODY = 64 * 1024
 TOKEN_COOKIE = "chromastream_token"
@@ -60,7 +61,8 @@ SSE_QUEUE = 32
 
 
 class StreamsAPI(Protocol):
-    """What the server needs from :class:`stream.pipeline.Pipeline` (it is typed against this)."""
+    """What the server needs from :class:`chromastream.stream.pipeline.Pipeline` (it is typed against
+    this)."""
 
     registry: CollectorRegistry
 
@@ -371,7 +373,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _web_dir() -> Path:
-    return Path(str(resources.files("stream") / "web"))
+    return Path(str(resources.files("chromastream.stream") / "web"))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -695,7 +697,7 @@ def create_app(
 
 
 def _pipeline_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    from stream.pipeline import DuplicateStream, UnknownStream
+    from chromastream.stream.pipeline import DuplicateStream, UnknownStream
 
     return (UnknownStream,), (DuplicateStream,)
 
@@ -742,9 +744,9 @@ async def serve(
 ) -> None:
     """Run the pipeline and its server until SIGINT/SIGTERM (or ``stop``), then shut down in order:
     stop accepting, close every peer and event stream, stop the pipeline."""
-    from models.runtime.registry import create_backend
-    from stream.deepfake import create_sampler
-    from stream.pipeline import Pipeline
+    from chromastream.models.runtime.registry import create_backend
+    from chromastream.stream.deepfake import create_sampler
+    from chromastream.stream.pipeline import Pipeline
 
     backend = create_backend(config.pipeline.backend, config.pipeline.model)
     sampler = create_sampler(config.pipeline.detector_rate)

@@ -1,18 +1,19 @@
 """Where a stream's colorized frames go besides viewers: a recorded file and a pushed RTSP stream.
 
-Both sinks consume a :class:`~stream.pipeline.Subscription` and do their encoding in a thread of their
-own (one per sink, so one encoder is never touched by two threads and a slow disk or network never holds
+Both sinks consume a :class:`~chromastream.stream.pipeline.Subscription` and do their encoding in a thread of
+their own (one per sink, so one encoder is never touched by two threads and a slow disk or network never holds
 the event loop).
 
 :class:`FileRecorder`
-    writes H.264 with the file path's settings and colour tags (:mod:`stream.video_io`), the source's
+    writes H.264 with the file path's settings and colour tags (:mod:`chromastream.stream.video_io`), the
+    source's
     ``pts``/``time_base`` kept, and one metadata object per written frame as JSON lines beside the video
     (``<name>.jsonl``). Both are written under temporary names and renamed only when the encoder has been
     flushed and the container closed, so a crash never leaves a truncated file under the name a user or a
     script is waiting for. The source's audio (handed over by the pipeline as decoded
-    :class:`~stream.frames.AudioChunk` events, on the frames' own clock) is written beside them as AAC,
-    placed by time: a gap in the sound (a camera reconnecting) is filled with silence so that picture and
-    sound stay together for the rest of the file. Sound that arrives after the file was started without
+    :class:`~chromastream.stream.frames.AudioChunk` events, on the frames' own clock) is written beside them
+    as AAC, placed by time: a gap in the sound (a camera reconnecting) is filled with silence so that picture
+    and sound stay together for the rest of the file. Sound that arrives after the file was started without
     an audio track is dropped and counted.
 :class:`RtspPusher`
     publishes to an RTSP server (``ANNOUNCE``/``RECORD``) with low-latency baseline H.264. It is a live
@@ -41,11 +42,11 @@ import av
 import av.error
 import numpy as np
 
-from stream.config import redact_url
-from stream.errors import OutputError
-from stream.frames import AudioChunk, OutputFrame
-from stream.sources import Backoff, is_connection_error
-from stream.video_io import (
+from chromastream.stream.config import redact_url
+from chromastream.stream.errors import OutputError
+from chromastream.stream.frames import AudioChunk, OutputFrame
+from chromastream.stream.sources import Backoff, is_connection_error
+from chromastream.stream.video_io import (
     AVCOL_PRI_BT709,
     AVCOL_RANGE_JPEG,
     AVCOL_RANGE_MPEG,
@@ -95,7 +96,8 @@ def _to_video_frame(frame: OutputFrame, size: tuple[int, int]) -> av.VideoFrame:
 
 
 def _tag_colour(cc: Any, full_range: bool) -> None:
-    """The same tags as :mod:`stream.video_io`: BT.601 matrix, sRGB primaries and transfer curve."""
+    """The same tags as :mod:`chromastream.stream.video_io`: BT.601 matrix, sRGB primaries and transfer
+    curve."""
     cc.color_range = AVCOL_RANGE_JPEG if full_range else AVCOL_RANGE_MPEG
     cc.colorspace = AVCOL_SPC_SMPTE170M
     cc.color_primaries = AVCOL_PRI_BT709

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from stream.errors import InputError, OutputError
+from chromastream.stream.errors import InputError, OutputError
 
 logger = logging.getLogger(__name__)
 

@@ -78,11 +78,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from stream.errors import ChromastreamError
-from stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
-from stream.sources._common import frame_luma
+from chromastream.stream.errors import ChromastreamError
+from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
+from chromastream.stream.sources._common import frame_luma
 
-logger = logging.getLogger("stream.webrtc")
+logger = logging.getLogger("chromastream.stream.webrtc")
 
 RTP_CLOCK = 90_000
 RTP_TIME_BASE = Fraction(1, RTP_CLOCK)
@@ -588,7 +588,7 @@ class Viewer:
 
 
 class WhipSource:
-    """A live :class:`~stream.frames.Source` fed by a WebRTC publisher's video track.
+    """A live :class:`~chromastream.stream.frames.Source` fed by a WebRTC publisher's video track.
 
     Only the luma of each received picture is used (the colorizer's input); chroma the publisher sent is
     ignored. Odd sizes are cropped to even, as the 4:2:0 output needs. The source ends when the publisher

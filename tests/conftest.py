@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from models.runtime import registry
-from stream import colorize_files
-from stream.cli import main
+from chromastream.models.runtime import registry
+from chromastream.stream import colorize_files
+from chromastream.stream.cli import main
 
 pytest_plugins = ["tests.rtsp_fixtures"]
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from stream.arg_types import number, whole_number
+from chromastream.stream.arg_types import number, whole_number
 
 
 def test_whole_number_ranges() -> None:
@@ -36,7 +36,7 @@ def test_number_strict_lower_bound() -> None:
 
 
 def test_cli_reports_the_option_and_the_range(capsys: pytest.CaptureFixture[str]) -> None:
-    from stream.cli import main
+    from chromastream.stream.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--port", "70000"])

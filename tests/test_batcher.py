@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from models.runtime.base import F32, Backend, ModelInfo
-from models.runtime.registry import create_backend
-from stream.batcher import Batcher, BatcherClosed
-from stream.metrics import PipelineMetrics
+from chromastream.models.runtime.base import F32, Backend, ModelInfo
+from chromastream.models.runtime.registry import create_backend
+from chromastream.stream.batcher import Batcher, BatcherClosed
+from chromastream.stream.metrics import PipelineMetrics
 
 T = TypeVar("T")
 

@@ -144,7 +144,7 @@ def test_quality_smoke(quality_json: dict[str, Any], results_dir: Path) -> None:
 def test_quality_gray_input_keeps_lightness() -> None:
     rgb = _textured(24, 24)
     gray, lightness = quality.gray_input(rgb)
-    from kernels.lab_numpy import rgb_to_lab
+    from chromastream.kernels.lab_numpy import rgb_to_lab
 
     expected = rgb_to_lab(rgb.astype(np.float32) / 255.0)[..., 0]
     assert gray.dtype == np.uint8 and gray.shape == (24, 24)

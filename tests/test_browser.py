@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from stream.server import ServerOptions
+from chromastream.stream.server import ServerOptions
 from tests.test_server import HintEchoBackend, live_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

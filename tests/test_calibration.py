@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from models.detector.calibration import (
+from chromastream.models.detector.calibration import (
     calibrate,
     choose_operating_point,
     fit_temperature,
     reliability_diagram,
     sigmoid,
 )
-from models.detector.metrics import expected_calibration_error, log_loss, roc_auc
+from chromastream.models.detector.metrics import expected_calibration_error, log_loss, roc_auc
 
 
 def _calibrated_logits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from kernels.lab_numpy import rgb_to_lab
-from stream import colorize_files
-from stream.colorize_files import natural_key
-from stream.image_io import MAX_PIXELS, Picture, header_size
+from chromastream.kernels.lab_numpy import rgb_to_lab
+from chromastream.stream import colorize_files
+from chromastream.stream.colorize_files import natural_key
+from chromastream.stream.image_io import MAX_PIXELS, Picture, header_size
 from tests.conftest import FAST, CliRun, colour_picture, grey_picture, leftovers, read_rgb, write_picture
 
 Cli = Callable[..., CliRun]
@@ -88,7 +88,7 @@ def test_alpha_is_kept_for_png(cli: Cli, tmp_path: Path) -> None:
 
 def test_large_picture_strips_match_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """Big pictures are combined in strips; the result must be what the one-piece path gives."""
-    from models.runtime.session import ColorizerSession
+    from chromastream.models.runtime.session import ColorizerSession
 
     session = ColorizerSession(colorize_files.create_backend("auto", None), size=64)
     picture = Picture(colour_picture(150, 130))
@@ -307,7 +307,7 @@ def test_info_lines_go_to_stderr_unless_quiet(
 
 def _console_script() -> list[str]:
     script = Path(sys.executable).with_name("chromastream")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "stream.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "chromastream.stream.cli"]
 
 
 def test_console_script_picture_and_error(tmp_path: Path) -> None:
@@ -354,7 +354,7 @@ def test_usage_lists_colorize() -> None:
 
 def test_demo_writes_default_name(cli: Cli, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``colorize --demo`` is the first command of the README: it must work from any directory."""
-    from stream import cli as cli_module
+    from chromastream.stream import cli as cli_module
 
     # A two-second cut of the bundled clip keeps the test fast; the asset itself is checked below.
     clip = cli_module.demo_clip()
@@ -387,7 +387,7 @@ def _cut(source: Path, target: Path, seconds: float) -> None:
 def test_demo_asset_is_grey_and_licensed() -> None:
     import av
 
-    from stream.cli import demo_clip
+    from chromastream.stream.cli import demo_clip
 
     with av.open(str(demo_clip())) as container:
         video = container.streams.video[0]
@@ -400,8 +400,8 @@ def test_demo_asset_is_grey_and_licensed() -> None:
 
 
 def test_serve_flags_lay_over_the_defaults() -> None:
-    from stream.cli import _serve_config, build_parser
-    from stream.config import PipelineConfig
+    from chromastream.stream.cli import _serve_config, build_parser
+    from chromastream.stream.config import PipelineConfig
 
     args = build_parser().parse_args(["serve", "--detector-rate", "0.5", "--size", "224"])
     config = _serve_config(args)
@@ -413,7 +413,7 @@ def test_serve_flags_lay_over_the_defaults() -> None:
 
 @pytest.mark.parametrize("value", ["-1", "x", "nan", "500"])
 def test_serve_refuses_a_bad_detector_rate(capsys: pytest.CaptureFixture[str], value: str) -> None:
-    from stream.cli import main
+    from chromastream.stream.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", f"--detector-rate={value}"])

@@ -10,16 +10,16 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from models.colorizer import spec  # noqa: E402
-from models.colorizer.data import (  # noqa: E402
+from chromastream.models.colorizer import spec  # noqa: E402
+from chromastream.models.colorizer.data import (  # noqa: E402
     ImageBank,
     VideoBank,
     davis_training_sequences,
     random_hints,
     training_images,
 )
-from models.colorizer.network import pool_hints  # noqa: E402
-from models.shared_data import shared_root  # noqa: E402
+from chromastream.models.colorizer.network import pool_hints  # noqa: E402
+from chromastream.models.shared_data import shared_root  # noqa: E402
 
 SHARED = shared_root()
 needs_shared = pytest.mark.skipif(

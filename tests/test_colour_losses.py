@@ -9,15 +9,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.colorizer import spec  # noqa: E402
-from models.colorizer.rebalance import (  # noqa: E402
+from chromastream.models.colorizer import spec  # noqa: E402
+from chromastream.models.colorizer.rebalance import (  # noqa: E402
     N_BINS,
     ab_bins,
     ab_histogram,
     pixel_weights,
     rebalance_weights,
 )
-from models.colorizer.train import colourfulness, colourfulness_loss  # noqa: E402
+from chromastream.models.colorizer.train import colourfulness, colourfulness_loss  # noqa: E402
 
 
 def _photos() -> list[np.ndarray]:

@@ -21,14 +21,14 @@ import pytest
 
 from benchmarks import deepfake
 from benchmarks.report import render
-from models.detector.metrics import (
+from chromastream.models.detector.metrics import (
     accuracy_at,
     expected_calibration_error,
     log_loss,
     roc_auc,
     summary,
 )
-from models.shared_data import shared_root
+from chromastream.models.shared_data import shared_root
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "detector.onnx"
 FACES = shared_root() / "data" / "faces"

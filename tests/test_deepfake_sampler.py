@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from benchmarks.live_latency import make_face_clip
-from models.detector.classifier_runtime import default_model_path
-from models.runtime.registry import create_backend
-from stream.config import PipelineConfig, StreamConfig
-from stream.deepfake import DeepfakeSampler, create_sampler, luma_to_grey
-from stream.frames import OutputFrame
-from stream.metadata import DEEPFAKE_KEYS
-from stream.pipeline import Pipeline
-from stream.sources.file import FileSource
-from stream.sources.synthetic import SyntheticSource
+from chromastream.models.detector.classifier_runtime import default_model_path
+from chromastream.models.runtime.registry import create_backend
+from chromastream.stream.config import PipelineConfig, StreamConfig
+from chromastream.stream.deepfake import DeepfakeSampler, create_sampler, luma_to_grey
+from chromastream.stream.frames import OutputFrame
+from chromastream.stream.metadata import DEEPFAKE_KEYS
+from chromastream.stream.pipeline import Pipeline
+from chromastream.stream.sources.file import FileSource
+from chromastream.stream.sources.synthetic import SyntheticSource
 
 needs_detector = pytest.mark.skipif(
     not default_model_path().is_file(), reason="the deepfake detector model is not built"

@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.detector.detector import DeepfakeDetector
-from models.shared_data import shared_root
-from stream import detect_cli
+from chromastream.models.detector.detector import DeepfakeDetector
+from chromastream.models.shared_data import shared_root
+from chromastream.stream import detect_cli
 from tests.conftest import CliRun
 
 Cli = Callable[..., CliRun]
@@ -117,7 +117,7 @@ def test_bad_flags_are_usage_errors(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_usage_lists_detect(capsys: pytest.CaptureFixture[str]) -> None:
-    from stream.cli import build_parser
+    from chromastream.stream.cli import build_parser
 
     assert "detect" in build_parser().format_help()
     with pytest.raises(SystemExit) as exc:

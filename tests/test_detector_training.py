@@ -13,15 +13,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from models.detector import DetectorInputError, DetectorModelError  # noqa: E402
-from models.detector.calibration import main as calibration_main  # noqa: E402
-from models.detector.classifier import build_classifier  # noqa: E402
-from models.detector.classifier_runtime import DeepfakeClassifier  # noqa: E402
-from models.detector.data import real_face_paths, split_of  # noqa: E402
-from models.detector.export import detector_metadata, export_onnx  # noqa: E402
-from models.detector.export import main as export_main  # noqa: E402
-from models.detector.train import main as train_main  # noqa: E402
-from models.shared_data import shared_root  # noqa: E402
+from chromastream.models.detector import DetectorInputError, DetectorModelError  # noqa: E402
+from chromastream.models.detector.calibration import main as calibration_main  # noqa: E402
+from chromastream.models.detector.classifier import build_classifier  # noqa: E402
+from chromastream.models.detector.classifier_runtime import DeepfakeClassifier  # noqa: E402
+from chromastream.models.detector.data import real_face_paths, split_of  # noqa: E402
+from chromastream.models.detector.export import detector_metadata, export_onnx  # noqa: E402
+from chromastream.models.detector.export import main as export_main  # noqa: E402
+from chromastream.models.detector.train import main as train_main  # noqa: E402
+from chromastream.models.shared_data import shared_root  # noqa: E402
 
 SHARED = shared_root()
 needs_shared = pytest.mark.skipif(

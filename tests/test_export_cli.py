@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models.runtime.registry import default_model_path
-from stream.cli import main
+from chromastream.models.runtime.registry import default_model_path
+from chromastream.stream.cli import main
 
 pytest.importorskip("onnxconverter_common", reason="FP16 export needs onnxconverter-common (train extra)")
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from models.detector import DetectorInputError, DetectorModelError
-from models.detector.faces import Face, FaceDetector, alignment_matrix, crop_face
-from models.shared_data import shared_root
+from chromastream.models.detector import DetectorInputError, DetectorModelError
+from chromastream.models.detector.faces import Face, FaceDetector, alignment_matrix, crop_face
+from chromastream.models.shared_data import shared_root
 
 SHARED = shared_root()
 REAL = SHARED / "data" / "faces" / "real"

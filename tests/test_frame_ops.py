@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="the Triton frame path needs torch")
 pytest.importorskip("triton", reason="the Triton frame path needs triton (the gpu or dev extra)")
 
-from kernels.frame_ops import CpuFrameOps, TritonFrameOps, frame_ops_for  # noqa: E402
-from models.colorizer.spec import L_SCALE  # noqa: E402
-from models.runtime.registry import create_backend  # noqa: E402
+from chromastream.kernels.frame_ops import CpuFrameOps, TritonFrameOps, frame_ops_for  # noqa: E402
+from chromastream.models.colorizer.spec import L_SCALE  # noqa: E402
+from chromastream.models.runtime.registry import create_backend  # noqa: E402
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 

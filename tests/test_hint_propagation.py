@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.colorizer.network import HintPropagation  # noqa: E402
+from chromastream.models.colorizer.network import HintPropagation  # noqa: E402
 
 
 def scene() -> tuple[torch.Tensor, torch.Tensor]:

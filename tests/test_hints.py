@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kernels.lab_numpy import rgb_to_lab
-from models.colorizer import spec
-from models.colorizer.hints import (
+from chromastream.kernels.lab_numpy import rgb_to_lab
+from chromastream.models.colorizer import spec
+from chromastream.models.colorizer.hints import (
     DEFAULT_RADIUS,
     MAX_HINTS,
     Hint,

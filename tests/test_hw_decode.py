@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from stream import hw_decode
-from stream.errors import InputError
+from chromastream.stream import hw_decode
+from chromastream.stream.errors import InputError
 from tests.conftest import ClipSpec, make_clip, read_clip
 
 NVDEC_MISSING = hw_decode.hardware_unavailable_reason() or (
@@ -42,10 +42,13 @@ def test_refused_hardware_request_falls_back_and_says_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=5))
-    with caplog.at_level(logging.INFO, logger="stream.hw_decode"), hw_decode.open_video(clip) as decoded:
+    with (
+        caplog.at_level(logging.INFO, logger="chromastream.stream.hw_decode"),
+        hw_decode.open_video(clip) as decoded,
+    ):
         assert not decoded.hardware and not decoded.on_device
         got = _lumas(decoded)
-    lines = [r.getMessage() for r in caplog.records if r.name == "stream.hw_decode"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "chromastream.stream.hw_decode"]
     assert len(lines) == 1 and lines[0].startswith("in.mp4: software decoding, because ")
     assert lines[0].endswith(decoded.reason.removeprefix("software decoding (").removesuffix(")"))
     for y, ref in zip(got, read_clip(clip).lumas, strict=True):
@@ -55,7 +58,10 @@ def test_refused_hardware_request_falls_back_and_says_why(
 def test_codec_without_nvdec_decodes_in_software(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """FFV1 has no NVDEC decoder anywhere: a hardware request ends in software on every machine."""
     clip = make_clip(tmp_path / "in.mkv", ClipSpec(frames=3, codec="ffv1"))
-    with caplog.at_level(logging.INFO, logger="stream.hw_decode"), hw_decode.open_video(clip) as decoded:
+    with (
+        caplog.at_level(logging.INFO, logger="chromastream.stream.hw_decode"),
+        hw_decode.open_video(clip) as decoded,
+    ):
         assert not decoded.hardware
         got = _lumas(decoded)
     assert any("software decoding, because" in r.getMessage() for r in caplog.records)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import combine, combine_numpy, combine_torch, lab_numpy, lab_torch, luma
+from chromastream.kernels import combine, combine_numpy, combine_torch, lab_numpy, lab_torch, luma
 
 RNG_SEED = 1234
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import live_latency, report
-from models.detector.classifier_runtime import default_model_path as detector_path
-from stream.config import PipelineConfig
+from chromastream.models.detector.classifier_runtime import default_model_path as detector_path
+from chromastream.stream.config import PipelineConfig
 
 
 def test_quick_run_writes_json_and_report_section(tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.detector.mesonet import INPUT_SIZE, Meso4, MesoNet, MesoNetError, default_weights_path, prepare
+from chromastream.models.detector.mesonet import (
+    INPUT_SIZE,
+    Meso4,
+    MesoNet,
+    MesoNetError,
+    default_weights_path,
+    prepare,
+)
 
 WEIGHTS = default_weights_path().parent
 TEST_IMAGES = WEIGHTS / "test_images"

@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 import pytest
 
-from kernels.combine import l_from_luma, luma_ab_to_yuv420
-from models.colorizer.hints import MAX_HINTS, Hint, HintError
-from models.runtime.base import F32, Backend, ModelInfo
-from models.runtime.registry import create_backend
-from models.runtime.session import ColorizerSession
-from stream.config import (
+from chromastream.kernels.combine import l_from_luma, luma_ab_to_yuv420
+from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError
+from chromastream.models.runtime.base import F32, Backend, ModelInfo
+from chromastream.models.runtime.registry import create_backend
+from chromastream.models.runtime.session import ColorizerSession
+from chromastream.stream.config import (
     ConfigError,
     PipelineConfig,
     ServeConfig,
@@ -39,9 +39,9 @@ from stream.config import (
     parse_config,
     redact_url,
 )
-from stream.frames import EndOfStream, Frame, OutputFrame, Reset, SourceEvent
-from stream.metadata import COLORIZER_KEYS, DEEPFAKE_KEYS, METADATA_KEYS
-from stream.pipeline import (
+from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, Reset, SourceEvent
+from chromastream.stream.metadata import COLORIZER_KEYS, DEEPFAKE_KEYS, METADATA_KEYS
+from chromastream.stream.pipeline import (
     BoundedQueue,
     DropPolicy,
     DuplicateStream,
@@ -666,7 +666,9 @@ def test_add_stream_without_a_source_opens_one_from_the_url(monkeypatch: pytest.
         opened.append((stream_id, url, options))
         return ListSource(stream_id, [scene("stripes", 0)])
 
-    monkeypatch.setitem(sys.modules, "stream.sources", types.SimpleNamespace(open_source=open_source))
+    monkeypatch.setitem(
+        sys.modules, "chromastream.stream.sources", types.SimpleNamespace(open_source=open_source)
+    )
 
     async def main() -> list[OutputFrame]:
         p = make()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from models.runtime.base import BackendUnavailable
-from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from models.runtime.registry import (
+from chromastream.models.runtime.base import BackendUnavailable
+from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from chromastream.models.runtime.registry import (
     BACKENDS,
     CPU_RANKING,
     CUDA_RANKING,
@@ -17,7 +17,7 @@ from models.runtime.registry import (
     create_backend,
     default_model_path,
 )
-from stream.cli import build_parser
+from chromastream.stream.cli import build_parser
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "throughput_cpu.json"
 

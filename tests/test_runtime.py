@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.colorizer import spec
-from models.colorizer.hints import Hint, rasterize
-from models.runtime.base import F32, Backend, BackendUnavailable, ModelFormatError, ModelInfo, RuntimeError_
-from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from models.runtime.registry import BACKENDS, create_backend, default_model_path
-from models.runtime.session import MAX_SIZE, MIN_SIZE, ColorizerSession, working_shape
+from chromastream.models.colorizer import spec
+from chromastream.models.colorizer.hints import Hint, rasterize
+from chromastream.models.runtime.base import (
+    F32,
+    Backend,
+    BackendUnavailable,
+    ModelFormatError,
+    ModelInfo,
+    RuntimeError_,
+)
+from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from chromastream.models.runtime.registry import BACKENDS, create_backend, default_model_path
+from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE, ColorizerSession, working_shape
 
 
 @pytest.fixture(scope="module")

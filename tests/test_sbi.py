@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models.detector import DetectorInputError
-from models.detector.sbi import augment_input, face_mask, self_blend
+from chromastream.models.detector import DetectorInputError
+from chromastream.models.detector.sbi import augment_input, face_mask, self_blend
 
 SIZE = 160
 BOX = (40.0, 30.0, 120.0, 130.0)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.scene_cut import SceneCutDetector
+from chromastream.stream.scene_cut import SceneCutDetector
 
 H, W = 120, 160
 _yy, _xx = np.mgrid[0:H, 0:W]

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
-from stream.config import StreamConfig
-from stream.server import ServerOptions, create_app
-from stream.sources import Backoff, RtspSource
+from chromastream.stream.config import StreamConfig
+from chromastream.stream.server import ServerOptions, create_app
+from chromastream.stream.sources import Backoff, RtspSource
 from tests.rtsp_fixtures import RtspServer
 from tests.test_server import make_pipeline
 

@@ -25,10 +25,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from stream.cli import main
-from stream.config import PipelineConfig, StreamConfig
-from stream.frames import EndOfStream, Frame, Reset, SourceEvent
-from stream.server import MAX_BODY, ServerOptions, create_app
+from chromastream.stream.cli import main
+from chromastream.stream.config import PipelineConfig, StreamConfig
+from chromastream.stream.frames import EndOfStream, Frame, Reset, SourceEvent
+from chromastream.stream.server import MAX_BODY, ServerOptions, create_app
 
 TOKEN = "s3cret-token"
 SIZE = (48, 64)
@@ -68,7 +68,7 @@ class PatternSource:
 
 def make_pipeline(size: int = 64, backend: Any = None) -> Any:
     """The real pipeline on the shipped model at a small working size (the tests check plumbing)."""
-    from stream.pipeline import Pipeline
+    from chromastream.stream.pipeline import Pipeline
 
     return Pipeline(PipelineConfig(size=size, max_wait_ms=2.0), backend or _backend())
 
@@ -83,7 +83,7 @@ class HintEchoBackend:
     name = "hint-echo"
 
     def __init__(self) -> None:
-        from models.runtime.base import ModelInfo
+        from chromastream.models.runtime.base import ModelInfo
 
         self.info = ModelInfo(version="hint-echo")
 
@@ -95,7 +95,7 @@ _BACKEND: list[Any] = []
 
 
 def _backend() -> Any:
-    from models.runtime.registry import create_backend
+    from chromastream.models.runtime.registry import create_backend
 
     if not _BACKEND:
         _BACKEND.append(create_backend("auto"))
@@ -505,7 +505,7 @@ def test_serve_bad_source_url_is_one_line(capsys: pytest.CaptureFixture[str]) ->
 
 def _serve_process(*args: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "serve", "--port", "0", "--size", "64", *args],
+        [sys.executable, "-m", "chromastream.stream.cli", "serve", "--port", "0", "--size", "64", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,8 +1,8 @@
 """The stream's sinks: a recorded file (lossless, atomic) and an RTSP push (live, reconnecting).
 
-Frames come from an in-test source through a real :class:`~stream.pipeline.Pipeline` with the shipped
-model at working size 64, so what is checked is what ``serve`` does with ``record:`` and ``rtsp_push:``.
-The push goes to the real GStreamer RTSP server's RECORD mount (``tests/rtsp_fixtures.py``).
+Frames come from an in-test source through a real :class:`~chromastream.stream.pipeline.Pipeline` with the
+shipped model at working size 64, so what is checked is what ``serve`` does with ``record:`` and
+``rtsp_push:``. The push goes to the real GStreamer RTSP server's RECORD mount (``tests/rtsp_fixtures.py``).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import av
 import numpy as np
 import pytest
 
-from models.runtime.base import Backend
-from models.runtime.registry import create_backend
-from stream.config import PipelineConfig, StreamConfig
-from stream.errors import OutputError
-from stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
-from stream.pipeline import Pipeline
-from stream.sinks import FileRecorder, RtspPusher, temporary_path
-from stream.sources import Backoff
+from chromastream.models.runtime.base import Backend
+from chromastream.models.runtime.registry import create_backend
+from chromastream.stream.config import PipelineConfig, StreamConfig
+from chromastream.stream.errors import OutputError
+from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
+from chromastream.stream.pipeline import Pipeline
+from chromastream.stream.sinks import FileRecorder, RtspPusher, temporary_path
+from chromastream.stream.sources import Backoff
 from tests.rtsp_fixtures import RtspServer
 
 T = TypeVar("T")
@@ -160,7 +160,7 @@ def test_a_crash_midway_leaves_only_the_temporary_name(tmp_path: Path) -> None:
 import asyncio, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
-from stream.sinks import FileRecorder
+from chromastream.stream.sinks import FileRecorder
 from tests.test_sinks import output_frame
 
 async def frames():
@@ -252,7 +252,7 @@ def test_pusher_drops_and_counts_while_the_server_is_down_and_redacts_credential
 def test_recording_keeps_the_sources_sound_in_step_with_the_picture(tmp_path: Path, loop: bool) -> None:
     """A file with a 440 Hz tone, played through a live pipeline into a recording: the sound is there,
     as long as the picture (a looped file too: its second pass follows the first in both tracks)."""
-    from stream.sources.file import FileSource
+    from chromastream.stream.sources.file import FileSource
     from tests.conftest import ClipSpec, make_clip
 
     clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=25, width=W, height=H, audio="aac"))

@@ -22,9 +22,9 @@ import av.error
 import numpy as np
 import pytest
 
-from stream.errors import InputError
-from stream.frames import EndOfStream, Frame, Reset, SourceEvent
-from stream.sources import (
+from chromastream.stream.errors import InputError
+from chromastream.stream.frames import EndOfStream, Frame, Reset, SourceEvent
+from chromastream.stream.sources import (
     Backoff,
     FileSource,
     InvalidSourceError,
@@ -35,7 +35,7 @@ from stream.sources import (
     open_source,
     redact_url,
 )
-from stream.sources import rtsp as rtsp_module
+from chromastream.stream.sources import rtsp as rtsp_module
 from tests.rtsp_fixtures import RtspServer, free_port, make_h264_clip
 
 FAST_BACKOFF = Backoff(initial=0.2, factor=2.0, maximum=1.0)
@@ -431,7 +431,7 @@ def test_rtsp_dead_camera_retries_with_growing_delays_and_closes_promptly(
         await asyncio.wait_for(task, 2)
         return events, time.monotonic() - started
 
-    with caplog.at_level(logging.INFO, logger="stream.sources"):
+    with caplog.at_level(logging.INFO, logger="chromastream.stream.sources"):
         events, closing = run(main())
     retries = list(source.stats.retries)
     assert source.stats.connect_attempts >= 4 and len(retries) >= 3

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from models.runtime.temporal_filter import STRENGTH, TemporalFilter
+from chromastream.models.runtime.temporal_filter import STRENGTH, TemporalFilter
 
 
 def _scene(seed: int = 0) -> np.ndarray:
@@ -66,7 +66,7 @@ class _NoisyBackend:
     name = "noisy"
 
     def __init__(self) -> None:
-        from models.runtime.registry import create_backend
+        from chromastream.models.runtime.registry import create_backend
 
         self.info = create_backend("onnxruntime").info
         self._rng = np.random.default_rng(2)
@@ -79,8 +79,8 @@ class _NoisyBackend:
 
 
 def test_the_session_smooths_in_memory_mode_only() -> None:
-    from models.colorizer.hints import Hint
-    from models.runtime.session import ColorizerSession
+    from chromastream.models.colorizer.hints import Hint
+    from chromastream.models.runtime.session import ColorizerSession
 
     backend = _NoisyBackend()
     plane = np.full((64, 96), 50.0, np.float32)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.runtime.base import BackendUnavailable, ModelInfo
-from models.runtime.engine_cache import EngineCache, EngineKey, ProfileShapes
-from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from models.runtime.registry import default_model_path
-from models.runtime.tensorrt_backend import TensorRTBackend, tensorrt_available
+from chromastream.models.runtime.base import BackendUnavailable, ModelInfo
+from chromastream.models.runtime.engine_cache import EngineCache, EngineKey, ProfileShapes
+from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from chromastream.models.runtime.registry import default_model_path
+from chromastream.models.runtime.tensorrt_backend import TensorRTBackend, tensorrt_available
 
 KEY = EngineKey(
     onnx_sha256="ab" * 32,
@@ -100,8 +100,8 @@ def test_profile_shapes_follow_the_model() -> None:
 def test_fp16_onnx_matches_fp32_on_onnxruntime(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx", reason="needs onnx (the train extra)")
     pytest.importorskip("onnxconverter_common", reason="needs onnxconverter-common (the train extra)")
-    from models.runtime.onnx_fp16 import convert_to_fp16, is_fp16, load_onnx
-    from models.runtime.onnx_to_torch import probe_inputs
+    from chromastream.models.runtime.onnx_fp16 import convert_to_fp16, is_fp16, load_onnx
+    from chromastream.models.runtime.onnx_to_torch import probe_inputs
 
     source = default_model_path()
     converted = convert_to_fp16(load_onnx(source))
@@ -134,7 +134,7 @@ def test_engine_builds_caches_and_matches_onnxruntime(tmp_path: Path) -> None:
     cache = EngineCache(tmp_path)
     backend = TensorRTBackend(default_model_path(), profile=profile, cache=cache)
     assert cache.engine_path(backend.key).is_file()
-    from models.runtime.onnx_to_torch import probe_inputs
+    from chromastream.models.runtime.onnx_to_torch import probe_inputs
 
     reference = OnnxRuntimeBackend(default_model_path())
     L, hints, state = probe_inputs(reference.info, batch=2)

@@ -13,8 +13,8 @@ pytest.importorskip("torch", reason="the smoke run measures the torch backend to
 
 
 def test_smoke_run_writes_and_reports(tmp_path: Path) -> None:
-    from models.colorizer.export import export_onnx
-    from models.colorizer.network import Colorizer
+    from chromastream.models.colorizer.export import export_onnx
+    from chromastream.models.colorizer.network import Colorizer
 
     model = tmp_path / "model.onnx"  # exported from the current network, so every backend can load it
     export_onnx(Colorizer(), model, "smoke", size=64)

@@ -18,17 +18,17 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch backends need torch (the train or gpu extra)")
 onnx = pytest.importorskip("onnx", reason="reading ONNX initializers needs onnx (the train extra)")
 
-from models.colorizer.export import export_onnx  # noqa: E402
-from models.colorizer.network import Colorizer  # noqa: E402
-from models.runtime.base import BackendUnavailable, ModelFormatError  # noqa: E402
-from models.runtime.onnx_to_torch import (  # noqa: E402
+from chromastream.models.colorizer.export import export_onnx  # noqa: E402
+from chromastream.models.colorizer.network import Colorizer  # noqa: E402
+from chromastream.models.runtime.base import BackendUnavailable, ModelFormatError  # noqa: E402
+from chromastream.models.runtime.onnx_to_torch import (  # noqa: E402
     load_colorizer,
     map_initializers,
     probe_inputs,
     verify_against_onnxruntime,
 )
-from models.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from models.runtime.torch_backend import TorchBackend, TorchCudaBackend, bucket_for  # noqa: E402
+from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from chromastream.models.runtime.torch_backend import TorchBackend, TorchCudaBackend, bucket_for  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -52,7 +52,7 @@ def reference(model_path: Path) -> OnnxRuntimeBackend:
 
 
 def _inputs(batch: int, height: int, width: int, seed: int = 1) -> tuple[np.ndarray, ...]:
-    from models.runtime.base import ModelInfo
+    from chromastream.models.runtime.base import ModelInfo
 
     rng = np.random.default_rng(seed)
     L = rng.uniform(0, 1, (batch, 1, height, width)).astype(np.float32)

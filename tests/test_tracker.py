@@ -14,10 +14,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.detector.detector import DeepfakeDetector, Verdict
-from models.detector.faces import Face
-from models.detector.tracker import FaceTracker, VerdictAggregator, iou, label_for, trimmed_mean
-from stream.metadata import DEEPFAKE_KEYS
+from chromastream.models.detector.detector import DeepfakeDetector, Verdict
+from chromastream.models.detector.faces import Face
+from chromastream.models.detector.tracker import FaceTracker, VerdictAggregator, iou, label_for, trimmed_mean
+from chromastream.stream.metadata import DEEPFAKE_KEYS
 
 
 def box_at(x: float, y: float, side: float = 60.0) -> tuple[float, float, float, float]:
@@ -244,7 +244,7 @@ def test_face_leaving_gives_no_face_and_reset_clears_tracks() -> None:
 
 
 def test_clip_verdict_takes_the_most_suspicious_track() -> None:
-    from models.detector.detector import ClipVerdict
+    from chromastream.models.detector.detector import ClipVerdict
 
     # Face A for three samples, then face B alone for two (A's track ends after max_missed=0).
     faces = ScriptedFaces([[box_at(10, 10)]] * 3 + [[box_at(200, 10)]] * 2 + [[]])
@@ -262,7 +262,7 @@ def test_clip_verdict_takes_the_most_suspicious_track() -> None:
 
 
 def test_clip_without_faces_is_no_face() -> None:
-    from models.detector.detector import ClipVerdict
+    from chromastream.models.detector.detector import ClipVerdict
 
     detector = DeepfakeDetector(ScriptedClassifier([]), ScriptedFaces([[], []]))
     clip = ClipVerdict(detector)

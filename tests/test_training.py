@@ -11,13 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.colorizer import spec  # noqa: E402
-from models.colorizer.data import training_images  # noqa: E402
-from models.colorizer.export import export_onnx  # noqa: E402
-from models.colorizer.network import Colorizer, zero_state  # noqa: E402
-from models.colorizer.train import main as train_main  # noqa: E402
-from models.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from models.shared_data import shared_root  # noqa: E402
+from chromastream.models.colorizer import spec  # noqa: E402
+from chromastream.models.colorizer.data import training_images  # noqa: E402
+from chromastream.models.colorizer.export import export_onnx  # noqa: E402
+from chromastream.models.colorizer.network import Colorizer, zero_state  # noqa: E402
+from chromastream.models.colorizer.train import main as train_main  # noqa: E402
+from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from chromastream.models.shared_data import shared_root  # noqa: E402
 
 SHARED = shared_root()
 needs_shared = pytest.mark.skipif(

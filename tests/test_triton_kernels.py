@@ -19,10 +19,10 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (the 'gpu' or 'dev' extra)")
 
-from kernels import combine, combine_numpy, lab_numpy, triton_frames
-from kernels.luma import PixelFormat
-from models.colorizer.spec import L_SCALE
-from models.runtime.session import working_shape
+from chromastream.kernels import combine, combine_numpy, lab_numpy, triton_frames
+from chromastream.kernels.luma import PixelFormat
+from chromastream.models.colorizer.spec import L_SCALE
+from chromastream.models.runtime.session import working_shape
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu-interpreter", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -314,12 +314,13 @@ _CHILD = """
 import json, os, sys
 os.environ["TRITON_INTERPRET"] = "1"  # before triton and the kernels are imported
 import numpy as np, torch, triton
-from kernels import triton_frames
+from chromastream.kernels import triton_frames
 y = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (16, 24), dtype=np.uint8))
 ab = torch.linspace(-50, 50, 2 * 3 * 4).reshape(2, 3, 4)
 L = triton_frames.network_input(y, (8, 16))
 _, u, v = triton_frames.luma_ab_to_yuv420(y, ab)
-plain = "kernels.triton_pre" in sys.modules and "kernels.triton_pre_interpreted" not in sys.modules
+pre = "chromastream.kernels.triton_pre"
+plain = pre in sys.modules and f"{pre}_interpreted" not in sys.modules
 out = {"plain": plain, "L": L.flatten().tolist(), "u": u.flatten().tolist(), "v": v.flatten().tolist()}
 print(json.dumps(out))
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream import video_io
+from chromastream.stream import video_io
 from tests.conftest import FAST, ClipSpec, CliRun, leftovers, make_clip, read_clip
 
 Cli = Callable[..., CliRun]
@@ -189,7 +189,7 @@ def test_bad_video_gives_one_error_line(cli: Cli, tmp_path: Path, case: str) -> 
 def test_interrupt_mid_video_removes_temporary(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stream import colorize_files
+    from chromastream.stream import colorize_files
 
     real = colorize_files.chroma_function
 

@@ -143,9 +143,9 @@ def test_video_quality_smoke(video_json: dict[str, Any], results_dir: Path) -> N
 
 
 def test_hints_curve_smoke(hints_json: dict[str, Any]) -> None:
-    from kernels.combine import lab_to_rgb_u8
-    from models.runtime.registry import create_backend
-    from models.runtime.session import ColorizerSession
+    from chromastream.kernels.combine import lab_to_rgb_u8
+    from chromastream.models.runtime.registry import create_backend
+    from chromastream.models.runtime.session import ColorizerSession
 
     data = hints_json
     assert {"benchmark", "model", "size", "seed", "counts", "curve", "targets_gain_db", "pass"} <= set(data)
@@ -212,7 +212,7 @@ def test_help(module: Any, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_default_sequences_are_the_held_out_ones() -> None:
-    from models.colorizer.spec import DAVIS_EVAL_SEQUENCES
+    from chromastream.models.colorizer.spec import DAVIS_EVAL_SEQUENCES
 
     assert video_quality.default_sequences() == list(DAVIS_EVAL_SEQUENCES)
 

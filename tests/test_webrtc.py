@@ -22,7 +22,7 @@ from aiohttp import ClientSession
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from stream.webrtc import allow_loopback_candidates, peer_connection
+from chromastream.stream.webrtc import allow_loopback_candidates, peer_connection
 from tests.test_server import HintEchoBackend, live_server, run, wait_for
 
 SDP = {"Content-Type": "application/sdp"}
@@ -243,7 +243,7 @@ def test_whip_publisher_becomes_a_stream() -> None:
 
 
 def test_whep_for_unknown_stream_and_viewer_cap() -> None:
-    from stream.server import ServerOptions
+    from chromastream.stream.server import ServerOptions
 
     async def body() -> None:
         async with live_server(ServerOptions(max_viewers=1)) as (base, _), ClientSession() as session:

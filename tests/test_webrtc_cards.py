@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
-from stream import webrtc
-from stream.frames import OutputFrame
-from stream.webrtc import EncodedFrame, StreamEncoder, reconnecting_card
+from chromastream.stream import webrtc
+from chromastream.stream.frames import OutputFrame
+from chromastream.stream.webrtc import EncodedFrame, StreamEncoder, reconnecting_card
 
 
 def output_frame(index: int) -> OutputFrame:

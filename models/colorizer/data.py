@@ -10,7 +10,7 @@
 
 Both yield a :class:`Clip`: T frames and, for each step, where every pixel of frame t+1 was in frame t
 plus a mask of pixels whose motion is trusted. Evaluation folders (``data/images/eval``) and the DAVIS
-sequences in :data:`models.colorizer.spec.DAVIS_EVAL_SEQUENCES` are never read here.
+sequences in :data:`chromastream.models.colorizer.spec.DAVIS_EVAL_SEQUENCES` are never read here.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def random_hints(
 ) -> torch.Tensor:
     """Randomized user cues (Zhang et al. 2017): a log-uniform number (1..``max_count``) of small discs
     (radius 1-4 px, the size of a click at the working size), each revealing the mean ground-truth ab under
-    it, drawn the way :func:`models.colorizer.hints.rasterize` draws a user's hint. ``ab`` is
+    it, drawn the way :func:`chromastream.models.colorizer.hints.rasterize` draws a user's hint. ``ab`` is
     ``[B, 2, H, W]`` normalized; returns ``[B, 3, H, W]``."""
     batch, _, height, width = ab.shape
     hints = torch.zeros(batch, 3, height, width)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from models.colorizer import spec
-from models.colorizer.network import Colorizer, zero_state
+from chromastream.models.colorizer import spec
+from chromastream.models.colorizer.network import Colorizer, zero_state
 
 
 def model_metadata(version: str) -> dict[str, str]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.lab_numpy import rgb_to_lab
-from models.colorizer import spec
+from chromastream.kernels.lab_numpy import rgb_to_lab
+from chromastream.models.colorizer import spec
 
 MAX_HINTS = 256
 DEFAULT_RADIUS = 0.02

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.lab_torch import l_to_gray
-from models.colorizer import spec
-from models.colorizer.mobilenet import FEATURE_CHANNELS, MobileNetV2
+from chromastream.kernels.lab_torch import l_to_gray
+from chromastream.models.colorizer import spec
+from chromastream.models.colorizer.mobilenet import FEATURE_CHANNELS, MobileNetV2
 
 
 def _sep(cin: int, cout: int) -> nn.Sequential:
@@ -149,7 +149,7 @@ class HintPropagation(nn.Module):
 
 
 class Colorizer(nn.Module):
-    """``(L, hints, state) -> (ab, state_out)`` in the units of :mod:`models.colorizer.spec`."""
+    """``(L, hints, state) -> (ab, state_out)`` in the units of :mod:`chromastream.models.colorizer.spec`."""
 
     ab_gain: torch.Tensor
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from models.colorizer import spec
+from chromastream.models.colorizer import spec
 
 BIN = 10.0  # ab units per histogram bin, as in the paper
 EDGE = 110.0  # |a|, |b| covered by the histogram (spec.AB_SCALE)

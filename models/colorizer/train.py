@@ -6,7 +6,8 @@
 2. ``critic``: a patch critic learns to tell the (frozen) generator's colours from real ones.
 3. ``gan``: a short phase training both; it stops by itself at ``--steps`` and keeps the checkpoint with
    the best held-out colourfulness among those whose PSNR stays near the generator's.
-Then ``gain`` tunes the chroma gain on held-out photographs and ``models.colorizer.export`` writes ONNX.
+Then ``gain`` tunes the chroma gain on held-out photographs and ``chromastream.models.colorizer.export``
+writes ONNX.
 
 Every stage checkpoints atomically every ``--save-every`` steps and on SIGINT/SIGTERM (``<run>/last.pt``):
 running the same command again resumes where it stopped. Losses and held-out metrics are logged to
@@ -32,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.lab_torch import lab_to_rgb, rgb_to_lab
-from models.colorizer import spec
-from models.colorizer.critic import Critic, adversarial_loss, critic_loss
-from models.colorizer.data import (
+from chromastream.kernels.lab_torch import lab_to_rgb, rgb_to_lab
+from chromastream.models.colorizer import spec
+from chromastream.models.colorizer.critic import Critic, adversarial_loss, critic_loss
+from chromastream.models.colorizer.data import (
     Clip,
     ImageBank,
     VideoBank,
@@ -45,10 +46,10 @@ from models.colorizer.data import (
     random_hints,
     training_images,
 )
-from models.colorizer.mobilenet import MobileNetV2, load_tflite
-from models.colorizer.network import Colorizer, zero_state
-from models.colorizer.rebalance import ab_histogram, pixel_weights, rebalance_weights
-from models.shared_data import shared_root
+from chromastream.models.colorizer.mobilenet import MobileNetV2, load_tflite
+from chromastream.models.colorizer.network import Colorizer, zero_state
+from chromastream.models.colorizer.rebalance import ab_histogram, pixel_weights, rebalance_weights
+from chromastream.models.shared_data import shared_root
 
 TFLITE_PATH = Path("weights/coral-tflite/mobilenet_v2_1.0_224_quant.tflite")
 
@@ -192,8 +193,8 @@ def generator_losses(
     model: Colorizer, batch: Batch, args: argparse.Namespace, ab_weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """The stage-1 objective; returns (loss, its parts, the last frame's predicted ab). With
-    ``ab_weights`` (:mod:`models.colorizer.rebalance`), each pixel's ab loss is weighed by the rarity of
-    its true colour."""
+    ``ab_weights`` (:mod:`chromastream.models.colorizer.rebalance`), each pixel's ab loss is weighed by the
+    rarity of its true colour."""
     b = batch.L.shape[0]
     state = zero_state(b, batch.L.shape[-2], batch.L.shape[-1])
     preds = []

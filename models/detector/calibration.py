@@ -12,8 +12,8 @@ fall, and at least ``min_band`` below the upper edge. ``threshold`` is the middl
 half the width, so ``label_for(p, threshold, band)`` gives fake for ``p >= threshold + band`` and real for
 ``p < threshold - band``.
 
-``python -m models.detector.calibration --run runs/detector`` fits all this on the calibration half of
-the held-out split, measures AUC and ECE before/after on the evaluation half, and writes
+``python -m chromastream.models.detector.calibration --run runs/detector`` fits all this on the calibration
+half of the held-out split, measures AUC and ECE before/after on the evaluation half, and writes
 ``calibration.json`` and a reliability diagram into the run folder.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.detector.metrics import expected_calibration_error, log_loss, roc_auc
+from chromastream.models.detector.metrics import expected_calibration_error, log_loss, roc_auc
 
 F64 = npt.NDArray[np.float64]
 ECE_BINS = 15
@@ -233,7 +233,7 @@ def calibrate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.detector.train import heldout_logits
+    from chromastream.models.detector.train import heldout_logits
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.colorizer.mobilenet import MobileNetV2, load_tflite
+from chromastream.models.colorizer.mobilenet import MobileNetV2, load_tflite
 
 TFLITE_PATH = Path("weights/coral-tflite/mobilenet_v2_1.0_224_quant.tflite")
 INPUT_SIZE = 128

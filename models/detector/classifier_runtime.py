@@ -2,7 +2,7 @@
 
 Only numpy, OpenCV and onnxruntime are needed (no torch), so the live pipeline carries no training
 dependencies. Everything model-specific — crop size, temperature, operating point, version — is read
-from the file's metadata (written by :mod:`models.detector.export`).
+from the file's metadata (written by :mod:`chromastream.models.detector.export`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from models.detector import DetectorInputError, DetectorModelError
+from chromastream.models.detector import DetectorInputError, DetectorModelError
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "detector.onnx"
 ENV_MODEL = "CHROMASTREAM_DETECTOR"

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from models.detector import DetectorInputError
-from models.detector.faces import Face, FaceDetector, alignment_matrix, crop_face
+from chromastream.models.detector import DetectorInputError
+from chromastream.models.detector.faces import Face, FaceDetector, alignment_matrix, crop_face
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from models.detector.tracker import LABEL_NO_FACE, FaceTracker, VerdictAggregator, label_for
+from chromastream.models.detector.tracker import LABEL_NO_FACE, FaceTracker, VerdictAggregator, label_for
 
 if TYPE_CHECKING:
-    from models.detector.faces import Face
+    from chromastream.models.detector.faces import Face
 
 
 class ClassifierInfo(Protocol):
@@ -103,11 +103,11 @@ class DeepfakeDetector:
         iou_threshold: float = 0.3,
     ) -> None:
         if classifier is None:
-            from models.detector.classifier_runtime import DeepfakeClassifier
+            from chromastream.models.detector.classifier_runtime import DeepfakeClassifier
 
             classifier = DeepfakeClassifier()
         if faces is None:
-            from models.detector.faces import FaceDetector
+            from chromastream.models.detector.faces import FaceDetector
 
             faces = FaceDetector()
         self.classifier = classifier
@@ -133,7 +133,7 @@ class DeepfakeDetector:
         """Analyse one sampled frame (uint8 RGB ``[H,W,3]`` or grey ``[H,W]``), update the tracks and
         return the current verdict. ``faces`` skips detection when the caller already has them (the
         benchmark feeds the same boxes to a baseline)."""
-        from models.detector.faces import crop_face
+        from chromastream.models.detector.faces import crop_face
 
         found = self.faces.detect(image) if faces is None else faces
         size = int(self.classifier.info.input_size)

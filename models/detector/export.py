@@ -1,6 +1,7 @@
 """Export the trained deepfake classifier to ONNX, with its calibration in the file's metadata.
 
-``python -m models.detector.export --run runs/detector --output models/weights/detector.onnx`` takes
+``python -m chromastream.models.detector.export --run runs/detector --output models/weights/detector.onnx``
+takes
 ``<run>/best.pt`` (EMA weights) and ``<run>/calibration.json`` (temperature, threshold, uncertain band).
 The graph is the raw network: input ``faces [N, 3, S, S]`` float RGB in 0..1 (``pixel / 255``, an
 eye-aligned ``crop_face(..., margin=0.25)``), output ``logit [N]``. The calibrated probability is
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from models.detector.classifier import INPUT_SIZE, NORMALIZATION, DeepfakeNet, build_classifier
-from models.detector.data import INPUT_MARGIN
-from models.shared_data import shared_root
+from chromastream.models.detector.classifier import INPUT_SIZE, NORMALIZATION, DeepfakeNet, build_classifier
+from chromastream.models.detector.data import INPUT_MARGIN
+from chromastream.models.shared_data import shared_root
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "logit"
@@ -77,8 +78,8 @@ def measure_latency(model_path: Path, shared: Path, repeats: int = 100) -> dict[
     import cv2
     import numpy as np
 
-    from models.detector.classifier_runtime import DeepfakeClassifier
-    from models.detector.faces import FaceDetector, crop_face
+    from chromastream.models.detector.classifier_runtime import DeepfakeClassifier
+    from chromastream.models.detector.faces import FaceDetector, crop_face
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)

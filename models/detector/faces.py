@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from models.detector import DetectorInputError, DetectorModelError
+from chromastream.models.detector import DetectorInputError, DetectorModelError
 
 U8 = npt.NDArray[np.uint8]
 
@@ -44,7 +44,7 @@ class Face:
 
 def default_yunet_path() -> Path:
     """The first YuNet ONNX present under ``shared/weights/yunet``."""
-    from models.shared_data import shared_root
+    from chromastream.models.shared_data import shared_root
 
     folder = shared_root() / "weights" / "yunet"
     for name in YUNET_FILES:

@@ -26,7 +26,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.detector import DetectorModelError
+from chromastream.models.detector import DetectorModelError
 
 INPUT_SIZE = 256
 KERAS_BN_EPSILON = 1e-3
@@ -39,7 +39,7 @@ class MesoNetError(DetectorModelError):
 
 def default_weights_path(name: str = DEFAULT_WEIGHTS) -> Path:
     """``<shared>/weights/mesonet/<name>`` (shared root: ``CHROMASTREAM_SHARED`` or ``../shared``)."""
-    from models.shared_data import shared_root
+    from chromastream.models.shared_data import shared_root
 
     return shared_root() / "weights" / "mesonet" / name
 

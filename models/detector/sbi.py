@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from models.detector import DetectorInputError
+from chromastream.models.detector import DetectorInputError
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]

@@ -1,16 +1,17 @@
 """Train the deepfake classifier on self-blended images (SBI), resumably, on the CPU.
 
-``python -m models.detector.train --run runs/detector`` first detects and aligns every real face once
-(``<run>/faces.npz``), then trains the classifier on balanced batches: each sampled real face appears as
+``python -m chromastream.models.detector.train --run runs/detector`` first detects and aligns every real face
+once (``<run>/faces.npz``), then trains the classifier on balanced batches: each sampled real face appears as
 itself and as its own self-blended fake, both through the same input augmentations (grey, low light,
 compression, down-up scaling, noise), so the only difference the network can learn is the blending.
-Identities in the held-out split (:func:`models.detector.data.split_of`) are never trained on; their
-fixed views (real and SBI fake, seeded by file name) are scored every ``--eval-every`` steps, and the
+Identities in the held-out split (:func:`chromastream.models.detector.data.split_of`) are never trained on;
+their fixed views (real and SBI fake, seeded by file name) are scored every ``--eval-every`` steps, and the
 EMA weights with the best calibration-half AUC are kept in ``<run>/best.pt``.
 
 Checkpoints are atomic (``<run>/last.pt`` every ``--save-every`` steps and on SIGINT/SIGTERM); running
 the same command again resumes. Losses and held-out metrics go to ``<run>/log.jsonl``. Then run
-``python -m models.detector.calibration --run <run>`` and ``python -m models.detector.export``.
+``python -m chromastream.models.detector.calibration --run <run>`` and ``python -m
+chromastream.models.detector.export``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.colorizer.train import ema_update, save_atomic, stop_on_signal
-from models.detector.calibration import sigmoid
-from models.detector.classifier import INPUT_SIZE, DeepfakeNet, build_classifier, parameter_count
-from models.detector.data import FaceBank, build_bank, input_crop, real_face_paths, split_of
-from models.detector.faces import FaceDetector
-from models.detector.metrics import log_loss, roc_auc
-from models.detector.sbi import augment_input, self_blend
-from models.shared_data import shared_root
+from chromastream.models.colorizer.train import ema_update, save_atomic, stop_on_signal
+from chromastream.models.detector.calibration import sigmoid
+from chromastream.models.detector.classifier import INPUT_SIZE, DeepfakeNet, build_classifier, parameter_count
+from chromastream.models.detector.data import FaceBank, build_bank, input_crop, real_face_paths, split_of
+from chromastream.models.detector.faces import FaceDetector
+from chromastream.models.detector.metrics import log_loss, roc_auc
+from chromastream.models.detector.sbi import augment_input, self_blend
+from chromastream.models.shared_data import shared_root
 
 
 def load_bank(run: Path, shared: Path, limit: int = 0) -> FaceBank:

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from models.colorizer import spec
+from chromastream.models.colorizer import spec
 
 F32 = npt.NDArray[np.float32]
 
@@ -60,7 +60,8 @@ class ModelInfo:
 
 
 class Backend(Protocol):
-    """Runs the colorizer network on batched numpy arrays (the contract in :mod:`models.colorizer.spec`)."""
+    """Runs the colorizer network on batched numpy arrays (the contract in
+    :mod:`chromastream.models.colorizer.spec`)."""
 
     name: str
     info: ModelInfo

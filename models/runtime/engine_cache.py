@@ -11,7 +11,8 @@ of a wrong engine.
 The timing cache (per GPU and TensorRT version, shared by every model) records kernel timings measured
 while building, so the next build of any model on that GPU skips most of its measurements.
 
-Pure Python: tested on every machine, used by :mod:`models.runtime.tensorrt_backend` where TensorRT is.
+Pure Python: tested on every machine, used by :mod:`chromastream.models.runtime.tensorrt_backend` where
+TensorRT is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.runtime.base import ModelInfo, RuntimeError_
+from chromastream.models.runtime.base import ModelInfo, RuntimeError_
 
 
 class EngineCacheError(RuntimeError_):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.runtime.base import BackendUnavailable, ModelFormatError
+from chromastream.models.runtime.base import BackendUnavailable, ModelFormatError
 
 if TYPE_CHECKING:
     import onnx

@@ -1,4 +1,5 @@
-"""The torch :class:`~models.colorizer.network.Colorizer` filled with the weights of a colorizer ONNX file.
+"""The torch :class:`~chromastream.models.colorizer.network.Colorizer` filled with the weights of a colorizer
+ONNX file.
 
 The project ships one weights file, the ONNX model; the torch backends run the same weights by loading its
 initializers into the torch module the file was exported from. The exporter (``torch.onnx.export`` with
@@ -20,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.runtime.base import F32, ModelFormatError, ModelInfo
+from chromastream.models.runtime.base import F32, ModelFormatError, ModelInfo
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
-    from models.colorizer.network import Colorizer
+    from chromastream.models.colorizer.network import Colorizer
 
 PROBE_SIZE = (64, 96)
 PROBE_ATOL = 2e-3
@@ -105,9 +106,9 @@ def load_colorizer(path: Path) -> tuple[Colorizer, ModelInfo]:
         import onnx
         import torch
 
-        from models.colorizer.network import Colorizer
+        from chromastream.models.colorizer.network import Colorizer
     except ImportError as exc:
-        from models.runtime.base import BackendUnavailable
+        from chromastream.models.runtime.base import BackendUnavailable
 
         raise BackendUnavailable(
             f"the torch backends need torch and onnx ({exc.name} is missing): "
@@ -157,7 +158,7 @@ def run_float32(model: torch.nn.Module, L: F32, hints: F32, state: F32) -> tuple
 def verify_against_onnxruntime(model: torch.nn.Module, path: Path, info: ModelInfo) -> float:
     """Run the probe through ONNX Runtime (the reference) and ``model``; return the largest difference, or
     raise :class:`ModelFormatError` when it exceeds :data:`PROBE_ATOL`."""
-    from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     reference = OnnxRuntimeBackend(path, threads=1)
     L, hints, state = probe_inputs(info)

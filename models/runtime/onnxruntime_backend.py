@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.runtime.base import F32, BackendUnavailable, ModelFormatError, ModelInfo
+from chromastream.models.runtime.base import F32, BackendUnavailable, ModelFormatError, ModelInfo
 
 _REQUIRED_INPUTS = {"L", "hints", "state"}
 

@@ -19,7 +19,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from models.runtime.base import Backend, BackendUnavailable
+from chromastream.models.runtime.base import Backend, BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def default_model_path() -> Path:
     override = os.environ.get("CHROMASTREAM_MODEL")
     if override:
         return Path(override)
-    return Path(str(resources.files("models") / "weights" / DEFAULT_MODEL_NAME))
+    return Path(str(resources.files("chromastream.models") / "weights" / DEFAULT_MODEL_NAME))
 
 
 def _ort_has_cuda() -> bool:
@@ -45,7 +45,7 @@ def _ort_has_cuda() -> bool:
 
 def cuda_device_present() -> bool:
     """A CUDA device usable from torch, or ONNX Runtime's CUDA provider when torch is not installed."""
-    from models.runtime.torch_backend import cuda_available
+    from chromastream.models.runtime.torch_backend import cuda_available
 
     return cuda_available()
 
@@ -57,20 +57,20 @@ def auto_ranking() -> tuple[str, ...]:
 
 def _create_named(name: str, path: Path) -> Backend:
     if name == "onnxruntime":
-        from models.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         use_cuda = _ort_has_cuda() and cuda_device_present()
         return OnnxRuntimeBackend(path, device="cuda" if use_cuda else "cpu")
     if name in ("torch", "torch-compile"):
-        from models.runtime.torch_backend import TorchBackend
+        from chromastream.models.runtime.torch_backend import TorchBackend
 
         return TorchBackend(path, compile=name == "torch-compile")
     if name == "torch-cuda":
-        from models.runtime.torch_backend import TorchCudaBackend
+        from chromastream.models.runtime.torch_backend import TorchCudaBackend
 
         return TorchCudaBackend(path)
     if name == "tensorrt":
-        from models.runtime.tensorrt_backend import TensorRTBackend
+        from chromastream.models.runtime.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(path)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

@@ -3,7 +3,7 @@
 The session owns what the network must not: the recurrent state of *this* stream, its hints, and the
 resizing between the frame's resolution and the network's working size. Callers hand it Lab lightness at
 full resolution and get low-resolution ab back, which they combine with the full-resolution luminance
-(:mod:`kernels.combine`), so the output keeps every detail of the input.
+(:mod:`chromastream.kernels.combine`), so the output keeps every detail of the input.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from models.colorizer.hints import Hint, rasterize
-from models.runtime.base import F32, Backend
-from models.runtime.temporal_filter import SIGMA, STRENGTH, TemporalFilter
+from chromastream.models.colorizer.hints import Hint, rasterize
+from chromastream.models.runtime.base import F32, Backend
+from chromastream.models.runtime.temporal_filter import SIGMA, STRENGTH, TemporalFilter
 
 MIN_SIZE = 64
 MAX_SIZE = 2048
@@ -42,7 +42,8 @@ class ColorizerSession:
         smoothing: tuple[float, float] = (STRENGTH, SIGMA),
     ):
         """``smoothing`` is the temporal filter's (strength, sigma), part of the memory
-        (:mod:`models.runtime.temporal_filter`); strength 0 leaves the network's output as it is."""
+        (:mod:`chromastream.models.runtime.temporal_filter`); strength 0 leaves the network's output as it
+        is."""
         if not MIN_SIZE <= size <= MAX_SIZE:
             raise ValueError(f"working size must be in {MIN_SIZE}..{MAX_SIZE}, got {size}")
         self.backend = backend
@@ -84,7 +85,8 @@ class ColorizerSession:
 
     def predict_ab_scaled(self, L: F32) -> F32:
         """The network's own input ``L / l_scale`` ``[1, 1, h, w]`` at the working shape (made by
-        :mod:`kernels.frame_ops`, on the GPU where the model runs there) -> ab ``[2, h, w]`` in Lab units."""
+        :mod:`chromastream.kernels.frame_ops`, on the GPU where the model runs there) -> ab ``[2, h, w]`` in
+        Lab units."""
         info = self.backend.info
         wh, ww = L.shape[2:]
         state_shape = info.state_shape(1, wh, ww)

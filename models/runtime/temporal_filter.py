@@ -28,7 +28,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.runtime.base import F32
+from chromastream.models.runtime.base import F32
 
 STRENGTH = 0.85
 """Largest share of the previous colour kept where nothing changed (0 turns the filter off)."""

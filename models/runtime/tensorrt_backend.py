@@ -4,11 +4,12 @@ CUDA memory and streams.
 Build. TensorRT 10 deprecates weakly typed precision (``BuilderFlag.FP16`` lets the builder pick layer
 precisions); the current way is a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``,
 always on in TensorRT 11) whose types come from the ONNX file. So the engine is built from the FP16 copy
-of the model (:mod:`models.runtime.onnx_fp16`, float16 inside, float32 inputs and outputs), with one
-optimization profile covering the batch sizes and working resolutions of the config
-(:class:`~models.runtime.engine_cache.ProfileShapes`) and a timing cache on disk. Engines are cached by
-ONNX hash, profile, precision, GPU and TensorRT version (:mod:`models.runtime.engine_cache`): the first
-start on a machine builds (minutes), later starts load.
+of the model (:mod:`chromastream.models.runtime.onnx_fp16`, float16 inside, float32 inputs and outputs), with
+one optimization profile covering the batch sizes and working resolutions of the config
+(:class:`~chromastream.models.runtime.engine_cache.ProfileShapes`) and a timing cache on disk. Engines are
+cached by ONNX hash, profile, precision, GPU and TensorRT version
+(:mod:`chromastream.models.runtime.engine_cache`): the first start on a machine builds (minutes), later starts
+load.
 
 Run. There is no pycuda and no cuda-python here: torch owns the CUDA context, the device memory and the
 streams. Inputs are copied into torch CUDA tensors, outputs are torch CUDA tensors allocated for the
@@ -34,8 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from models.runtime.base import F32, BackendUnavailable, ModelFormatError, ModelInfo, RuntimeError_
-from models.runtime.engine_cache import EngineCache, EngineKey, ProfileShapes, file_sha256
+from chromastream.models.runtime.base import (
+    F32,
+    BackendUnavailable,
+    ModelFormatError,
+    ModelInfo,
+    RuntimeError_,
+)
+from chromastream.models.runtime.engine_cache import EngineCache, EngineKey, ProfileShapes, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ def _gpu(torch: Any) -> tuple[str, tuple[int, int]]:
 
 def fp16_model_bytes(model_path: Path) -> bytes:
     """The FP16 ONNX to build from: the file itself when it is FP16 already, else a converted copy."""
-    from models.runtime.onnx_fp16 import convert_to_fp16, is_fp16, load_onnx
+    from chromastream.models.runtime.onnx_fp16 import convert_to_fp16, is_fp16, load_onnx
 
     proto = load_onnx(model_path)
     if not is_fp16(proto):
@@ -122,7 +129,7 @@ class TensorRTBackend:
             raise BackendUnavailable(f"TensorRT needs a CUDA device: {TENSORRT_EXTRA}")
         if not model_path.is_file():
             raise ModelFormatError(f"model file not found: {model_path}")
-        from models.runtime.onnx_fp16 import load_onnx
+        from chromastream.models.runtime.onnx_fp16 import load_onnx
 
         self.info = ModelInfo.from_metadata({p.key: p.value for p in load_onnx(model_path).metadata_props})
         self.name = "tensorrt"

@@ -1,7 +1,7 @@
 """PyTorch backends: CPU eager, CPU ``torch.compile`` (inductor) and CUDA FP16 with CUDA graphs.
 
-All three run the weights of the shipped ONNX file (:mod:`models.runtime.onnx_to_torch`), checked at load
-against ONNX Runtime on a probe input, so every backend serves the same colours.
+All three run the weights of the shipped ONNX file (:mod:`chromastream.models.runtime.onnx_to_torch`), checked
+at load against ONNX Runtime on a probe input, so every backend serves the same colours.
 
 - ``torch``: eager float32 on the CPU. The reference for the other two and the simplest to debug.
 - ``torch-compile``: the same module through inductor. Each new input shape compiles once (tens of seconds
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.runtime.base import F32, BackendUnavailable
+from chromastream.models.runtime.base import F32, BackendUnavailable
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ class TorchBackend:
 
     def __init__(self, model_path: Path, compile: bool = False, verify: bool = True):
         torch = _import_torch()
-        from models.runtime.onnx_to_torch import load_colorizer, verify_against_onnxruntime
+        from chromastream.models.runtime.onnx_to_torch import load_colorizer, verify_against_onnxruntime
 
         model, self.info = load_colorizer(model_path)
         if verify:
@@ -117,7 +117,7 @@ class TorchCudaBackend:
             raise BackendUnavailable(
                 f"torch-cuda needs a CUDA device and a CUDA build of torch: {TORCH_EXTRA}"
             )
-        from models.runtime.onnx_to_torch import load_colorizer, verify_against_onnxruntime
+        from chromastream.models.runtime.onnx_to_torch import load_colorizer, verify_against_onnxruntime
 
         model, self.info = load_colorizer(model_path)
         if verify:

@@ -1,4 +1,4 @@
-"""Live and file inputs of the pipeline, each a :class:`~stream.frames.Source`.
+"""Live and file inputs of the pipeline, each a :class:`~chromastream.stream.frames.Source`.
 
 * :class:`RtspSource`: a camera or media server over RTSP; reconnects with backoff, watchdog on stalls.
 * :class:`FileSource`: a video file, paced like a camera (optionally looped) or as fast as consumed.
@@ -6,7 +6,7 @@
 
 :func:`open_source` picks one from a URL, which is how configuration files and the command line name
 inputs. WebRTC publishers (WHIP) are not opened from a URL: the server creates their source when a
-publisher connects (:mod:`stream.webrtc`).
+publisher connects (:mod:`chromastream.stream.webrtc`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from urllib.request import url2pathname
 
-from stream.frames import DropPolicy, Source
-from stream.sources._common import (
+from chromastream.stream.frames import DropPolicy, Source
+from chromastream.stream.sources._common import (
     InvalidSourceError,
     RetryRecord,
     SourceError,
     SourceStats,
     redact_url,
 )
-from stream.sources.file import FileSource
-from stream.sources.rtsp import Backoff, RtspSource, check_rtsp_url, is_connection_error
-from stream.sources.synthetic import PATTERNS, SyntheticSource
+from chromastream.stream.sources.file import FileSource
+from chromastream.stream.sources.rtsp import Backoff, RtspSource, check_rtsp_url, is_connection_error
+from chromastream.stream.sources.synthetic import PATTERNS, SyntheticSource
 
 __all__ = [
     "SUPPORTED",
@@ -62,7 +62,8 @@ def open_source(stream_id: str, url: str, **options: Any) -> Source:
     """The source named by ``url``; ``options`` go to its constructor (e.g. ``loop=True`` for a file).
 
     Raises :class:`InvalidSourceError` for a malformed URL, an unsupported scheme or an option that the
-    chosen kind of source does not take, and :class:`~stream.errors.InputError` for a missing file.
+    chosen kind of source does not take, and :class:`~chromastream.stream.errors.InputError` for a missing
+    file.
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidSourceError(f"empty source URL; supported: {', '.join(SUPPORTED)}")

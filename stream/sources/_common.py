@@ -27,11 +27,11 @@ import av
 import av.error
 import numpy as np
 
-from stream.errors import InputError
-from stream.frames import U8, AudioChunk, DropPolicy, EndOfStream, Frame, SourceEvent
-from stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, is_full_range, luma_plane_view
+from chromastream.stream.errors import InputError
+from chromastream.stream.frames import U8, AudioChunk, DropPolicy, EndOfStream, Frame, SourceEvent
+from chromastream.stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, is_full_range, luma_plane_view
 
-logger = logging.getLogger("stream.sources")
+logger = logging.getLogger("chromastream.stream.sources")
 
 #: Pixel formats whose plane 0 is already the full-resolution Y of a 4:2:0 picture.
 _LUMA_READY = frozenset({"yuv420p", "yuvj420p", "nv12", "nv21"})

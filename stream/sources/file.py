@@ -2,7 +2,7 @@
 
 Pacing follows the file's own timestamps, not a nominal frame rate, so variable-frame-rate files keep
 their rhythm. A looped file is reopened at its end; its pts continue from where the previous pass
-stopped (offset by the clip's duration, see :class:`~stream.sources._common.Timeline`), and a
+stopped (offset by the clip's duration, see :class:`~chromastream.stream.sources._common.Timeline`), and a
 ``Reset("loop")`` tells the colorizer that the picture jumped back.
 """
 
@@ -20,9 +20,9 @@ from typing import Any, cast
 import av
 import av.error
 
-from stream.errors import InputError
-from stream.frames import DropPolicy, EndOfStream, Frame, Reset
-from stream.sources._common import (
+from chromastream.stream.errors import InputError
+from chromastream.stream.frames import DropPolicy, EndOfStream, Frame, Reset
+from chromastream.stream.sources._common import (
     AudioTap,
     SourceError,
     Stopped,
@@ -31,9 +31,9 @@ from stream.sources._common import (
     av_reason,
     frame_luma,
 )
-from stream.video_io import open_input, time_base
+from chromastream.stream.video_io import open_input, time_base
 
-logger = logging.getLogger("stream.sources")
+logger = logging.getLogger("chromastream.stream.sources")
 
 #: A paced file that falls further behind its clock than this (slow decode, a paused machine) restarts
 #: its clock instead of bursting every late frame at once.
@@ -47,7 +47,7 @@ class FileSource(ThreadedSource):
     ``realtime=True`` paces frames by pts and makes the source live (a slow consumer loses the oldest
     frames, counted in :attr:`stats`); ``realtime=False`` delivers as fast as they are consumed and never
     drops. ``loop=True`` starts over at the end forever; otherwise the stream ends with
-    :class:`~stream.frames.EndOfStream`.
+    :class:`~chromastream.stream.frames.EndOfStream`.
     """
 
     def __init__(

@@ -50,8 +50,8 @@ from urllib.parse import urlsplit
 import av
 import av.error
 
-from stream.frames import U8, DropPolicy, Frame, Reset
-from stream.sources._common import (
+from chromastream.stream.frames import U8, DropPolicy, Frame, Reset
+from chromastream.stream.sources._common import (
     AudioTap,
     InvalidSourceError,
     RetryRecord,
@@ -64,7 +64,7 @@ from stream.sources._common import (
     redact_url,
 )
 
-logger = logging.getLogger("stream.sources")
+logger = logging.getLogger("chromastream.stream.sources")
 
 SCHEMES = ("rtsp", "rtsps")
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}

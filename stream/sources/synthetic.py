@@ -20,8 +20,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from stream.frames import U8, EndOfStream, Frame, SourceEvent
-from stream.sources._common import InvalidSourceError, SourceStats
+from chromastream.stream.frames import U8, EndOfStream, Frame, SourceEvent
+from chromastream.stream.sources._common import InvalidSourceError, SourceStats
 
 PATTERNS = ("moving", "still")
 

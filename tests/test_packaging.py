@@ -1,0 +1,93 @@
+"""What ``pip install .`` puts on a user's machine: one top-level import name, with its data.
+
+The repository keeps its rooms at the top (``stream/``, ``models/``, ``kernels/``); an installed copy must
+not claim those generic names, or a user project with its own ``models`` package breaks on install.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package as ``pip install .`` lays it out (built from a fresh wheel, dependencies left out)."""
+    work = tmp_path_factory.mktemp("install")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (work / "dist").glob("chromastream-*.whl")
+    target = work / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    return target
+
+
+def test_installs_chromastream_as_the_only_top_level_name(installed: Path) -> None:
+    top = {p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")}
+    assert top == {"chromastream"}
+    entry_points = next(installed.glob("*.dist-info")).joinpath("entry_points.txt").read_text()
+    assert "chromastream = chromastream.stream.cli:main" in entry_points
+
+
+def test_installed_copy_carries_its_model_assets_and_page(installed: Path) -> None:
+    package = installed / "chromastream"
+    for relative in (
+        "models/weights/colorizer.onnx",
+        "models/weights/detector.onnx",
+        "stream/assets/demo_cctv.mp4",
+        "stream/web/index.html",
+    ):
+        assert (package / relative).is_file(), relative
+    assert not (package / "stream").is_symlink()  # real folders, not links back into a checkout
+
+
+def test_installed_copy_imports_and_claims_no_generic_names(installed: Path, tmp_path: Path) -> None:
+    probe = """
+import importlib.util, json, chromastream
+from chromastream.stream import cli
+from chromastream.models.runtime import registry
+print(json.dumps({
+    "file": chromastream.__file__,
+    "model": str(registry.default_model_path()),
+    "generic": [n for n in ("stream", "models", "kernels") if importlib.util.find_spec(n) is not None],
+}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["file"].startswith(str(installed))
+    assert found["model"].startswith(str(installed)) and Path(found["model"]).is_file()
+    assert found["generic"] == []
+
+
+def test_code_imports_the_rooms_only_through_the_package() -> None:
+    """A bare ``import stream``/``models``/``kernels`` works in a checkout but not once installed, and it
+    would load a second copy of each module beside ``chromastream.*``."""
+    bare = re.compile(r"^\s*(from|import)\s+(stream|models|kernels)\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(REPO))
+        for folder in ("stream", "models", "kernels", "benchmarks", "tests")
+        for path in (REPO / folder).rglob("*.py")
+        if bare.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
