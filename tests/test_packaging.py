@@ -7,7 +7,9 @@ not claim those generic names, or a user project with its own ``models`` package
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,12 +20,35 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _clean_copy(target: Path) -> Path:
+    """The files a fresh clone has (tracked and untracked-but-not-ignored, links kept as links), so the
+    build sees no leftovers of earlier builds and writes none into the checkout."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source, copy = REPO / name, target / name
+        if not source.exists() and not source.is_symlink():
+            continue  # deleted in the working tree
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            copy.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, copy)
+    return target
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package as ``pip install .`` lays it out (built from a fresh wheel, dependencies left out)."""
     work = tmp_path_factory.mktemp("install")
+    checkout = _clean_copy(work / "checkout")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(checkout)],
         check=True,
         capture_output=True,
         timeout=300,
