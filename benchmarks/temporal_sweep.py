@@ -33,8 +33,8 @@ from benchmarks.video_quality import davis_root, evaluate_sequence, mean_over_se
 from chromastream.models.colorizer import spec
 
 SWEEP_SEQUENCES = ("bmx-trees", "dog", "drift-chicane", "scooter-black")
-"""Four of the six DAVIS training sequences (chromastream.models.colorizer.spec keeps the held-out ones apart): camera
-and object motion, a still background and a chase, in about 10 minutes on 2 cores."""
+"""Four of the six DAVIS training sequences (``chromastream.models.colorizer.spec`` keeps the held-out ones
+apart): camera and object motion, a still background and a chase, in about 10 minutes on 2 cores."""
 PSNR_TOLERANCE_DB = 0.1
 DCF_TOLERANCE = 0.5
 
