@@ -11,10 +11,14 @@ Each stream is a small graph of three tasks joined by bounded queues (GUIDE §3)
     never dropped. Every ``1 / detector_rate`` seconds it also hands an input frame to the optional
     :class:`DetectorHook`, in a task of its own, so the detector never delays a frame.
 ``infer``
-    takes one frame at a time: scene-cut check and network input (in the CPU executor), the recurrent
-    state (zeros after a reset, a cut, a size change, or always without memory), then the shared
-    :class:`~chromastream.stream.batcher.Batcher`, which runs frames of all streams in one inference call. The
-    stream's state lives here and nowhere else; the engine is stateless.
+    takes one frame at a time: scene-cut check, network input, and the recurrent state and hint raster
+    from the stream's :class:`~chromastream.models.runtime.stream_memory.StreamMemory` (in the CPU
+    executor), then the shared :class:`~chromastream.stream.batcher.Batcher`, which runs frames of all
+    streams in one inference call, and back to the memory for the new state and the filtered ab in Lab
+    units. The stream's memory lives in this task and nowhere else (the engine is stateless); it is the
+    same object :class:`~chromastream.models.runtime.session.ColorizerSession` uses for ``colorize`` and
+    the benchmarks. This task decides *when* the memory starts afresh (start, source reset, resize,
+    request, scene cut) and counts why.
 ``output``
     turns the low-resolution ``ab`` and the full-resolution input luma into 4:2:0 planes (CPU executor;
     the output's Y plane *is* the input's), attaches the metadata and offers the frame to every
@@ -49,10 +53,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from chromastream.kernels.frame_ops import FrameOps, frame_ops_for
-from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, rasterize
+from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError
 from chromastream.models.runtime.base import F32, Backend
 from chromastream.models.runtime.session import working_shape
-from chromastream.models.runtime.temporal_filter import TemporalFilter
+from chromastream.models.runtime.stream_memory import StreamMemory
 from chromastream.stream.batcher import Batcher
 from chromastream.stream.config import PipelineConfig, StreamConfig, redact_url
 from chromastream.stream.errors import ChromastreamError
@@ -352,7 +356,7 @@ class DetectorHook(Protocol):
 @dataclass(slots=True)
 class _Colorized:
     frame: Frame
-    ab: F32  # [2, h, w], network units
+    ab: F32  # [2, h, w], Lab units
     colorizer: ColorizerInfo
 
 
@@ -791,12 +795,9 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         threshold = self.config.scene_cut_threshold
         scene = SceneCutDetector(threshold) if threshold is not None else None
-        state: F32 | None = None
+        memory = StreamMemory(info, self.config.memory)
         shape: tuple[int, int] | None = None
         frame_size: tuple[int, int] | None = None
-        hint_cache: tuple[tuple[Hint, ...], tuple[int, int], F32] | None = None
-        # Part of the memory: colour held still where the picture is (models.runtime.temporal_filter).
-        smoother = TemporalFilter() if self.config.memory else None
         source_reset: str | None = None  # a Reset from the source, applied at the next frame
         try:
             while True:
@@ -819,8 +820,18 @@ class Pipeline:
                 requested, s.reset_requested = s.reset_requested, False
                 hints = s.hints
                 assert shape is not None
-                need_hints = hint_cache is None or hint_cache[0] != hints or hint_cache[1] != shape
-                L, cut, hint_input = await loop.run_in_executor(
+                # Why the memory starts fresh here, most fundamental reason first; a scene cut is only
+                # known once _prepare has looked at the frame.
+                reason: str | None = None
+                if frame_size is None:
+                    reason = "start"
+                elif source_reset is not None:
+                    reason = source_reset
+                elif (height, width) != frame_size:
+                    reason = "resize"
+                elif requested:
+                    reason = "request"
+                L, cut, hint_input, state = await loop.run_in_executor(
                     self._cpu_pool(),
                     _prepare,
                     self.frame_ops,
@@ -829,49 +840,24 @@ class Pipeline:
                     shape,
                     info.l_scale,
                     scene,
-                    hints if need_hints else None,
+                    memory,
+                    hints,
+                    reason is not None,
                 )
-                if hint_input is not None:
-                    hint_cache = (hints, shape, hint_input)
-                assert hint_cache is not None
-                # Why the state starts fresh here, most fundamental reason first. Source resets were
-                # counted as they arrived; the pipeline's own are counted as they apply.
-                reason: str | None = None
-                if frame_size is None:
-                    reason = "start"
-                elif source_reset is not None:
-                    reason = source_reset
-                else:
-                    if (height, width) != frame_size:
-                        reason = "resize"
-                    elif requested:
-                        reason = "request"
-                    elif cut:
-                        reason = "scene_cut"
-                    if reason is not None:
-                        s.resets += 1
-                        self.metrics.count_reset(s.id, reason)
+                if reason is None and cut:
+                    reason = "scene_cut"
+                # Source resets were counted as they arrived; the pipeline's own are counted as they apply.
+                if reason is not None and frame_size is not None and source_reset is None:
+                    s.resets += 1
+                    self.metrics.count_reset(s.id, reason)
                 source_reset = None
                 frame_size = (height, width)
-                state_shape = info.state_shape(1, *shape)
-                if (
-                    reason is not None
-                    or state is None
-                    or not self.config.memory
-                    or state.shape != state_shape
-                ):
-                    state = np.zeros(state_shape, dtype=np.float32)
-                if smoother is not None and (reason is not None or need_hints):
-                    smoother.reset()  # a reset starts afresh; a new hint shows at once, not faded in
                 prepared = time.monotonic()
                 self.metrics.stage_seconds.labels(s.id, "preprocess").observe(prepared - start)
-                result = await self.batcher.submit(s.id, L, hint_cache[2], state)
+                result = await self.batcher.submit(s.id, L, hint_input, state)
                 self.metrics.stage_seconds.labels(s.id, "batch_wait").observe(result.wait_s)
                 self.metrics.stage_seconds.labels(s.id, "inference").observe(result.run_s)
-                state = result.state if self.config.memory else None
-                ab = result.ab[0]
-                if smoother is not None:
-                    ab = smoother.apply(L[0, 0] * np.float32(info.l_scale), ab)
+                ab = memory.update(L, result.ab, result.state)
                 colorizer = ColorizerInfo(
                     model=info.version,
                     backend=self.backend.name,
@@ -887,7 +873,6 @@ class Pipeline:
 
     async def _output(self, s: _Stream) -> None:
         loop = asyncio.get_running_loop()
-        ab_scale = self.backend.info.ab_scale
         try:
             while True:
                 item = await s.colorized.get()
@@ -899,7 +884,7 @@ class Pipeline:
                 frame = item.frame
                 start = time.monotonic()
                 y, u, v = await loop.run_in_executor(
-                    self._cpu_pool(), _to_yuv420, self.frame_ops, frame.y, item.ab, ab_scale, frame.full_range
+                    self._cpu_pool(), self.frame_ops.to_yuv420, frame.y, item.ab, frame.full_range
                 )
                 now = time.monotonic()
                 latency = now - frame.ingest_time
@@ -954,18 +939,16 @@ def _prepare(
     shape: tuple[int, int],
     l_scale: float,
     scene: SceneCutDetector | None,
-    hints: tuple[Hint, ...] | None,
-) -> tuple[F32, bool, F32 | None]:
-    """In the CPU executor: scene-cut check, network ``L [1,1,h,w]``, and hints rasterized if they changed."""
+    memory: StreamMemory,
+    hints: tuple[Hint, ...],
+    reset: bool,
+) -> tuple[F32, bool, F32, F32]:
+    """In the CPU executor: scene-cut check, network ``L [1,1,h,w]``, and the memory's hint input and
+    state for the frame (fresh after ``reset`` or a cut; the hints are rasterized here when they changed)."""
     cut = scene.update(y) if scene is not None else False
-    height, width = shape
     L = ops.network_l(y, shape, full_range, l_scale)
-    hint_input: F32 | None = None
-    if hints is not None:
-        hint_input = np.asarray(rasterize(hints, height, width), dtype=np.float32)[None]
-    return L, cut, hint_input
-
-
-def _to_yuv420(ops: FrameOps, y: U8, ab: F32, ab_scale: float, full_range: bool) -> tuple[U8, U8, U8]:
-    """In the CPU executor: network ab -> Lab units -> U, V planes beside the untouched Y plane."""
-    return ops.to_yuv420(y, ab * np.float32(ab_scale), full_range)
+    if reset or cut:
+        memory.reset()
+    memory.set_hints(hints)
+    hint_input, state = memory.inputs(shape)
+    return L, cut, hint_input, state

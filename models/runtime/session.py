@@ -1,9 +1,14 @@
 """A colorizing session: one picture stream through one backend, with its own memory and hints.
 
-The session owns what the network must not: the recurrent state of *this* stream, its hints, and the
-resizing between the frame's resolution and the network's working size. Callers hand it Lab lightness at
-full resolution and get low-resolution ab back, which they combine with the full-resolution luminance
+The session adds to the network what a file or a sequence of pictures needs: the resizing between the
+frame's resolution and the network's working size, and the stream's memory. Callers hand it Lab lightness
+at full resolution and get low-resolution ab back, which they combine with the full-resolution luminance
 (:mod:`chromastream.kernels.combine`), so the output keeps every detail of the input.
+
+The memory (recurrent state, hint raster, temporal filter and when each starts afresh) is a
+:class:`~chromastream.models.runtime.stream_memory.StreamMemory`, the same object each live stream of
+:mod:`chromastream.stream.pipeline` keeps, so ``colorize`` and the benchmarks built on this session run the
+live path's memory, frame for frame.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from chromastream.models.colorizer.hints import Hint, rasterize
+from chromastream.models.colorizer.hints import Hint
 from chromastream.models.runtime.base import F32, Backend
-from chromastream.models.runtime.temporal_filter import SIGMA, STRENGTH, TemporalFilter
+from chromastream.models.runtime.stream_memory import StreamMemory
+from chromastream.models.runtime.temporal_filter import SIGMA, STRENGTH
 
 MIN_SIZE = 64
 MAX_SIZE = 2048
@@ -49,28 +55,20 @@ class ColorizerSession:
         self.backend = backend
         self.size = size
         self.memory = memory
-        self.hints: list[Hint] = []
-        self._state: F32 | None = None
-        self._hint_cache: tuple[tuple[Hint, ...], tuple[int, int], F32] | None = None
-        # Part of the memory: the output's colour held still where the picture is (temporal_filter).
-        self._filter = TemporalFilter(*smoothing) if memory else None
+        self._memory = StreamMemory(backend.info, memory, smoothing)
+
+    @property
+    def hints(self) -> list[Hint]:
+        """The hints of the next frame."""
+        return list(self._memory.hints)
 
     def reset(self) -> None:
         """Forget the past (scene cut, reconnect, a new file): the next frame starts fresh."""
-        self._state = None
-        if self._filter is not None:
-            self._filter.reset()
+        self._memory.reset()
 
     def set_hints(self, hints: Sequence[Hint]) -> None:
-        if self._filter is not None and list(hints) != self.hints:
-            self._filter.reset()  # a new hint shows at once instead of fading in
-        self.hints = list(hints)
-
-    def _hint_input(self, shape: tuple[int, int]) -> F32:
-        key = tuple(self.hints)
-        if self._hint_cache is None or self._hint_cache[0] != key or self._hint_cache[1] != shape:
-            self._hint_cache = (key, shape, rasterize(key, *shape)[None])
-        return self._hint_cache[2]
+        """Use ``hints`` from the next frame on; a new set shows at once (the temporal filter restarts)."""
+        self._memory.set_hints(hints)
 
     def predict_ab(self, l_plane: np.ndarray) -> F32:
         """Lab L ``[H, W]`` (0..100, any resolution) -> ab ``[2, h, w]`` in Lab units at working size."""
@@ -87,16 +85,7 @@ class ColorizerSession:
         """The network's own input ``L / l_scale`` ``[1, 1, h, w]`` at the working shape (made by
         :mod:`chromastream.kernels.frame_ops`, on the GPU where the model runs there) -> ab ``[2, h, w]`` in
         Lab units."""
-        info = self.backend.info
         wh, ww = L.shape[2:]
-        state_shape = info.state_shape(1, wh, ww)
-        state = self._state
-        if state is None or not self.memory or state.shape != state_shape:
-            state = np.zeros(state_shape, dtype=np.float32)
-        ab, state_out = self.backend.run(L, self._hint_input((wh, ww)), state)
-        if self.memory:
-            self._state = state_out
-        result: F32 = ab[0] * info.ab_scale
-        if self._filter is not None:
-            result = self._filter.apply(L[0, 0] * np.float32(info.l_scale), result)
-        return result
+        hints, state = self._memory.inputs((wh, ww))
+        ab, state_out = self.backend.run(L, hints, state)
+        return self._memory.update(L, ab, state_out)
