@@ -294,10 +294,10 @@ def make_face_clip(path: Path, seconds: float = 8.0) -> Path | None:
 async def _serving(spec: RunSpec, backend: Any) -> AsyncIterator[tuple[str, TimedFeed, list[str]]]:
     from aiohttp import web
 
-    from chromastream.stream.config import PipelineConfig, StreamConfig
+    from chromastream.stream.config import PipelineConfig, ServeConfig, StreamConfig, WebRTCConfig
     from chromastream.stream.deepfake import DeepfakeSampler
     from chromastream.stream.pipeline import Pipeline
-    from chromastream.stream.server import ServerOptions, create_app
+    from chromastream.stream.server import create_app
     from chromastream.stream.sources.file import FileSource
     from chromastream.stream.sources.synthetic import SyntheticSource
 
@@ -316,7 +316,7 @@ async def _serving(spec: RunSpec, backend: Any) -> AsyncIterator[tuple[str, Time
             else:
                 source = SyntheticSource(stream_id, WIDTH, HEIGHT, FPS)
             await pipeline.add_stream(StreamConfig(id=stream_id, url="synthetic:"), source)
-        runner = web.AppRunner(create_app(cast(Any, feed), ServerOptions(max_viewers=2)))
+        runner = web.AppRunner(create_app(cast(Any, feed), ServeConfig(webrtc=WebRTCConfig(max_viewers=2))))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

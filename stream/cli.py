@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chromastream.models.colorizer.hints import HintError, load_hints_file
 from chromastream.models.runtime.base import RuntimeError_
@@ -143,14 +143,22 @@ _SERVE_EPILOG = f"""\
 forms:
   {PROG} serve                                   the bundled CCTV clip, looped as a live camera
   {PROG} serve --source rtsp://cam/stream1       one camera (ids cam1, cam2, ... in order)
+  {PROG} serve --source clip.mp4                 a file, looped as a live camera
   {PROG} serve --config serve.yaml               streams and settings from a YAML file
 
-Flags given beside --config override the file's values. The viewer page is at the printed URL; with
---token, open it once as URL?token=TOKEN. Stop with Ctrl-C (or SIGTERM): viewers are disconnected and
-the pipeline is stopped cleanly."""
+The YAML file sets everything these flags do and more (batching, queues, events, per-stream looping,
+recording, RTSP push and hints): docs/CONFIG.md describes every key, and docs/serve.example.yaml lists
+them all with their defaults, ready to copy. Flags given beside --config override the file's values;
+--source streams are added to the file's. The viewer page is at the printed URL; with --token, open it
+once as URL?token=TOKEN. Stop with Ctrl-C (or SIGTERM): viewers are disconnected and the pipeline is
+stopped cleanly."""
 
 
 def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from chromastream.stream.config import BITRATE, KEYFRAME_INTERVAL, MAX_VIEWERS, WebRTCConfig
+
+    webrtc = WebRTCConfig()
+
     parser = subparsers.add_parser(
         "serve",
         help="colorize live streams and serve them to browsers (WebRTC), with a REST API and metrics",
@@ -158,7 +166,9 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         epilog=_SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration (streams, pipeline)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="YAML configuration (keys: docs/CONFIG.md)"
+    )
     parser.add_argument(
         "--source",
         action="append",
@@ -185,8 +195,43 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="frames per second per stream sampled for the deepfake detector (default 2; 0 turns it off)",
     )
+    parser.add_argument(
+        "--max-viewers",
+        type=whole_number(*MAX_VIEWERS),
+        metavar="N",
+        help=f"WebRTC viewers per stream (default {webrtc.max_viewers})",
+    )
+    parser.add_argument(
+        "--bitrate",
+        type=whole_number(*BITRATE),
+        metavar="BPS",
+        help=f"bits per second of each stream's WebRTC encoder (default {webrtc.bitrate})",
+    )
+    parser.add_argument(
+        "--keyframe-interval",
+        type=whole_number(*KEYFRAME_INTERVAL),
+        metavar="N",
+        help=f"frames between keyframes: how soon a viewer that lost packets recovers "
+        f"(default {webrtc.keyframe_interval})",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
+
+
+#: Each ``serve`` flag that sets a key of the config tree, and that key (``docs/CONFIG.md`` shows them
+#: side by side). The flag's value replaces the file's.
+SERVE_FLAGS = {
+    "--host": "host",
+    "--port": "port",
+    "--token": "token",
+    "--size": "pipeline.size",
+    "--backend": "pipeline.backend",
+    "--model": "pipeline.model",
+    "--detector-rate": "pipeline.detector_rate",
+    "--max-viewers": "webrtc.max_viewers",
+    "--bitrate": "webrtc.bitrate",
+    "--keyframe-interval": "webrtc.keyframe_interval",
+}
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -203,27 +248,18 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
             + tuple(StreamConfig(id=f"cam{i}", url=url) for i, url in enumerate(args.source, start=1)),
         )
     elif args.config is None:
-        demo = StreamConfig(id="demo", url=str(demo_clip()), loop=True, realtime=True)
+        demo = StreamConfig(id="demo", url=str(demo_clip()))  # a file: it loops, paced like a camera
         config = dataclasses.replace(config, streams=(demo,))
-    pipeline = dataclasses.replace(
-        config.pipeline,
-        **{
-            key: value
-            for key, value in (
-                ("size", args.size),
-                ("backend", args.backend),
-                ("model", args.model),
-                ("detector_rate", args.detector_rate),
-            )
-            if value is not None
-        },
-    )
-    overrides = {
-        key: value
-        for key, value in (("host", args.host), ("port", args.port), ("token", args.token))
-        if value is not None
-    }
-    return dataclasses.replace(config, pipeline=pipeline, **overrides)
+    sections: dict[str, dict[str, Any]] = {}
+    for flag, key in SERVE_FLAGS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None:
+            section, _, name = key.rpartition(".")
+            sections.setdefault(section, {})[name] = value
+    top = sections.pop("", {})
+    for section, values in sections.items():
+        top[section] = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **top)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

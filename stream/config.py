@@ -1,25 +1,32 @@
-"""What ``chromastream serve`` runs: the pipeline's knobs and the streams it starts with.
+"""Everything ``chromastream serve`` runs with: where it listens, the pipeline's knobs, how viewers are
+served, and the streams it starts with.
 
-Configuration is a tree of frozen dataclasses, validated when built, so a running server never meets a
-half-valid setting and every object can be shared between tasks without copying. :func:`load_config` reads
-the YAML file once at the entry point; every error names the key that is wrong (``streams[1].id``) and says
-what it should be, because the person reading it is editing that file.
+Configuration is one tree of frozen dataclasses (:class:`ServeConfig` at the root), validated when built,
+so a running server never meets a half-valid setting and every object can be shared between tasks without
+copying. :func:`load_config` reads the YAML file once at the entry point; every error names the key that
+is wrong (``streams[1].id``, ``webrtc.bitrate``) and says what it should be, because the person reading it
+is editing that file. The command line's flags are laid over the same tree, so a setting has one name and
+one check wherever it is given.
 
 A file looks like::
 
     host: 0.0.0.0
-    port: 8080
-    token: change-me            # optional: required on the REST API when set
+    token: change-me            # optional: required on the API, signalling, page and metrics when set
     pipeline:
       size: 256
-      max_batch: 8
+    webrtc:
+      bitrate: 2500000
     streams:
       - id: gate
         url: rtsp://user:secret@10.0.0.7/stream1
         hints: [{x: 0.5, y: 0.2, rgb: "#3070c0"}]
 
-Relative paths (``model``, ``record``) are taken relative to the file's folder, not the working directory,
-so a config means the same thing wherever the server is started from.
+Every key, its type, default and meaning is in ``docs/CONFIG.md``, generated from the field docstrings
+below by :mod:`chromastream.stream.config_reference`; ``docs/serve.example.yaml`` lists every key with its
+default, ready to copy and edit.
+
+Relative paths (``model``, ``record``, a file ``url``) are taken relative to the file's folder, not the
+working directory, so a config means the same thing wherever the server is started from.
 """
 
 from __future__ import annotations
@@ -42,6 +49,15 @@ from chromastream.stream.errors import ChromastreamError
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSPORTS = ("tcp", "udp")
+#: URL schemes of inputs that are not files: cameras, test patterns and WebRTC publishers never end, so
+#: there is nothing to loop.
+LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "synthetic", "whip"})
+
+#: Ranges of the settings that the command line also takes (its flags check the same bounds).
+MAX_VIEWERS = (1, 1024)
+BITRATE = (50_000, 100_000_000)
+KEYFRAME_INTERVAL = (1, 1000)
+EVENTS_QUEUE = (1, 10_000)
 
 
 class ConfigError(ChromastreamError):
@@ -74,6 +90,12 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _check_range(value: int, bounds: tuple[int, int], key: str, unit: str = "") -> None:
+    lo, hi = bounds
+    suffix = f" {unit}" if unit else ""
+    _check(lo <= value <= hi, key, f"must be in {lo}..{hi}{suffix}, got {value}")
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """One input the server colorizes and republishes."""
@@ -81,20 +103,30 @@ class StreamConfig:
     id: str
     """Name of the stream in URLs, metrics and metadata: 1-64 of ``A-Z a-z 0-9 _ -``."""
     url: str
-    """Where frames come from: ``rtsp://...``, a file path, or ``synthetic:`` for a test pattern."""
-    loop: bool = False
-    """Start a file over when it ends (a demo or a soak test) instead of ending the stream."""
+    """Where frames come from: ``rtsp://[user:pass@]host[:port]/path`` (or ``rtsps://``) for a camera, a
+    file path or ``file:///path`` for a video, or ``synthetic:?width=640&height=480&fps=25`` for a test
+    pattern. A relative file path is taken from the config file's folder. Passwords are shown as ``***``
+    in logs, the API and metrics."""
+    loop: bool | None = None
+    """Start a file over when it ends, so it plays like a camera that never stops; unset means ``true``
+    for a file, ``false`` plays it once and ends the stream. Cameras and test patterns have no end to
+    loop: setting it on them is refused when the stream opens."""
     realtime: bool = True
-    """Pace a file at its own frame rate, as a camera would deliver it; ``False`` reads as fast as the
-    pipeline takes frames (batch jobs), without drops."""
+    """Files only: pace the file at its own frame rate, as a camera would deliver it; ``false`` reads as
+    fast as the pipeline takes frames (batch jobs), without drops."""
     transport: str = "tcp"
-    """RTSP transport: ``tcp`` (interleaved, survives NAT and loss) or ``udp`` (lower latency on a LAN)."""
+    """RTSP only: ``tcp`` (interleaved, survives NAT and loss) or ``udp`` (lower latency on a LAN)."""
     record: Path | None = None
-    """Also write the colorized stream to this file (with metadata as JSON lines beside it)."""
+    """Also write the colorized stream to this file (H.264, the source's sound as AAC, and the per-frame
+    metadata as JSON lines beside it). Config file only: the API cannot make the server write files."""
     rtsp_push: str | None = None
-    """Also publish the colorized stream to this RTSP server URL (RECORD)."""
+    """Also publish the colorized stream to this RTSP server URL (RECORD), e.g. to a media server that
+    fans it out. Config file only, like ``record``."""
     hints: tuple[Hint, ...] = ()
-    """Colour hints applied from the first frame: a fixed camera's known colours."""
+    """Colour hints applied from the first frame: a fixed camera's known colours (at most 256). Each is
+    ``{x, y, rgb: "#rrggbb"}`` (or ``rgb: [r, g, b]``) or ``{x, y, a, b}`` in Lab chroma, with ``x``
+    right and ``y`` down in 0..1 of the picture and an optional ``radius`` (fraction of the short side,
+    default 0.02). Only chroma is used: a hint never changes brightness."""
 
     def __post_init__(self) -> None:
         _check(
@@ -107,6 +139,17 @@ class StreamConfig:
             self.transport in TRANSPORTS, "transport", f"must be one of {TRANSPORTS}, got {self.transport!r}"
         )
         _check(len(self.hints) <= MAX_HINTS, "hints", f"at most {MAX_HINTS} hints, got {len(self.hints)}")
+
+    @property
+    def names_file(self) -> bool:
+        """Whether ``url`` names a video file (a path or ``file:``) rather than a live input."""
+        scheme = self.url.partition(":")[0].lower() if ":" in self.url else ""
+        return scheme not in LIVE_SCHEMES
+
+    @property
+    def loops(self) -> bool:
+        """Whether the stream starts over at its end: ``loop`` where it is set, otherwise a file does."""
+        return self.names_file if self.loop is None else self.loop
 
 
 @dataclass(frozen=True)
@@ -121,7 +164,7 @@ class PipelineConfig:
     backend: str = "auto"
     """Inference backend name (``auto`` picks the fastest available here)."""
     model: Path | None = None
-    """Colorizer ONNX file; ``None`` uses the shipped model."""
+    """Colorizer ONNX file; ``null`` uses the shipped model."""
     max_batch: int = 8
     """Most frames (of any streams) run in one inference call."""
     max_wait_ms: float = 5.0
@@ -130,10 +173,10 @@ class PipelineConfig:
     """Frames buffered per stream before a live source's oldest frame is dropped. Each buffered frame is a
     frame period of latency when the machine is busy, so live streams keep this small."""
     memory: bool = True
-    """Carry the recurrent state from frame to frame (temporal stability); ``False`` colours each frame
+    """Carry the recurrent state from frame to frame (temporal stability); ``false`` colours each frame
     alone."""
     scene_cut_threshold: float | None = 0.45
-    """Scene-cut score above which the state resets (see :mod:`chromastream.stream.scene_cut`); ``None``
+    """Scene-cut score above which the state resets (see :mod:`chromastream.stream.scene_cut`); ``null``
     disables."""
     detector_rate: float = 2.0
     """Frames per second per stream sampled for the deepfake detector (``0`` samples none)."""
@@ -164,6 +207,42 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class WebRTCConfig:
+    """How colorized streams reach browsers over WebRTC (WHEP viewers)."""
+
+    max_viewers: int = 8
+    """WebRTC viewers per stream. Each stream is encoded once whatever the number of viewers, but
+    packetizing, encrypting and sending are still per viewer, so the number is capped; one more is
+    answered 503."""
+    bitrate: int = 1_500_000
+    """Bits per second of each stream's shared encoder (all viewers of a stream get the same bitrate)."""
+    keyframe_interval: int = 60
+    """Frames between keyframes: how long a viewer that lost packets waits before its picture heals.
+    Shorter heals faster but costs bitrate."""
+    ice_loopback: bool = True
+    """Offer 127.0.0.1 as an ICE candidate, so a browser on the server's own machine can connect (the
+    WebRTC library leaves loopback out by itself). It only adds a candidate; remote viewers are unaffected.
+    It is process-wide: once one server in a process has enabled it, it stays."""
+
+    def __post_init__(self) -> None:
+        _check_range(self.max_viewers, MAX_VIEWERS, "max_viewers")
+        _check_range(self.bitrate, BITRATE, "bitrate", "bits per second")
+        _check_range(self.keyframe_interval, KEYFRAME_INTERVAL, "keyframe_interval", "frames")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Per-frame metadata sent as Server-Sent Events (``/api/streams/{id}/events``)."""
+
+    queue_size: int = 32
+    """Events held per client before its oldest is dropped (counted in
+    ``chromastream_sse_dropped_total``): a slow reader loses events but never holds up the pipeline."""
+
+    def __post_init__(self) -> None:
+        _check_range(self.queue_size, EVENTS_QUEUE, "queue_size")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything ``chromastream serve`` needs: where to listen, how to colorize, what to ingest."""
 
@@ -172,9 +251,14 @@ class ServeConfig:
     port: int = 8080
     """TCP port of the HTTP server (``0`` picks a free one)."""
     token: str | None = None
-    """Bearer token the REST API requires when set; viewers are open otherwise."""
+    """Bearer token required on the API, signalling, events, viewer page and metrics when set (not on
+    ``/healthz``); unset serves everything openly."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """Colorizer and queue settings shared by all streams."""
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    """WebRTC viewers: how many per stream, encoder bitrate and keyframes, loopback."""
+    events: EventsConfig = field(default_factory=EventsConfig)
+    """Per-frame metadata events sent to HTTP clients."""
     streams: tuple[StreamConfig, ...] = ()
     """Streams started with the server; more can be added through the API."""
 
@@ -239,6 +323,15 @@ def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
     raise TypeError(f"unsupported config type {annotation!r}")  # a programming error, not the user's
 
 
+def _file_url_from(stream: StreamConfig, base: Path) -> StreamConfig:
+    """``stream`` with a relative file path in ``url`` taken from ``base``, as ``record`` is."""
+    url = stream.url
+    if not stream.names_file or "://" in url or url.lower().startswith("file:"):
+        return stream
+    path = Path(url).expanduser()
+    return stream if path.is_absolute() else dataclasses.replace(stream, url=str(base / path))
+
+
 def _build(cls: type[Any], data: Any, where: str, base: Path) -> Any:
     prefix = f"{where}." if where else ""
     _check(isinstance(data, dict), where or "config", f"must be a mapping of keys, got {_type_name(data)}")
@@ -262,10 +355,17 @@ def _build(cls: type[Any], data: Any, where: str, base: Path) -> Any:
 
 
 def parse_config(data: Any, base: Path | None = None) -> ServeConfig:
-    """A :class:`ServeConfig` from already-parsed YAML/JSON; relative paths are resolved against ``base``."""
+    """A :class:`ServeConfig` from already-parsed YAML/JSON.
+
+    Relative paths are resolved against ``base``, the config file's folder; without one, ``model`` and
+    ``record`` against the working directory and a stream's file ``url`` is left as given (the API's
+    streams, opened from the working directory).
+    """
     if data is None:
         data = {}
     result: ServeConfig = _build(ServeConfig, data, "", base or Path.cwd())
+    if base is not None:
+        result = dataclasses.replace(result, streams=tuple(_file_url_from(s, base) for s in result.streams))
     return result
 
 

@@ -918,18 +918,22 @@ class Pipeline:
 
 
 def _source_options(cfg: StreamConfig) -> dict[str, Any]:
-    """The stream's source options that differ from their defaults.
+    """The stream's source options that differ from their defaults, and whether a file loops.
 
     Each kind of source takes only its own options (``loop``/``realtime`` for files, ``transport`` for
     RTSP) and rejects the rest, so defaults are left out: a config that asks a camera to loop is an error
-    worth reporting, one that merely leaves ``transport: tcp`` beside a file is not.
+    worth reporting, one that merely leaves ``transport: tcp`` beside a file is not. ``loop`` unset means
+    "a file loops", so a file is always told.
     """
     defaults = StreamConfig(cfg.id, cfg.url)
-    return {
+    options = {
         name: getattr(cfg, name)
         for name in ("loop", "realtime", "transport")
         if getattr(cfg, name) != getattr(defaults, name)
     }
+    if cfg.names_file:
+        options["loop"] = cfg.loops
+    return options
 
 
 def _prepare(

@@ -29,7 +29,6 @@ import logging
 import signal
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,7 +56,6 @@ logger = logging.getLogger("chromastream.stream.server")
 
 MAX_BODY = 64 * 1024
 TOKEN_COOKIE = "chromastream_token"
-SSE_QUEUE = 32
 
 
 class StreamsAPI(Protocol):
@@ -89,24 +87,6 @@ class StreamsAPI(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """How the HTTP side behaves; built from the serve config's fields by :func:`create_app`."""
-
-    token: str | None = None
-    """Bearer token required on everything but /healthz and static files; None serves openly."""
-    max_viewers: int = 8
-    """WebRTC viewers per stream: packetizing and encrypting is still per viewer, so it is capped."""
-    bitrate: int = 1_500_000
-    """Bits per second of the shared per-stream encoder."""
-    keyframe_interval: int = 60
-    """Frames between keyframes: how long a viewer that lost packets waits before the picture heals."""
-    sse_queue: int = SSE_QUEUE
-    """Metadata events held per SSE client before its oldest is dropped."""
-    ice_loopback: bool = True
-    """Offer 127.0.0.1 as an ICE candidate (viewers on this machine, tests)."""
 
 
 class StreamConfigFactory(Protocol):
@@ -209,14 +189,14 @@ class _State:
     def __init__(
         self,
         pipeline: StreamsAPI,
-        options: ServerOptions,
+        config: ServeConfig,
         stream_config: StreamConfigFactory,
         unknown: tuple[type[BaseException], ...],
         duplicate: tuple[type[BaseException], ...],
         own_pipeline: bool,
     ) -> None:
         self.pipeline = pipeline
-        self.options = options
+        self.config = config
         self.stream_config = stream_config
         self.unknown = unknown
         self.duplicate = duplicate
@@ -239,9 +219,9 @@ class _State:
             pipeline,
             add_source=self._add_whip_source,
             remove_source=self._remove_whip_source,
-            max_viewers=options.max_viewers,
-            bitrate=options.bitrate,
-            keyframe_interval=options.keyframe_interval,
+            max_viewers=config.webrtc.max_viewers,
+            bitrate=config.webrtc.bitrate,
+            keyframe_interval=config.webrtc.keyframe_interval,
         )
         self.registry.register(_ServerCollector(self))
 
@@ -356,7 +336,7 @@ def _public(path: str) -> bool:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[STATE].options.token
+    token = request.app[STATE].config.token
     if token and not _public(request.path):
         presented = _presented_token(request)
         if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
@@ -378,7 +358,7 @@ def _web_dir() -> Path:
 
 async def index(request: web.Request) -> web.StreamResponse:
     response = web.FileResponse(_web_dir() / "index.html", headers={"Cache-Control": "no-cache"})
-    token = request.app[STATE].options.token
+    token = request.app[STATE].config.token
     if token and request.query.get("token") == token:
         response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
     return response
@@ -513,7 +493,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     stream_id = _stream_id(request)
     state.require_stream(stream_id)
     client = _SseClient(
-        state.pipeline.subscribe(stream_id, maxsize=2), state.options.sse_queue, state.sse_dropped
+        state.pipeline.subscribe(stream_id, maxsize=2), state.config.events.queue_size, state.sse_dropped
     )
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -633,41 +613,29 @@ async def _on_cleanup(app: web.Application) -> None:
         await state.pipeline.stop()
 
 
-def _options(config: Any) -> ServerOptions:
-    """Server options from a serve config (any object with the same field names) or ServerOptions."""
-    if isinstance(config, ServerOptions):
-        return config
-    defaults = ServerOptions()
-    values: dict[str, Any] = {}
-    for name in ServerOptions.__dataclass_fields__:
-        values[name] = (
-            getattr(config, name, getattr(defaults, name)) if config is not None else getattr(defaults, name)
-        )
-    return ServerOptions(**values)
-
-
 def create_app(
     pipeline: StreamsAPI,
-    config: Any = None,
+    config: ServeConfig | None = None,
     *,
     stream_config: StreamConfigFactory | None = None,
     own_pipeline: bool = False,
 ) -> web.Application:
     """The aiohttp application serving ``pipeline``.
 
-    ``config`` is the serve config (its ``token``, ``max_viewers``, ... fields are read) or a
-    :class:`ServerOptions`. ``stream_config`` turns a POSTed stream body into the pipeline's stream config
-    (default: :func:`stream_config_from_json`). With ``own_pipeline`` the app starts the pipeline on
-    startup and stops it on cleanup, after every peer is closed.
+    ``config`` is the serve config (default: all defaults); the app reads its ``token``, ``webrtc`` and
+    ``events`` settings, not its streams, which the caller adds to ``pipeline``. ``stream_config`` turns a
+    POSTed stream body into the pipeline's stream config (default: :func:`stream_config_from_json`). With
+    ``own_pipeline`` the app starts the pipeline on startup and stops it on cleanup, after every peer is
+    closed.
     """
-    options = _options(config)
-    if options.ice_loopback:
+    config = config or ServeConfig()
+    if config.webrtc.ice_loopback:
         allow_loopback_candidates()
     unknown, duplicate = _pipeline_errors()
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
     app[STATE] = _State(
         pipeline,
-        options,
+        config,
         stream_config or stream_config_from_json,
         unknown,
         duplicate,

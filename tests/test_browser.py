@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from chromastream.stream.server import ServerOptions
+from chromastream.stream.config import ServeConfig
 from tests.test_server import HintEchoBackend, live_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -61,8 +61,8 @@ def _require_browser() -> None:
 class ServerThread:
     """The live server on its own event loop: the WebDriver calls below block."""
 
-    def __init__(self, options: ServerOptions | None = None, backend: Any = None) -> None:
-        self.options = options
+    def __init__(self, config: ServeConfig | None = None, backend: Any = None) -> None:
+        self.config = config
         self.backend = backend
         self.base: queue.Queue[str | BaseException] = queue.Queue()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -73,7 +73,7 @@ class ServerThread:
         self.loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         try:
-            async with live_server(self.options, fps=15.0, backend=self.backend) as (base, _):
+            async with live_server(self.config, fps=15.0, backend=self.backend) as (base, _):
                 self.base.put(base)
                 await self.stop_event.wait()
         except BaseException as exc:

@@ -691,7 +691,7 @@ def test_real_file_and_synthetic_sources(tmp_path: Path) -> None:
 
     async def main() -> tuple[list[OutputFrame], list[OutputFrame], StreamInfo]:
         p = make()
-        await p.add_stream(StreamConfig("file", str(clip), realtime=False))
+        await p.add_stream(StreamConfig("file", str(clip), loop=False, realtime=False))
         file_sub = p.subscribe("file", policy=DropPolicy.WAIT)
         await p.add_stream(StreamConfig("syn", "synthetic:?width=96&height=64&fps=50"))
         syn_sub = p.subscribe("syn", maxsize=10)

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from chromastream.stream.config import StreamConfig
-from chromastream.stream.server import ServerOptions, create_app
+from chromastream.stream.server import create_app
 from chromastream.stream.sources import Backoff, RtspSource
 from tests.rtsp_fixtures import RtspServer
 from tests.test_server import make_pipeline
@@ -37,7 +37,7 @@ async def serving(url: str) -> AsyncIterator[tuple[str, Any]]:
     try:
         source = RtspSource("cam1", url, backoff=FAST_BACKOFF, read_timeout=2.0)
         await pipeline.add_stream(StreamConfig(id="cam1", url=url), source)
-        runner = web.AppRunner(create_app(pipeline, ServerOptions()))
+        runner = web.AppRunner(create_app(pipeline))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

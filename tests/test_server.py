@@ -26,9 +26,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from chromastream.stream.cli import main
-from chromastream.stream.config import PipelineConfig, StreamConfig
+from chromastream.stream.config import EventsConfig, PipelineConfig, ServeConfig, StreamConfig
 from chromastream.stream.frames import EndOfStream, Frame, Reset, SourceEvent
-from chromastream.stream.server import MAX_BODY, ServerOptions, create_app
+from chromastream.stream.server import MAX_BODY, create_app
 
 TOKEN = "s3cret-token"
 SIZE = (48, 64)
@@ -110,14 +110,14 @@ async def add_pattern(pipeline: Any, stream_id: str, fps: float = 15.0) -> Any:
 
 @contextlib.asynccontextmanager
 async def running(
-    options: ServerOptions | None = None, streams: tuple[str, ...] = ("cam1",)
+    config: ServeConfig | None = None, streams: tuple[str, ...] = ("cam1",)
 ) -> AsyncIterator[tuple[TestClient[Any, Any], Any]]:
     pipeline = make_pipeline()
     await pipeline.start()
     try:
         for stream_id in streams:
             await add_pattern(pipeline, stream_id)
-        app = create_app(pipeline, options or ServerOptions())
+        app = create_app(pipeline, config)
         async with TestClient(TestServer(app)) as client:
             yield client, pipeline
     finally:
@@ -274,7 +274,7 @@ def test_hints_add_list_replace_clear_and_validation() -> None:
 
 def test_auth_required_everywhere_but_health_and_assets() -> None:
     async def body() -> None:
-        async with running(ServerOptions(token=TOKEN)) as (client, _):
+        async with running(ServeConfig(token=TOKEN)) as (client, _):
             for method, path in [
                 ("GET", "/"),
                 ("GET", "/api/streams"),
@@ -343,7 +343,7 @@ def test_sse_delivers_metadata_with_stream_and_pts() -> None:
 
 def test_slow_sse_reader_never_holds_the_pipeline() -> None:
     async def body() -> None:
-        async with running(ServerOptions(sse_queue=2)) as (client, pipeline):
+        async with running(ServeConfig(events=EventsConfig(queue_size=2))) as (client, pipeline):
             slow = await client.get("/api/streams/cam1/events")  # opened, never read
             before = pipeline.info("cam1").frames_out
             await asyncio.sleep(1.5)
@@ -446,7 +446,7 @@ def test_whep_whip_signalling_errors() -> None:
 # Exported for the WebRTC and browser tests: a real server on a real port.
 @contextlib.asynccontextmanager
 async def live_server(
-    options: ServerOptions | None = None,
+    config: ServeConfig | None = None,
     streams: tuple[str, ...] = ("cam1",),
     fps: float = 15.0,
     backend: Any = None,
@@ -457,7 +457,7 @@ async def live_server(
     try:
         for stream_id in streams:
             await add_pattern(pipeline, stream_id, fps)
-        runner = web.AppRunner(create_app(pipeline, options or ServerOptions()))
+        runner = web.AppRunner(create_app(pipeline, config))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -243,10 +243,13 @@ def test_whip_publisher_becomes_a_stream() -> None:
 
 
 def test_whep_for_unknown_stream_and_viewer_cap() -> None:
-    from chromastream.stream.server import ServerOptions
+    from chromastream.stream.config import ServeConfig, WebRTCConfig
 
     async def body() -> None:
-        async with live_server(ServerOptions(max_viewers=1)) as (base, _), ClientSession() as session:
+        async with (
+            live_server(ServeConfig(webrtc=WebRTCConfig(max_viewers=1))) as (base, _),
+            ClientSession() as session,
+        ):
             allow_loopback_candidates()
             pc = RTCPeerConnection()
             pc.addTransceiver("video", direction="recvonly")
