@@ -23,11 +23,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from chromastream.errors import ChromastreamError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(ChromastreamError):
     """A benchmark cannot run (missing data, missing tool); the message says what to do."""
 
 
@@ -257,12 +259,11 @@ def run_and_write(
     print_summary: Callable[[dict[str, Any]], None],
 ) -> int:
     """The common tail of a benchmark's ``main``: run, turn expected failures into one error line, write
-    ``<name>.json``, print the summary. Returns the exit status."""
-    from chromastream.models.runtime.base import RuntimeError_
-
+    ``<name>.json``, print the summary. Returns the exit status: 2 for an expected failure (any
+    :class:`~chromastream.errors.ChromastreamError`, or a missing optional dependency)."""
     try:
         result = run()
-    except (BenchmarkError, RuntimeError_, ImportError) as exc:
+    except (ChromastreamError, ImportError) as exc:
         return fail(str(exc))
     path = write_json(out_dir, name, result)
     print_summary(result)

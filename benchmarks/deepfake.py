@@ -658,15 +658,7 @@ def main(argv: list[str] | None = None, classifier: FaceClassifier | None = None
     if args.rate <= 0 or args.frames < 1 or args.timing_reps < 1:
         print("error: --rate, --frames and --timing-reps must be positive", file=sys.stderr)
         return 2
-    from chromastream.stream.errors import InputError
-
-    def go() -> dict[str, Any]:
-        try:
-            return run(args, classifier)
-        except InputError as exc:
-            raise BenchmarkError(str(exc)) from exc
-
-    return run_and_write(NAME, args.out_dir, go, print_summary)
+    return run_and_write(NAME, args.out_dir, lambda: run(args, classifier), print_summary)
 
 
 if __name__ == "__main__":

@@ -263,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--iterations must be at least 1")
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from chromastream.models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import BackendError
 
     try:
         result = run(args)
-    except (BenchmarkError, RuntimeError_) as exc:
+    except (BenchmarkError, BackendError) as exc:
         return fail(str(exc))
     path = write_json(args.out_dir, "model_speed", result)
     copy = args.out_dir / f"model_speed_{safe_name(result['model']['version'])}.json"

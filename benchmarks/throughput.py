@@ -144,7 +144,7 @@ def bench_config(backend: Any, batch: int, shape: tuple[int, int], plan: Plan) -
 
 
 def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
-    from chromastream.models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import BackendError
     from chromastream.models.runtime.registry import create_backend
 
     torch_cuda = None
@@ -156,7 +156,7 @@ def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         backend = create_backend(name, model)
-    except RuntimeError_ as exc:
+    except BackendError as exc:
         return {"name": name, "available": False, "reason": str(exc)}
     except Exception as exc:  # a backend that breaks while loading must not hide the others' figures
         return {"name": name, "available": False, "reason": f"failed to load: {type(exc).__name__}: {exc}"}
@@ -530,11 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from chromastream.models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import BackendError
 
     try:
         result = run(args)
-    except (BenchmarkError, RuntimeError_) as exc:
+    except (BenchmarkError, BackendError) as exc:
         return fail(str(exc))
     path = write_json(args.out_dir, f"throughput_{result['device']}", result)
     print_summary(result)

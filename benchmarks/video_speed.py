@@ -465,11 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model.is_file():
         return fail(f"model file not found: {args.model}")
-    from chromastream.models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import BackendError
 
     try:
         result = run(args)
-    except (BenchmarkError, RuntimeError_) as exc:
+    except (BenchmarkError, BackendError) as exc:
         return fail(str(exc))
     path = write_json(args.out_dir, "video_speed", result)
     print_summary(result)

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from chromastream.errors import ChromastreamError
 from chromastream.kernels.combine import luma_to_l_table
 from chromastream.kernels.combine_numpy import linear_taps
 from chromastream.kernels.luma import PixelFormat
@@ -56,7 +57,7 @@ _BLOCK_GPU = (16, 64)
 _BLOCK_INTERPRETER = (32, 64)
 
 
-class KernelError(Exception):
+class KernelError(ChromastreamError):
     """Base class for errors of the accelerated kernels."""
 
 
