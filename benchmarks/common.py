@@ -117,6 +117,20 @@ def machine_tags() -> dict[str, Any]:
     }
 
 
+def machine_line(data: dict[str, Any]) -> str:
+    """The machine of a result file (its :func:`machine_tags`) as one sentence of RESULTS.md."""
+    m = data.get("machine") or {}
+    git = m.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:10] + (" (with local changes)" if git.get("dirty") else "")
+    load = "/".join(str(x) for x in m.get("loadavg") or []) or "?"
+    return (
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable of {m.get('cores_logical', '?')} "
+        f"logical cores, load {load} at start; Python {m.get('python', '?')}, "
+        f"onnxruntime {m.get('onnxruntime', '?')}, torch {m.get('torch') or 'not installed'}, "
+        f"numpy {m.get('numpy', '?')}, PyAV {m.get('av', '?')}; commit `{commit}`."
+    )
+
+
 def now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 

@@ -45,6 +45,7 @@ from benchmarks.common import (
     BenchmarkError,
     add_output_args,
     file_sha256,
+    machine_line,
     machine_tags,
     now_iso,
     num,
@@ -629,8 +630,6 @@ def report_section(data: dict[str, Any]) -> list[str]:
         ]
     if data.get("contact_sheet"):
         lines += ["", f"Faces with their scores: [contact sheet](results/{data['contact_sheet']})."]
-    from benchmarks.report import machine_line
-
     lines += ["", machine_line(data), ""]
     return lines
 
