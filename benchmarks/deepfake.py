@@ -44,6 +44,7 @@ import numpy.typing as npt
 from benchmarks.common import (
     BenchmarkError,
     add_output_args,
+    fail,
     file_sha256,
     machine_line,
     machine_tags,
@@ -655,8 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, classifier: FaceClassifier | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rate <= 0 or args.frames < 1 or args.timing_reps < 1:
-        print("error: --rate, --frames and --timing-reps must be positive", file=sys.stderr)
-        return 2
+        return fail("--rate, --frames and --timing-reps must be positive")
     return run_and_write(NAME, args.out_dir, lambda: run(args, classifier), print_summary)
 
 
