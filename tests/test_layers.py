@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+from tests.conftest import ClipSpec, make_clip
 
 REPO = Path(__file__).resolve().parents[1]
 ROOMS = ("kernels", "models", "stream")
@@ -112,3 +116,27 @@ def test_no_room_imports_from_a_room_above_it() -> None:
 
 def test_the_error_base_is_the_lowest_layer() -> None:
     assert {t for t in GRAPH["chromastream.errors"] if t.startswith("chromastream")} == set()
+
+
+def test_the_core_install_decodes_without_torch(tmp_path: Path) -> None:
+    """torch comes with the ``gpu`` and ``train`` extras only: the command line and the decoding module
+    import, and a video decodes, in a process where ``import torch`` fails."""
+    clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=5, width=64, height=48))
+    probe = """
+import sys
+from pathlib import Path
+sys.modules["torch"] = None  # any import of torch now raises ImportError
+from chromastream.stream import cli, hw_decode
+with hw_decode.open_video(Path(sys.argv[1]), hardware=False) as video:
+    print(sum(1 for _ in video.frames()))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(clip)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "5"
