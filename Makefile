@@ -69,12 +69,10 @@ soak: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.live_latency --soak-only --soak-minutes 10
 	$(BIN)/python -m benchmarks.report
 
-## gpu-check: on a CUDA machine whose $(PYTHON) already has CUDA torch and triton: GPU tests, throughput, RESULTS.md
-GPU_TESTS := tests/test_torch_backend.py tests/test_tensorrt_backend.py tests/test_triton_kernels.py \
-	tests/test_hw_decode.py tests/test_frame_ops.py
+## gpu-check: on a CUDA machine whose $(PYTHON) already has CUDA torch and triton: the tests marked gpu, throughput, RESULTS.md
 gpu-check:
 	@$(PYTHON) -c "import sys, importlib.util as u; u.find_spec('torch') or sys.exit('gpu-check: $(PYTHON) has no torch (install a CUDA build)'); import torch; torch.cuda.is_available() or sys.exit('gpu-check: torch sees no CUDA device')"
-	$(PYTHON) -m pytest -q -rs $(GPU_TESTS)
+	$(PYTHON) -m pytest -q -rs -m gpu
 	$(PYTHON) -m benchmarks.throughput
 	$(PYTHON) -m benchmarks.report
 

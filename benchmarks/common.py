@@ -1,5 +1,5 @@
-"""Helpers every benchmark shares: where the data lives, what machine a figure came from, and how
-results are written.
+"""Helpers every benchmark shares: where the data lives, what machine a figure came from, how calls are
+timed and summarized, the common arguments, and how results are written.
 
 A figure without its machine is meaningless (the same model runs 10x apart on a laptop and a server),
 so every JSON file carries :func:`machine_tags`; the load average is recorded because a busy machine
@@ -9,25 +9,31 @@ explains a slow run better than any guess afterwards.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from chromastream.errors import ChromastreamError
+from chromastream.models.runtime.engine_cache import file_sha256
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(ChromastreamError):
     """A benchmark cannot run (missing data, missing tool); the message says what to do."""
 
 
@@ -82,16 +88,20 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded; empty where the system does not say."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return []
+
+
 def machine_tags() -> dict[str, Any]:
     """CPU, cores, library versions, load and commit: what a reader needs to compare two figures."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         usable = os.cpu_count() or 1
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        load = []
     try:
         import onnxruntime as ort
 
@@ -102,7 +112,7 @@ def machine_tags() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cores_logical": os.cpu_count(),
         "cores_usable": usable,
-        "loadavg": load,
+        "loadavg": load_average(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "numpy": _version("numpy"),
@@ -115,16 +125,22 @@ def machine_tags() -> dict[str, Any]:
     }
 
 
+def machine_line(data: dict[str, Any]) -> str:
+    """The machine of a result file (its :func:`machine_tags`) as one sentence of RESULTS.md."""
+    m = data.get("machine") or {}
+    git = m.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:10] + (" (with local changes)" if git.get("dirty") else "")
+    load = "/".join(str(x) for x in m.get("loadavg") or []) or "?"
+    return (
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable of {m.get('cores_logical', '?')} "
+        f"logical cores, load {load} at start; Python {m.get('python', '?')}, "
+        f"onnxruntime {m.get('onnxruntime', '?')}, torch {m.get('torch') or 'not installed'}, "
+        f"numpy {m.get('numpy', '?')}, PyAV {m.get('av', '?')}; commit `{commit}`."
+    )
+
+
 def now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_tags(path: Path, version: str, backend: str) -> dict[str, Any]:
@@ -174,8 +190,6 @@ def num(x: Any, digits: int = 2) -> str:
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
     """Latency summary in milliseconds: median and tails, because a mean hides the stalls that a
     live stream feels."""
-    import numpy as np
-
     arr = np.asarray(samples_s, dtype=np.float64) * 1000.0
     if arr.size == 0:
         return {}
@@ -187,6 +201,114 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
         "min": float(arr.min()),
         "max": float(arr.max()),
     }
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def time_calls(
+    call: Callable[[int], None], warmup: int, iterations: int | None, seconds: float
+) -> list[float]:
+    """Warm up, then time ``iterations`` calls (or as many as fit in ``seconds``, estimated from the
+    warm-up) one by one; ``call(i)`` receives the iteration index for rotating inputs."""
+    warm = []
+    for i in range(max(warmup, 1)):
+        t0 = time.perf_counter()
+        call(i)
+        warm.append(time.perf_counter() - t0)
+    if iterations is None:
+        per_call = float(np.median(warm[len(warm) // 2 :]))
+        iterations = int(min(max(seconds / max(per_call, 1e-6), 20), 100_000))
+    samples = []
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        call(i)
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def rate_summary(batch: int, shape: tuple[int, int], samples: list[float]) -> dict[str, Any]:
+    """One timed configuration as the results record it: frames per second (``batch`` frames per call)
+    and the latency of a call."""
+    total = sum(samples)
+    return {
+        "batch": batch,
+        "height": shape[0],
+        "width": shape[1],
+        "iterations": len(samples),
+        "fps": batch * len(samples) / total if total > 0 else 0.0,
+        "latency_ms": percentiles_ms(samples),
+    }
+
+
+def synthetic_l(n: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    """Lab L planes with image-like structure (smoothed noise plus edges), values in 0..100."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        noise = rng.random((height // 8 + 1, width // 8 + 1), dtype=np.float32)
+        smooth = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+        edges = (rng.random((height, width), dtype=np.float32) > 0.98).astype(np.float32)
+        frames.append(np.clip(smooth * 90.0 + edges * 10.0, 0.0, 100.0).astype(np.float32))
+    return frames
+
+
+def time_backend_run(
+    backend: Any,
+    batch: int,
+    shape: tuple[int, int],
+    hints: np.ndarray,
+    *,
+    inputs: int,
+    warmup: int,
+    iterations: int | None,
+    seconds: float,
+) -> list[float]:
+    """Seconds per ``backend.run`` call (what the batcher calls: numpy in, numpy out) on ``batch`` frames
+    of ``shape``: ``inputs`` synthetic batches in rotation, the recurrent state carried from call to call,
+    ``hints`` ``[batch, 3, h, w]`` as given."""
+    info = backend.info
+    frames = synthetic_l(inputs, *shape, seed=batch)
+    batches = [
+        np.stack([frames[(i + j) % len(frames)] / info.l_scale for j in range(batch)])[:, None].astype(
+            np.float32
+        )
+        for i in range(len(frames))
+    ]
+    state = [np.zeros(info.state_shape(batch, *shape), dtype=np.float32)]
+
+    def call(i: int) -> None:
+        _, state[0] = backend.run(batches[i % len(batches)], hints, state[0])
+
+    return time_calls(call, warmup, iterations, seconds)
+
+
+def measure_matmul_gflops(quick: bool) -> dict[str, Any]:
+    """float32 matrix-multiply throughput of this machine with numpy's BLAS (all cores): a stable,
+    model-independent measure of what the CPU can do right now."""
+    n = 512 if quick else 1024
+    a = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(2).random((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    times: list[float] = []
+    budget = 0.3 if quick else 2.0
+    start = time.perf_counter()
+    while time.perf_counter() - start < budget or len(times) < 3:
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    flops = 2.0 * n**3
+    return {
+        "what": f"numpy float32 matmul {n}x{n}",
+        "gflops_median": flops / float(np.median(times)) / 1e9,
+        "gflops_best": flops / min(times) / 1e9,
+        "repeats": len(times),
+    }
+
+
+# ------------------------------------------------------------------------------------------- arguments
 
 
 def add_model_args(parser: argparse.ArgumentParser, size: int | None = 256) -> None:
@@ -233,6 +355,15 @@ def add_output_args(parser: argparse.ArgumentParser, writes: str, shared: bool =
         )
 
 
+def require_model_file(path: Path) -> None:
+    """Refuse a ``--model`` that is not a file before anything loads or runs."""
+    if not path.is_file():
+        raise BenchmarkError(f"model file not found: {path}")
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
 def fail(message: str) -> int:
     """Print a one-line error for a person and return the exit status the CLI should use."""
     print(f"error: {message}", file=sys.stderr)
@@ -251,20 +382,29 @@ def eval_set_dirs(shared: Path, sets: list[str]) -> dict[str, Path]:
 
 
 def run_and_write(
-    name: str,
+    name: str | Callable[[dict[str, Any]], str],
     out_dir: Path,
     run: Callable[[], dict[str, Any]],
     print_summary: Callable[[dict[str, Any]], None],
+    *,
+    copy_as: Callable[[dict[str, Any]], str] | None = None,
+    exit_status: Callable[[dict[str, Any]], int] | None = None,
 ) -> int:
     """The common tail of a benchmark's ``main``: run, turn expected failures into one error line, write
-    ``<name>.json``, print the summary. Returns the exit status."""
-    from chromastream.models.runtime.base import RuntimeError_
-
+    ``<name>.json`` (``name`` may be read from the result, e.g. its device) and, with ``copy_as``, a copy
+    named from the result, print the summary. Returns the exit status: 2 for an expected failure (any
+    :class:`~chromastream.errors.ChromastreamError`, or a missing optional dependency), else
+    ``exit_status(result)``, 0 by default."""
     try:
         result = run()
-    except (BenchmarkError, RuntimeError_, ImportError) as exc:
+    except (ChromastreamError, ImportError) as exc:
         return fail(str(exc))
-    path = write_json(out_dir, name, result)
+    path = write_json(out_dir, name(result) if callable(name) else name, result)
+    written = str(path)
+    if copy_as is not None:
+        copy = path.with_name(f"{copy_as(result)}.json")
+        shutil.copyfile(path, copy)
+        written += f" (and {copy.name})"
     print_summary(result)
-    print(f"\nwrote {path} in {result['seconds']:.1f} s")
-    return 0
+    print(f"\nwrote {written} in {result['seconds']:.1f} s")
+    return exit_status(result) if exit_status is not None else 0

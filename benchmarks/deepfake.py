@@ -44,7 +44,9 @@ import numpy.typing as npt
 from benchmarks.common import (
     BenchmarkError,
     add_output_args,
+    fail,
     file_sha256,
+    machine_line,
     machine_tags,
     now_iso,
     num,
@@ -629,8 +631,6 @@ def report_section(data: dict[str, Any]) -> list[str]:
         ]
     if data.get("contact_sheet"):
         lines += ["", f"Faces with their scores: [contact sheet](results/{data['contact_sheet']})."]
-    from benchmarks.report import machine_line
-
     lines += ["", machine_line(data), ""]
     return lines
 
@@ -656,17 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, classifier: FaceClassifier | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rate <= 0 or args.frames < 1 or args.timing_reps < 1:
-        print("error: --rate, --frames and --timing-reps must be positive", file=sys.stderr)
-        return 2
-    from chromastream.stream.errors import InputError
-
-    def go() -> dict[str, Any]:
-        try:
-            return run(args, classifier)
-        except InputError as exc:
-            raise BenchmarkError(str(exc)) from exc
-
-    return run_and_write(NAME, args.out_dir, go, print_summary)
+        return fail("--rate, --frames and --timing-reps must be positive")
+    return run_and_write(NAME, args.out_dir, lambda: run(args, classifier), print_summary)
 
 
 if __name__ == "__main__":

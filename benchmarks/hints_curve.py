@@ -45,6 +45,7 @@ from benchmarks.common import (
     machine_tags,
     model_tags,
     now_iso,
+    require_model_file,
     run_and_write,
 )
 from benchmarks.metrics import F64, U8
@@ -201,6 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from chromastream.models.runtime.registry import create_backend
     from chromastream.models.runtime.session import ColorizerSession
 
+    require_model_file(args.model)
     set_dirs = eval_set_dirs(args.shared, args.sets)
     backend = create_backend(args.backend, args.model)
     session = ColorizerSession(backend, size=args.size, memory=False)
@@ -303,8 +305,6 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--counts must lie in 0..{MAX_HINTS}")
     if not MIN_SIZE <= args.size <= MAX_SIZE:
         return fail(f"--size must be in {MIN_SIZE}..{MAX_SIZE}")
-    if not args.model.is_file():
-        return fail(f"model file not found: {args.model}")
     return run_and_write("hints_curve", args.out_dir, lambda: run(args), print_summary)
 
 

@@ -42,6 +42,7 @@ from typing import Any, cast
 import numpy as np
 
 from benchmarks.common import (
+    BenchmarkError,
     add_output_args,
     default_model_path,
     fail,
@@ -51,6 +52,7 @@ from benchmarks.common import (
     percentiles_ms,
     write_json,
 )
+from chromastream.errors import ChromastreamError
 from chromastream.stream.config import PipelineConfig
 
 WIDTH, HEIGHT, FPS = 640, 480, 25.0
@@ -234,7 +236,7 @@ async def _whep(session: Any, base: str, stream_id: str, counts: dict[str, int])
     headers = {"Content-Type": "application/sdp"}
     async with session.post(f"{base}/whep/{stream_id}", data=pc.localDescription.sdp, headers=headers) as r:
         if r.status != 201:
-            raise RuntimeError(f"WHEP for {stream_id} answered {r.status}: {await r.text()}")
+            raise BenchmarkError(f"WHEP for {stream_id} answered {r.status}: {await r.text()}")
         answer = await r.text()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     try:
@@ -342,7 +344,7 @@ async def measure(spec: RunSpec, backend: Any) -> dict[str, Any]:
             deadline = time.monotonic() + 60.0
             while not all(feed.times.get(i, _StreamTimes()).encoded > 0 for i in ids):
                 if time.monotonic() > deadline or not viewer.is_alive():
-                    raise RuntimeError("the WHEP viewers did not start receiving within 60 s")
+                    raise BenchmarkError("the WHEP viewers did not start receiving within 60 s")
                 await asyncio.sleep(0.1)
             await asyncio.sleep(spec.warmup_s)
             before = {i: feed.pipeline.info(i) for i in ids}
@@ -436,7 +438,7 @@ async def soak(backend: Any, minutes: float, size: int, interval_s: float = 30.0
             deadline = time.monotonic() + 60.0
             while feed.times.get(ids[0], _StreamTimes()).encoded == 0:
                 if time.monotonic() > deadline or not viewer.is_alive():
-                    raise RuntimeError("the WHEP viewer did not start receiving within 60 s")
+                    raise BenchmarkError("the WHEP viewer did not start receiving within 60 s")
                 await asyncio.sleep(0.1)
             await asyncio.sleep(5.0)
             feed.recording = True
@@ -603,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--soak-only needs --soak-minutes")
     try:
         data, soak_data = run(args)
-    except RuntimeError as exc:
+    except ChromastreamError as exc:
         return fail(str(exc))
     if data is not None:
         print(f"wrote {write_json(args.out_dir, 'live_latency', data)}")

@@ -22,26 +22,27 @@ so the report can show a new model beside the previous one.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 
 from benchmarks.common import (
-    BenchmarkError,
     add_model_args,
     add_output_args,
     fail,
     machine_tags,
+    measure_matmul_gflops,
     model_tags,
     now_iso,
-    percentiles_ms,
+    rate_summary,
+    require_model_file,
+    run_and_write,
     safe_name,
-    write_json,
+    synthetic_l,
+    time_backend_run,
+    time_calls,
 )
 
 TARGET_FPS = 30.0
@@ -54,77 +55,8 @@ HINTS = (
 )
 
 
-def synthetic_l(n: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
-    """Lab L planes with image-like structure (smoothed noise plus edges), values in 0..100."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        noise = rng.random((height // 8 + 1, width // 8 + 1), dtype=np.float32)
-        smooth = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
-        edges = (rng.random((height, width), dtype=np.float32) > 0.98).astype(np.float32)
-        frames.append(np.clip(smooth * 90.0 + edges * 10.0, 0.0, 100.0).astype(np.float32))
-    return frames
-
-
-def measure_matmul_gflops(quick: bool) -> dict[str, Any]:
-    """float32 matrix-multiply throughput of this machine with numpy's BLAS (all cores): a stable,
-    model-independent measure of what the CPU can do right now."""
-    n = 512 if quick else 1024
-    a = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    b = np.random.default_rng(2).random((n, n), dtype=np.float32)
-    a @ b  # warm-up
-    times: list[float] = []
-    budget = 0.3 if quick else 2.0
-    start = time.perf_counter()
-    while time.perf_counter() - start < budget or len(times) < 3:
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    flops = 2.0 * n**3
-    return {
-        "what": f"numpy float32 matmul {n}x{n}",
-        "gflops_median": flops / float(np.median(times)) / 1e9,
-        "gflops_best": flops / min(times) / 1e9,
-        "repeats": len(times),
-    }
-
-
-def time_calls(
-    call: Callable[[int], None], warmup: int, iterations: int | None, seconds: float
-) -> list[float]:
-    """Warm up, then time ``iterations`` calls (or as many as fit in ``seconds``, estimated from the
-    warm-up) one by one; ``call(i)`` receives the iteration index for rotating inputs."""
-    warm = []
-    for i in range(max(warmup, 1)):
-        t0 = time.perf_counter()
-        call(i)
-        warm.append(time.perf_counter() - t0)
-    if iterations is None:
-        per_call = float(np.median(warm[len(warm) // 2 :]))
-        iterations = int(min(max(seconds / max(per_call, 1e-6), 20), 100_000))
-    samples = []
-    for i in range(iterations):
-        t0 = time.perf_counter()
-        call(i)
-        samples.append(time.perf_counter() - t0)
-    return samples
-
-
-def _summary(
-    name: str, batch: int, size: tuple[int, int], samples: list[float], **extra: Any
-) -> dict[str, Any]:
-    total = sum(samples)
-    return {
-        "name": name,
-        "batch": batch,
-        "height": size[0],
-        "width": size[1],
-        "iterations": len(samples),
-        "seconds": total,
-        "fps": batch * len(samples) / total if total > 0 else 0.0,
-        "latency_ms": percentiles_ms(samples),
-        **extra,
-    }
+def _summary(name: str, batch: int, size: int, samples: list[float], **extra: Any) -> dict[str, Any]:
+    return {"name": name, **rate_summary(batch, (size, size), samples), "seconds": sum(samples), **extra}
 
 
 def bench_session(backend: Any, size: int, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
@@ -140,7 +72,7 @@ def bench_session(backend: Any, size: int, args: argparse.Namespace, seconds: fl
         session.predict_ab(frames[i % len(frames)])
 
     samples = time_calls(call, args.warmup, args.iterations, seconds)
-    return _summary(f"session b1 {size}", 1, (size, size), samples, memory=True, hints=len(HINTS))
+    return _summary(f"session b1 {size}", 1, size, samples, memory=True, hints=len(HINTS))
 
 
 def bench_batch(
@@ -149,22 +81,18 @@ def bench_batch(
     """Several streams in one call, straight on the backend (what the batcher does), state carried."""
     from chromastream.models.colorizer.hints import parse_hints, rasterize
 
-    info = backend.info
-    frames = synthetic_l(N_INPUTS, size, size, seed=batch)
-    inputs = [
-        np.stack([frames[(i + j) % len(frames)] / info.l_scale for j in range(batch)])[:, None].astype(
-            np.float32
-        )
-        for i in range(len(frames))
-    ]
     hints = np.repeat(rasterize(parse_hints(list(HINTS)), size, size)[None], batch, axis=0)
-    state = [np.zeros(info.state_shape(batch, size, size), dtype=np.float32)]
-
-    def call(i: int) -> None:
-        _, state[0] = backend.run(inputs[i % len(inputs)], hints, state[0])
-
-    samples = time_calls(call, args.warmup, args.iterations, seconds)
-    return _summary(f"backend b{batch} {size}", batch, (size, size), samples, memory=True, hints=len(HINTS))
+    samples = time_backend_run(
+        backend,
+        batch,
+        (size, size),
+        hints,
+        inputs=N_INPUTS,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        seconds=seconds,
+    )
+    return _summary(f"backend b{batch} {size}", batch, size, samples, memory=True, hints=len(HINTS))
 
 
 def create(args: argparse.Namespace) -> Any:
@@ -178,6 +106,7 @@ def create(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    require_model_file(args.model)
     backend = create(args)
     seconds = args.seconds
     result: dict[str, Any] = {
@@ -261,20 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.iterations = min(args.warmup, 2), args.iterations or 5
     if args.iterations is not None and args.iterations < 1:
         return fail("--iterations must be at least 1")
-    if not args.model.is_file():
-        return fail(f"model file not found: {args.model}")
-    from chromastream.models.runtime.base import RuntimeError_
-
-    try:
-        result = run(args)
-    except (BenchmarkError, RuntimeError_) as exc:
-        return fail(str(exc))
-    path = write_json(args.out_dir, "model_speed", result)
-    copy = args.out_dir / f"model_speed_{safe_name(result['model']['version'])}.json"
-    shutil.copyfile(path, copy)
-    print_summary(result)
-    print(f"\nwrote {path} (and {copy.name}) in {result['seconds']:.1f} s")
-    return 0
+    return run_and_write(
+        "model_speed",
+        args.out_dir,
+        lambda: run(args),
+        print_summary,
+        copy_as=lambda result: f"model_speed_{safe_name(result['model']['version'])}",
+    )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from benchmarks.common import (
     machine_tags,
     model_tags,
     now_iso,
+    require_model_file,
     run_and_write,
 )
 from benchmarks.metrics import U8
@@ -229,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from chromastream.models.runtime.registry import create_backend
     from chromastream.models.runtime.session import ColorizerSession
 
+    require_model_file(args.model)
     set_dirs = eval_set_dirs(args.shared, args.sets)
     backend = create_backend(args.backend, args.model)
     session = ColorizerSession(backend, size=args.size, memory=False)
@@ -293,8 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         return fail("--limit must be at least 1")
-    if not args.model.is_file():
-        return fail(f"model file not found: {args.model}")
     return run_and_write("quality", args.out_dir, lambda: run(args), print_summary)
 
 

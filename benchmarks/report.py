@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, num, safe_name
+from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, machine_line, num, safe_name
 from benchmarks.deepfake import report_section as deepfake_section
 from benchmarks.throughput import report_section as throughput_section
 
@@ -34,19 +34,6 @@ def _mark(ok: bool | None) -> str:
 def _stat(summary: dict[str, Any], key: str, digits: int) -> str:
     s = summary.get(key) or {}
     return f"{num(s.get('mean'), digits)} ({num(s.get('median'), digits)})"
-
-
-def machine_line(data: dict[str, Any]) -> str:
-    m = data.get("machine") or {}
-    git = m.get("git") or {}
-    commit = (git.get("commit") or "unknown")[:10] + (" (with local changes)" if git.get("dirty") else "")
-    load = "/".join(str(x) for x in m.get("loadavg") or []) or "?"
-    return (
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable of {m.get('cores_logical', '?')} "
-        f"logical cores, load {load} at start; Python {m.get('python', '?')}, "
-        f"onnxruntime {m.get('onnxruntime', '?')}, torch {m.get('torch') or 'not installed'}, "
-        f"numpy {m.get('numpy', '?')}, PyAV {m.get('av', '?')}; commit `{commit}`."
-    )
 
 
 def model_line(data: dict[str, Any]) -> str:

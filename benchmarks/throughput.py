@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import resource
 import sys
 import tempfile
@@ -47,15 +46,18 @@ from benchmarks.common import (
     BenchmarkError,
     add_model_arg,
     add_output_args,
-    fail,
+    load_average,
     machine_tags,
+    measure_matmul_gflops,
     model_tags,
     now_iso,
     num,
     percentiles_ms,
-    write_json,
+    rate_summary,
+    require_model_file,
+    run_and_write,
+    time_backend_run,
 )
-from benchmarks.model_speed import measure_matmul_gflops, synthetic_l, time_calls
 from chromastream.kernels.frame_ops import CpuFrameOps, FrameOps, frame_ops_for
 
 TARGET_FPS = 30.0
@@ -116,35 +118,22 @@ def peak_rss_mb() -> float:
 
 
 def bench_config(backend: Any, batch: int, shape: tuple[int, int], plan: Plan) -> dict[str, Any]:
-    info = backend.info
-    height, width = shape
-    frames = synthetic_l(4, height, width, seed=batch)
-    inputs = [
-        np.stack([frames[(i + j) % len(frames)] / info.l_scale for j in range(batch)])[:, None].astype(
-            np.float32
-        )
-        for i in range(len(frames))
-    ]
-    hints = np.zeros((batch, 3, height, width), dtype=np.float32)
-    state = [np.zeros(info.state_shape(batch, height, width), dtype=np.float32)]
-
-    def call(i: int) -> None:
-        _, state[0] = backend.run(inputs[i % len(inputs)], hints, state[0])
-
-    samples = time_calls(call, plan.warmup, plan.iterations, plan.seconds)
-    total = sum(samples)
-    return {
-        "batch": batch,
-        "height": height,
-        "width": width,
-        "iterations": len(samples),
-        "fps": batch * len(samples) / total if total > 0 else 0.0,
-        "latency_ms": percentiles_ms(samples),
-    }
+    hints = np.zeros((batch, 3, *shape), dtype=np.float32)
+    samples = time_backend_run(
+        backend,
+        batch,
+        shape,
+        hints,
+        inputs=4,
+        warmup=plan.warmup,
+        iterations=plan.iterations,
+        seconds=plan.seconds,
+    )
+    return rate_summary(batch, shape, samples)
 
 
 def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
-    from chromastream.models.runtime.base import RuntimeError_
+    from chromastream.models.runtime.base import BackendError
     from chromastream.models.runtime.registry import create_backend
 
     torch_cuda = None
@@ -156,7 +145,7 @@ def bench_backend(name: str, model: Path, plan: Plan) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         backend = create_backend(name, model)
-    except RuntimeError_ as exc:
+    except BackendError as exc:
         return {"name": name, "available": False, "reason": str(exc)}
     except Exception as exc:  # a backend that breaks while loading must not hide the others' figures
         return {"name": name, "available": False, "reason": f"failed to load: {type(exc).__name__}: {exc}"}
@@ -399,13 +388,11 @@ def gpu_references() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from chromastream.models.runtime.registry import auto_ranking
 
+    require_model_file(args.model)
     plan = make_plan(args)
     model: Path = args.model
     started = time.perf_counter()
-    try:
-        load_start = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        load_start = []
+    load_start = load_average()
     result: dict[str, Any] = {
         "benchmark": "throughput",
         "date": now_iso(),
@@ -456,10 +443,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as exc:  # keep the model-only figures when the stream loop breaks
         result["end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"  end to end FAILED: {result['end_to_end']['error']}", flush=True)
-    try:
-        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        result["loadavg_end"] = []
+    result["loadavg_end"] = load_average()
     result["loadavg_start"] = load_start
     result["peak_rss_mb"] = peak_rss_mb()
     result["seconds"] = time.perf_counter() - started
@@ -528,18 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.model.is_file():
-        return fail(f"model file not found: {args.model}")
-    from chromastream.models.runtime.base import RuntimeError_
-
-    try:
-        result = run(args)
-    except (BenchmarkError, RuntimeError_) as exc:
-        return fail(str(exc))
-    path = write_json(args.out_dir, f"throughput_{result['device']}", result)
-    print_summary(result)
-    print(f"\nwrote {path} in {result['seconds']:.1f} s")
-    return 0
+    return run_and_write(
+        lambda result: f"throughput_{result['device']}", args.out_dir, lambda: run(args), print_summary
+    )
 
 
 if __name__ == "__main__":

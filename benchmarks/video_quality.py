@@ -46,6 +46,7 @@ from benchmarks.common import (
     machine_tags,
     model_tags,
     now_iso,
+    require_model_file,
     run_and_write,
 )
 from benchmarks.metrics import F32, U8
@@ -281,6 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from chromastream.models.runtime.registry import create_backend
     from chromastream.models.runtime.session import ColorizerSession
 
+    require_model_file(args.model)
     root = davis_root(args.shared)
     if not root.is_dir():
         raise BenchmarkError(f"DAVIS sequences not found at {root} (set CHROMASTREAM_SHARED)")
@@ -362,8 +364,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if not MIN_SIZE <= args.size <= MAX_SIZE:
         return fail(f"--size must be in {MIN_SIZE}..{MAX_SIZE}")
-    if not args.model.is_file():
-        return fail(f"model file not found: {args.model}")
     args.sequences = args.sequences or default_sequences()
     return run_and_write("video_quality", args.out_dir, lambda: run(args), print_summary)
 

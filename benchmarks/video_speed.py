@@ -45,11 +45,11 @@ from benchmarks.common import (
     BenchmarkError,
     add_model_arg,
     add_output_args,
-    fail,
     machine_tags,
     model_tags,
     now_iso,
-    write_json,
+    require_model_file,
+    run_and_write,
 )
 
 TARGET_FPS = 15.0
@@ -359,6 +359,7 @@ def bench_clip(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from chromastream.models.runtime.registry import create_backend
 
+    require_model_file(args.model)
     if args.skip_colorize:
         command = []
     elif args.command:
@@ -463,17 +464,13 @@ def main(argv: list[str] | None = None) -> int:
         src, dst = args.transcode_only
         print(f"{transcode(src, dst)} frames")
         return 0
-    if not args.model.is_file():
-        return fail(f"model file not found: {args.model}")
-    from chromastream.models.runtime.base import RuntimeError_
+    return run_and_write(
+        "video_speed", args.out_dir, lambda: run(args), print_summary, exit_status=_failed_clips_status
+    )
 
-    try:
-        result = run(args)
-    except (BenchmarkError, RuntimeError_) as exc:
-        return fail(str(exc))
-    path = write_json(args.out_dir, "video_speed", result)
-    print_summary(result)
-    print(f"\nwrote {path} in {result['seconds']:.1f} s")
+
+def _failed_clips_status(result: dict[str, Any]) -> int:
+    """1 when a clip's run (colorize or the limit) failed: the file is written, but the run is not whole."""
     failed = [
         c["name"]
         for c in result["clips"]

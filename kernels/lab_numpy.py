@@ -14,6 +14,8 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
 
+#: Lab lightness of the reference white: L runs from 0 (black) to ``L_WHITE``.
+L_WHITE = 100.0
 WHITE_D65 = np.array([0.95047, 1.0, 1.08883], dtype=np.float64)
 RGB_TO_XYZ = np.array(
     [

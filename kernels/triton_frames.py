@@ -6,7 +6,7 @@ mean, a bilinear resize, a Lab conversion and a matrix: several full passes over
 direction is one kernel that reads the luma bytes once and writes only its result:
 
 - :func:`network_input`: luma ``[H, W]`` uint8 (any strides, e.g. the Y plane of an I420 / NV12 buffer)
-  -> ``L / L_SCALE`` ``[1, 1, h, w]`` float32 or float16 at the working size, resampled exactly as
+  -> ``L / l_scale`` ``[1, 1, h, w]`` float32 or float16 at the working size, resampled exactly as
   ``cv2.resize(..., INTER_AREA)`` does on the CPU path (area averaging when shrinking, OpenCV's two-tap
   "area" interpolation when enlarging), so both paths feed the network the same numbers.
 - :func:`luma_ab_to_yuv420`: luma + low-resolution ab ``[2, h, w]`` -> (Y, U, V) of 4:2:0, the maths of
@@ -40,10 +40,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from chromastream.errors import ChromastreamError
 from chromastream.kernels.combine import luma_to_l_table
 from chromastream.kernels.combine_numpy import linear_taps
+from chromastream.kernels.lab_numpy import L_WHITE
 from chromastream.kernels.luma import PixelFormat
-from chromastream.models.colorizer.spec import L_SCALE
 
 I32 = npt.NDArray[np.int32]
 F32 = npt.NDArray[np.float32]
@@ -56,7 +57,7 @@ _BLOCK_GPU = (16, 64)
 _BLOCK_INTERPRETER = (32, 64)
 
 
-class KernelError(Exception):
+class KernelError(ChromastreamError):
     """Base class for errors of the accelerated kernels."""
 
 
@@ -234,7 +235,7 @@ def network_input(
     y: torch.Tensor,
     shape: tuple[int, int],
     full_range: bool = False,
-    l_scale: float = L_SCALE,
+    l_scale: float = L_WHITE,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Luma ``[H, W]`` uint8 (any strides) -> the network's ``L`` input ``[1, 1, h, w]`` on the same device.
@@ -242,7 +243,8 @@ def network_input(
     ``shape`` is the working size ``(h, w)`` (:func:`chromastream.models.runtime.session.working_shape`).
     Equals
     ``cv2.resize(kernels.combine.l_from_luma(y, full_range), (w, h), INTER_AREA) / l_scale``, computed in
-    float32 and stored as ``dtype`` (float32 or float16).
+    float32 and stored as ``dtype`` (float32 or float16). ``l_scale`` is the model's (its
+    ``ModelInfo.l_scale``); the default, the Lab white, is the colorizer contract's.
     """
     _check_luma(y)
     height, width = (int(v) for v in shape)
@@ -272,7 +274,7 @@ def network_input_from_frame(
     uv_stride: int | None = None,
     y_rows: int | None = None,
     full_range: bool = False,
-    l_scale: float = L_SCALE,
+    l_scale: float = L_WHITE,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """:func:`network_input` straight from a flat I420 / NV12 frame buffer (uint8, 1-D, any device).

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from chromastream.errors import ChromastreamError
 from chromastream.models.runtime.base import F32, Backend
-from chromastream.stream.errors import ChromastreamError
 from chromastream.stream.metrics import PipelineMetrics
 
 logger = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chromastream.models.colorizer.hints import HintError, load_hints_file
-from chromastream.models.runtime.base import RuntimeError_
+from chromastream.errors import ChromastreamError
+from chromastream.models.colorizer.hints import load_hints_file
 from chromastream.models.runtime.registry import BACKENDS
 from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
 from chromastream.stream.arg_types import number, whole_number
 from chromastream.stream.detect_cli import add_detect
-from chromastream.stream.errors import ChromastreamError, UsageError
+from chromastream.stream.errors import UsageError
 from chromastream.stream.export_cli import add_export
 
 if TYPE_CHECKING:
@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return handler(args)
         except UsageError as exc:
             return _fail(str(exc), EXIT_USAGE)
-        except (ChromastreamError, HintError, RuntimeError_) as exc:
+        except ChromastreamError as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)

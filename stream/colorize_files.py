@@ -420,7 +420,7 @@ def run(
     sequence: bool = False,
     session: ColorizerSession | None = None,
 ) -> JobResult:
-    """Run one job end to end; raises :class:`chromastream.stream.errors.ChromastreamError` subclasses on bad
+    """Run one job end to end; raises :class:`chromastream.errors.ChromastreamError` subclasses on bad
     input."""
     kind = plan_job(source, target, sequence)
     started = time.perf_counter()

@@ -43,9 +43,9 @@ from typing import Any
 
 import yaml
 
+from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hints
 from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
-from chromastream.stream.errors import ChromastreamError
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSPORTS = ("tcp", "udp")

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from chromastream.stream.arg_types import number, whole_number
-from chromastream.stream.errors import ChromastreamError, InputError, UsageError
+from chromastream.stream.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from chromastream.models.detector.detector import ClipVerdict, DeepfakeDetector
@@ -115,14 +115,11 @@ def sample_video(path: Path, rate: float, max_frames: int) -> Iterator[SampledFr
 
 
 def build_detector(window: int) -> DeepfakeDetector:
-    """The shipped detector (classifier + YuNet); model problems become one-line errors."""
-    from chromastream.models.detector import DetectorError
+    """The shipped detector (classifier + YuNet). A model problem raises a
+    :class:`~chromastream.models.detector.DetectorError`, which the command line shows as one line."""
     from chromastream.models.detector.detector import DeepfakeDetector
 
-    try:
-        return DeepfakeDetector(window=window)
-    except DetectorError as exc:
-        raise ChromastreamError(str(exc)) from exc
+    return DeepfakeDetector(window=window)
 
 
 def _is_picture(path: Path) -> bool:

@@ -1,14 +1,13 @@
-"""The exceptions of the ``stream`` package.
+"""The stream room's errors about what a user asked for: inputs, outputs and arguments.
 
-Library code raises these and never exits; only :mod:`chromastream.stream.cli` turns them into a message and
-an exit status. Each message is written for the person at the terminal: it names the file and says what to do.
+Library code raises these and never exits; only :mod:`chromastream.stream.cli` turns them (and every other
+:class:`~chromastream.errors.ChromastreamError`) into a message and an exit status. Each message is written
+for the person at the terminal: it names the file and says what to do.
 """
 
 from __future__ import annotations
 
-
-class ChromastreamError(Exception):
-    """Base class: an expected failure whose message is fit to show as is."""
+from chromastream.errors import ChromastreamError
 
 
 class InputError(ChromastreamError):

@@ -1,5 +1,10 @@
 """Video decoding on NVDEC where this machine offers it, software decoding otherwise, and the Y plane
-handed to torch without a copy.
+handed to torch without a copy: the input side of a GPU video path, where frames should reach the
+accelerated kernels (:mod:`chromastream.kernels.triton_frames`) without a round trip through host memory.
+
+torch is not a runtime dependency (it comes with the ``gpu`` extra), so it is imported only by the parts
+that make tensors (:class:`PinnedUpload`, :func:`y_plane_tensor`); opening and decoding a video
+(:func:`open_video`) needs PyAV alone, and importing this module never needs torch.
 
 PyAV (>= 14) opens a container with ``hwaccel=av.codec.hwaccel.HWAccel("cuda", ...)``; FFmpeg then
 decodes on the GPU's video engine. Asked for ``is_hw_owned=True`` (PyAV >= 17), decoded frames stay in
@@ -28,16 +33,17 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import av.error
 import numpy as np
-import torch
-from torch.utils.dlpack import from_dlpack
 
 from chromastream.stream.errors import InputError
 from chromastream.stream.video_io import luma_plane_view, open_input
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +156,9 @@ class PinnedUpload:
     """
 
     def __init__(self, device: torch.device | str = "cuda") -> None:
+        import torch
+
+        self._torch = torch
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"PinnedUpload copies to a CUDA device, not {self.device}")
@@ -160,6 +169,7 @@ class PinnedUpload:
         """A new device tensor ``[H, W]`` uint8 with the contents of ``plane`` (any row stride)."""
         if self._done is not None:
             self._done.synchronize()
+        torch = self._torch
         if self._host is None or tuple(self._host.shape) != plane.shape:
             self._host = torch.empty(plane.shape, dtype=torch.uint8, pin_memory=True)
         self._host.numpy()[...] = plane
@@ -184,6 +194,9 @@ def y_plane_tensor(
 
     Raises ``ValueError`` for pixel formats without an 8-bit luma plane (e.g. RGB).
     """
+    import torch
+    from torch.utils.dlpack import from_dlpack
+
     fmt = frame.format.name
     if fmt not in LUMA_FORMATS:
         raise ValueError(

@@ -52,6 +52,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from chromastream.errors import ChromastreamError
 from chromastream.kernels.frame_ops import FrameOps, frame_ops_for
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError
 from chromastream.models.runtime.base import F32, Backend
@@ -59,7 +60,6 @@ from chromastream.models.runtime.session import working_shape
 from chromastream.models.runtime.stream_memory import StreamMemory
 from chromastream.stream.batcher import Batcher
 from chromastream.stream.config import PipelineConfig, StreamConfig, redact_url
-from chromastream.stream.errors import ChromastreamError
 from chromastream.stream.frames import (
     U8,
     AudioChunk,

@@ -38,9 +38,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
 from chromastream.stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
-from chromastream.stream.errors import ChromastreamError
 from chromastream.stream.webrtc import (
     TooManyViewers,
     UnknownSession,
@@ -96,7 +96,7 @@ class StreamConfigFactory(Protocol):
 # --------------------------------------------------------------------------------------- utilities
 
 
-class ApiError(Exception):
+class ApiError(ChromastreamError):
     """A request the server refuses: answered as ``status`` with ``{"error": message}``."""
 
     def __init__(self, status: int, message: str, **headers: str) -> None:

@@ -78,7 +78,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from chromastream.stream.errors import ChromastreamError
+from chromastream.errors import ChromastreamError
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
 from chromastream.stream.sources._common import frame_luma
 

@@ -13,9 +13,8 @@ from chromastream.models.detector.calibration import (
     choose_operating_point,
     fit_temperature,
     reliability_diagram,
-    sigmoid,
 )
-from chromastream.models.detector.metrics import expected_calibration_error, log_loss, roc_auc
+from chromastream.models.detector.metrics import expected_calibration_error, log_loss, roc_auc, sigmoid
 
 
 def _calibrated_logits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

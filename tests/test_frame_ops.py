@@ -18,7 +18,9 @@ from chromastream.kernels.frame_ops import CpuFrameOps, TritonFrameOps, frame_op
 from chromastream.models.colorizer.spec import L_SCALE  # noqa: E402
 from chromastream.models.runtime.registry import create_backend  # noqa: E402
 
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+#: The Triton interpreter on CPU tensors everywhere; the compiled kernels on CUDA, as ``gpu`` tests.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
 
 
 def _luma(height: int, width: int, seed: int = 3) -> np.ndarray:
@@ -55,7 +57,8 @@ def test_cpu_backends_keep_the_frame_work_on_the_cpu() -> None:
     assert isinstance(frame_ops_for(create_backend("onnxruntime")), CpuFrameOps)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+@needs_cuda
 def test_the_cuda_backend_gets_the_gpu_frame_work(tmp_path: Path) -> None:
     backend = create_backend("torch-cuda")
     ops = frame_ops_for(backend)

@@ -8,11 +8,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
-from chromastream.stream import hw_decode
-from chromastream.stream.errors import InputError
-from tests.conftest import ClipSpec, make_clip, read_clip
+torch = pytest.importorskip("torch", reason="the decoded planes are handed over as torch tensors")
+
+from chromastream.stream import hw_decode  # noqa: E402
+from chromastream.stream.errors import InputError  # noqa: E402
+from tests.conftest import ClipSpec, make_clip, read_clip  # noqa: E402
 
 NVDEC_MISSING = hw_decode.hardware_unavailable_reason() or (
     None if torch.cuda.is_available() else "no CUDA device in this process"
@@ -90,6 +91,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
         hw_decode.PinnedUpload("cpu")
 
 
+@pytest.mark.gpu
 @needs_nvdec
 def test_nvdec_frames_reach_torch_on_the_gpu(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=6, width=256, height=144))
@@ -105,6 +107,7 @@ def test_nvdec_frames_reach_torch_on_the_gpu(tmp_path: Path) -> None:
     assert decoded.hardware, decoded.reason
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_pinned_upload_of_software_frames(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=4, width=66, height=46))

@@ -16,10 +16,10 @@ from chromastream.models.colorizer.hints import Hint, rasterize
 from chromastream.models.runtime.base import (
     F32,
     Backend,
+    BackendError,
     BackendUnavailable,
     ModelFormatError,
     ModelInfo,
-    RuntimeError_,
 )
 from chromastream.models.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from chromastream.models.runtime.registry import BACKENDS, create_backend, default_model_path
@@ -173,7 +173,7 @@ def test_unknown_backend_names_the_choices() -> None:
     ):
         create_backend("tensorflow")
     assert "auto" in BACKENDS
-    assert issubclass(BackendUnavailable, RuntimeError_) and issubclass(ModelFormatError, RuntimeError_)
+    assert issubclass(BackendUnavailable, BackendError) and issubclass(ModelFormatError, BackendError)
 
 
 # ---------------------------------------------------------------- session

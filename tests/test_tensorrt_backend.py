@@ -1,5 +1,6 @@
 """TensorRT: the engine cache and the FP16 ONNX it builds from are tested everywhere; building and running
-an engine needs TensorRT and a CUDA device, and those tests skip with the reason where either is missing.
+an engine needs TensorRT and a CUDA device: those tests are marked ``gpu`` and skip with the reason where
+either is missing.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def test_without_tensorrt_the_error_names_the_extra() -> None:
         TensorRTBackend(default_model_path())
 
 
+@pytest.mark.gpu
 @needs_tensorrt
 def test_engine_builds_caches_and_matches_onnxruntime(tmp_path: Path) -> None:
     profile = ProfileShapes(1, 2, 4, (64, 64), (64, 96), (128, 128))

@@ -2,8 +2,8 @@
 
 The model under test is exported here from the current network code with seeded random weights (every
 branch non-zero, the hint branch included), so the tests hold whatever the shipped file's training state.
-CUDA tests skip without a CUDA device; torch.compile is slow to compile on a small CPU (minutes), so its
-test runs only with CHROMASTREAM_SLOW_TESTS=1.
+CUDA tests are marked ``gpu`` and skip without a CUDA device; torch.compile is slow to compile on a small
+CPU (minutes), so its test runs only with CHROMASTREAM_SLOW_TESTS=1.
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ def test_compiled_matches_onnxruntime(model_path: Path, reference: OnnxRuntimeBa
     np.testing.assert_allclose(backend.run(L, hints, state)[0], reference.run(L, hints, state)[0], atol=1e-4)
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_cuda_fp16_matches_onnxruntime(model_path: Path, reference: OnnxRuntimeBackend) -> None:
     backend = TorchCudaBackend(model_path)
@@ -158,6 +159,7 @@ def test_cuda_fp16_matches_onnxruntime(model_path: Path, reference: OnnxRuntimeB
     assert backend.captured == [(4, 64, 96)]  # batch 3 padded to the bucket of 4
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_cuda_graph_replay_equals_eager_rows(model_path: Path) -> None:
     """Padded rows do not leak into real ones, and replays give what a fresh call gives."""

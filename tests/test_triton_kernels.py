@@ -1,7 +1,8 @@
 """Triton pre/post-processing kernels against the CPU references (numpy oracle, OpenCV path).
 
 Every test runs on the CPU through Triton's interpreter ("cpu-interpreter"), and natively on CUDA where
-``torch.cuda.is_available()``. The interpreter runs one Python call per program, so frames stay small.
+``torch.cuda.is_available()`` (those are marked ``gpu``). The interpreter runs one Python call per
+program, so frames stay small.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
+torch = pytest.importorskip("torch", reason="the kernels take torch tensors (the 'gpu' or 'train' extra)")
 pytest.importorskip("triton", reason="triton is not installed (the 'gpu' or 'dev' extra)")
 
-from chromastream.kernels import combine, combine_numpy, lab_numpy, triton_frames
-from chromastream.kernels.luma import PixelFormat
-from chromastream.models.colorizer.spec import L_SCALE
-from chromastream.models.runtime.session import working_shape
+from chromastream.kernels import combine, combine_numpy, lab_numpy, triton_frames  # noqa: E402
+from chromastream.kernels.luma import PixelFormat  # noqa: E402
+from chromastream.models.colorizer.spec import L_SCALE  # noqa: E402
+from chromastream.models.runtime.session import working_shape  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICES = ["cpu-interpreter", *(["cuda"] if torch.cuda.is_available() else [])]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu-interpreter", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
 PRE_TOL = {torch.float32: 1e-4, torch.float16: 6e-4}  # fp16 holds [0, 1] to half an ulp of 2^-11
 
 

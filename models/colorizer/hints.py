@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from chromastream.errors import ChromastreamError
 from chromastream.kernels.lab_numpy import rgb_to_lab
 from chromastream.models.colorizer import spec
 
@@ -27,8 +28,11 @@ MAX_RADIUS = 0.25
 AB_LIMIT = 128.0
 
 
-class HintError(ValueError):
-    """A hint (or a hints file) is malformed; the message says which one and why."""
+class HintError(ChromastreamError, ValueError):
+    """A hint (or a hints file) is malformed; the message says which one and why.
+
+    Also a ``ValueError``: a hint is a value the caller passed in, and code that parses values catches that.
+    """
 
 
 @dataclass(frozen=True)

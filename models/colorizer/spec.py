@@ -2,7 +2,7 @@
 
 Kept free of torch so that inference-only installs (ONNX Runtime) can import it.
 
-Network inputs/outputs (GUIDE.md §3):
+Network inputs/outputs:
 - ``L``      ``[B, 1, H, W]``  Lab lightness divided by ``L_SCALE`` (so in [0, 1]).
 - ``hints``  ``[B, 3, H, W]``  hint a and b divided by ``AB_SCALE`` and already multiplied by the
   mask, then the mask itself (1 where the user gave a colour).
@@ -15,7 +15,11 @@ H and W must be multiples of ``SIZE_MULTIPLE`` (the encoder downsamples five tim
 
 from __future__ import annotations
 
-L_SCALE = 100.0
+from chromastream.kernels.lab_numpy import L_WHITE
+
+#: ``L / L_SCALE`` is in [0, 1]. The kernels that build the network input take this scale as an argument
+#: and default to the same Lab white, since they sit below the models and cannot import this module.
+L_SCALE = L_WHITE
 AB_SCALE = 110.0
 SIZE_MULTIPLE = 32
 STATE_CHANNELS = 64

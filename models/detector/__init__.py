@@ -6,8 +6,10 @@ them into a message and an exit status.
 
 from __future__ import annotations
 
+from chromastream.errors import ChromastreamError
 
-class DetectorError(Exception):
+
+class DetectorError(ChromastreamError):
     """Base class: an expected failure of the detector whose message is fit to show as is."""
 
 

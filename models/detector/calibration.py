@@ -29,15 +29,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from chromastream.models.detector.metrics import expected_calibration_error, log_loss, roc_auc
+from chromastream.models.detector.metrics import expected_calibration_error, log_loss, roc_auc, sigmoid
 
 F64 = npt.NDArray[np.float64]
 ECE_BINS = 15
-
-
-def sigmoid(x: np.ndarray) -> F64:
-    z = np.asarray(x, np.float64)
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)), np.float64)  # overflow-free logistic
 
 
 def _nll_logits(logits: F64, labels: F64, temperature: float) -> float:

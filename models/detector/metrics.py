@@ -20,6 +20,12 @@ LOG_LOSS_EPS = 1e-15
 ECE_BINS = 15
 
 
+def sigmoid(logits: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The logistic function: the classifier's logits as P(fake), the scores every measure here takes."""
+    z = np.asarray(logits, np.float64)
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)), np.float64)  # overflow-free logistic
+
+
 def _pair(labels: ArrayLike, scores: ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     y = np.asarray(labels)
     p = np.asarray(scores, dtype=np.float64)

@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from chromastream.models.colorizer.train import ema_update, save_atomic, stop_on_signal
-from chromastream.models.detector.calibration import sigmoid
 from chromastream.models.detector.classifier import INPUT_SIZE, DeepfakeNet, build_classifier, parameter_count
 from chromastream.models.detector.data import FaceBank, build_bank, input_crop, real_face_paths, split_of
 from chromastream.models.detector.faces import FaceDetector
-from chromastream.models.detector.metrics import log_loss, roc_auc
+from chromastream.models.detector.metrics import log_loss, roc_auc, sigmoid
 from chromastream.models.detector.sbi import augment_input, self_blend
 from chromastream.models.shared_data import shared_root
 

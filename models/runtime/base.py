@@ -13,20 +13,21 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer import spec
 
 F32 = npt.NDArray[np.float32]
 
 
-class RuntimeError_(Exception):
-    """Base class for runtime errors (``RuntimeError`` is taken by the builtin)."""
+class BackendError(ChromastreamError):
+    """A colorizer backend cannot load or run the model (base of the runtime room's errors)."""
 
 
-class BackendUnavailable(RuntimeError_):
+class BackendUnavailable(BackendError):
     """The backend cannot run here; the message names the extra or the hardware it needs."""
 
 
-class ModelFormatError(RuntimeError_):
+class ModelFormatError(BackendError):
     """The model file is missing, unreadable or does not follow the colorizer contract."""
 
 

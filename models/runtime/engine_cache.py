@@ -24,10 +24,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from chromastream.models.runtime.base import ModelInfo, RuntimeError_
+from chromastream.models.runtime.base import BackendError, ModelInfo
 
 
-class EngineCacheError(RuntimeError_):
+class EngineCacheError(BackendError):
     """The cache folder cannot be created or written."""
 
 

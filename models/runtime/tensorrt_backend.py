@@ -37,10 +37,10 @@ import numpy as np
 
 from chromastream.models.runtime.base import (
     F32,
+    BackendError,
     BackendUnavailable,
     ModelFormatError,
     ModelInfo,
-    RuntimeError_,
 )
 from chromastream.models.runtime.engine_cache import EngineCache, EngineKey, ProfileShapes, file_sha256
 
@@ -51,7 +51,7 @@ PRECISION = "fp16"
 WORKSPACE_BYTES = 4 << 30
 
 
-class EngineBuildError(RuntimeError_):
+class EngineBuildError(BackendError):
     """TensorRT could not parse the model or build an engine; the message carries TensorRT's reasons."""
 
 
