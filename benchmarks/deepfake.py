@@ -1,6 +1,6 @@
-"""Deepfake detector benchmark (GUIDE §4): ROC AUC, accuracy at the operating threshold, log-loss and
-ECE of the project's detector beside the MesoNet baseline (Meso4_DF), on exactly the same face crops in
-the same run, plus what detection costs per sampled frame.
+"""Deepfake detector benchmark (docs/ARCHITECTURE.md, Measures): ROC AUC, accuracy at the operating threshold,
+log-loss and ECE of the project's detector beside the MesoNet baseline (Meso4_DF), on exactly the same face
+crops in the same run, plus what detection costs per sampled frame.
 
 Sets:
 

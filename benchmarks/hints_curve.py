@@ -1,5 +1,5 @@
-"""Hint benchmark (GUIDE §4, the protocol of Zhang et al. 2017, "Real-Time User-Guided Image
-Colorization with Learned Deep Priors", Fig. 4): PSNR against the number of colour hints revealed from
+"""Hint benchmark (docs/ARCHITECTURE.md, Measures, the protocol of Zhang et al. 2017, "Real-Time User-Guided
+Image Colorization with Learned Deep Priors", Fig. 4): PSNR against the number of colour hints revealed from
 the ground truth.
 
 A simulated user clicks N random points and gives each the true colour there; a colorizer that uses

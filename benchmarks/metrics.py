@@ -1,4 +1,5 @@
-"""The measures GUIDE §4 defines, in one place, so every harness computes them the same way.
+"""The measures docs/ARCHITECTURE.md, Measures defines, in one place, so every harness computes them the same
+way.
 
 Image quality compares a colorized picture with the colour original: PSNR and SSIM measure closeness,
 colourfulness (CF) measures how much colour there is at all. Both views are needed because a

@@ -1,5 +1,6 @@
-"""Image-quality benchmark (GUIDE §4): colorize the evaluation photographs from their grey version and
-compare with the colour originals, beside the trivial grey baseline measured on the same pictures.
+"""Image-quality benchmark (docs/ARCHITECTURE.md, Measures): colorize the evaluation photographs from their
+grey version and compare with the colour originals, beside the trivial grey baseline measured on the same
+pictures.
 
 Each picture's grey input is made from its Lab L channel with a = b = 0 and stored as 8-bit grey, the
 form a real grayscale source has; the model sees the L of exactly that grey picture, and its low-

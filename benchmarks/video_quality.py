@@ -1,5 +1,5 @@
-"""Video-quality benchmark (GUIDE §4): does the colorizer's memory make video steadier without making
-each frame worse?
+"""Video-quality benchmark (docs/ARCHITECTURE.md, Measures): does the colorizer's memory make video steadier
+without making each frame worse?
 
 Each held-out DAVIS sequence is made grey (Lab L, a = b = 0, 8-bit, as in :mod:`benchmarks.quality`)
 and colorized frame by frame, in order, three ways in the same run:

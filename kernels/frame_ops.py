@@ -10,8 +10,7 @@ runs on a CUDA device, the frame work follows it there through the fused Triton 
 (down) and the two chroma planes (down) cross the bus.
 
 - :class:`CpuFrameOps`: OpenCV and numpy (:mod:`chromastream.kernels.combine`); the reference, and the only
-choice
-  without a GPU.
+  choice without a GPU.
 - :class:`TritonFrameOps`: the same maths in Triton on CUDA tensors. On CPU tensors Triton's interpreter
   runs the same kernels (slowly), which is how the CPU-only test suite checks this class.
 

@@ -241,9 +241,8 @@ def network_input(
     """Luma ``[H, W]`` uint8 (any strides) -> the network's ``L`` input ``[1, 1, h, w]`` on the same device.
 
     ``shape`` is the working size ``(h, w)`` (:func:`chromastream.models.runtime.session.working_shape`).
-    Equals
-    ``cv2.resize(kernels.combine.l_from_luma(y, full_range), (w, h), INTER_AREA) / l_scale``, computed in
-    float32 and stored as ``dtype`` (float32 or float16). ``l_scale`` is the model's (its
+    Equals ``cv2.resize(kernels.combine.l_from_luma(y, full_range), (w, h), INTER_AREA) / l_scale``, computed
+    in float32 and stored as ``dtype`` (float32 or float16). ``l_scale`` is the model's (its
     ``ModelInfo.l_scale``); the default, the Lab white, is the colorizer contract's.
     """
     _check_luma(y)

@@ -1,12 +1,12 @@
 """Dynamic batching: frames of many streams share one inference call per device.
 
-A network is far cheaper per frame in a batch than alone (on CPU, 4 frames cost about 2.7 single ones;
-on a GPU far less), and the engine is stateless (GUIDE §3), so frames of different streams can ride
-together: each caller brings its own recurrent state and gets its own back. Each stream awaits
+A network is far cheaper per frame in a batch than alone (on CPU, 4 frames cost about 2.7 single ones; on a
+GPU far less), and the engine is stateless (docs/ARCHITECTURE.md, Contracts), so frames of different streams
+can ride together: each caller brings its own recurrent state and gets its own back. Each stream awaits
 :meth:`Batcher.colorize` for one frame at a time; the batcher collects requests of the same working shape
 until ``max_batch`` are waiting, or every stream it serves is waiting (:attr:`Batcher.callers`: no one else
-can join, so waiting longer is pure latency), or the oldest has waited ``max_wait_ms``; it concatenates
-them along the batch axis, runs the backend once and scatters the rows back.
+can join, so waiting longer is pure latency), or the oldest has waited ``max_wait_ms``; it concatenates them
+along the batch axis, runs the backend once and scatters the rows back.
 
 Inference runs in a single-thread executor owned by the batcher: the event loop never blocks on it, and
 there is at most one call in flight per backend (a backend is one device; two concurrent calls would only

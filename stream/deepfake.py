@@ -1,10 +1,10 @@
 """The live pipeline's deepfake sampler: the detector behind
 :class:`chromastream.stream.pipeline.DetectorHook`.
 
-The pipeline hands this hook an *input* frame (the grey luma, before colorization: GUIDE §3) at most
-``detector_rate`` times a second per stream and never waits for it, so detection can only cost CPU, never
-video frames. Work runs in one thread of its own: face detection and the classifier are one core's worth
-of work at most, and a single thread keeps them from competing with the colorizer for both cores.
+The pipeline hands this hook an *input* frame (the grey luma, before colorization: docs/ARCHITECTURE.md,
+Contracts) at most ``detector_rate`` times a second per stream and never waits for it, so detection can only
+cost CPU, never video frames. Work runs in one thread of its own: face detection and the classifier are one
+core's worth of work at most, and a single thread keeps them from competing with the colorizer for both cores.
 
 Each stream has its own :class:`~chromastream.models.detector.detector.DeepfakeDetector` (its own face tracks
 and verdict history); the face detector and classifier sessions are loaded once and shared.

@@ -1,10 +1,10 @@
 """``chromastream detect``: the deepfake verdict of a picture or a video file.
 
-A video is sampled the way the live pipeline samples a stream (a few frames per second, GUIDE §3), each
-sampled frame goes through the detector (faces -> aligned crops -> calibrated P(fake) -> face tracks),
-and the clip's answer is its most suspicious track. The aggregation window spans all sampled frames,
-so each track's probability is a trimmed mean over the whole clip rather than over its last few samples.
-A clip in which no face is ever found is ``no_face`` with a null probability, never a guess.
+A video is sampled the way the live pipeline samples a stream (a few frames per second, docs/ARCHITECTURE.md,
+Contracts), each sampled frame goes through the detector (faces -> aligned crops -> calibrated P(fake) -> face
+tracks), and the clip's answer is its most suspicious track. The aggregation window spans all sampled frames,
+so each track's probability is a trimmed mean over the whole clip rather than over its last few samples. A
+clip in which no face is ever found is ``no_face`` with a null probability, never a guess.
 
 The input is checked (readable, a video stream, a usable size) before any model is loaded, so a bad
 path costs nothing and reads as one line.

@@ -1,4 +1,5 @@
-"""The per-frame metadata object (GUIDE §3): one JSON-serializable dict per output frame.
+"""The per-frame metadata object (docs/ARCHITECTURE.md, Contracts): one JSON-serializable dict per output
+frame.
 
 Clients match it to the video they decode by stream id and ``pts`` (in the source's ``time_base``), so
 the same object can travel on a WebRTC data channel, over SSE/WebSocket or as a JSON line beside a file,

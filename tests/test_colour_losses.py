@@ -1,5 +1,6 @@
 """The losses against muted colour: rebalancing (rare colours weigh more, weights average to 1) and the
-colourfulness loss (the GUIDE.md §4 measure, differentiable, pulling a greyed prediction to the truth)."""
+colourfulness loss (the docs/ARCHITECTURE.md, Measures measure, differentiable, pulling a greyed prediction to
+the truth)."""
 
 from __future__ import annotations
 

@@ -94,11 +94,11 @@ def feature_loss(net: MobileNetV2, pred_rgb: torch.Tensor, true_rgb: torch.Tenso
 
 
 def colourfulness_loss(pred_rgb: torch.Tensor, true_rgb: torch.Tensor) -> torch.Tensor:
-    """Mean |CF(pred) - CF(true)| / 100 per picture, with CF the Hasler–Süsstrunk colourfulness (GUIDE.md
-    §4) of RGB ``[N, 3, H, W]`` in [0, 1]. The pixel losses are minimized by the average of the plausible
-    colours, which is greyer than any of them; this term asks for the picture's overall colourfulness
-    instead, and leaves it to the other losses to say where the colour goes (as DDColor's colourfulness
-    loss does, but matched to the truth rather than maximized)."""
+    """Mean |CF(pred) - CF(true)| / 100 per picture, with CF the Hasler–Süsstrunk colourfulness
+    (docs/ARCHITECTURE.md, Measures) of RGB ``[N, 3, H, W]`` in [0, 1]. The pixel losses are minimized by the
+    average of the plausible colours, which is greyer than any of them; this term asks for the picture's
+    overall colourfulness instead, and leaves it to the other losses to say where the colour goes (as
+    DDColor's colourfulness loss does, but matched to the truth rather than maximized)."""
 
     def cf(rgb: torch.Tensor) -> torch.Tensor:
         x = rgb.float() * 255.0
@@ -112,7 +112,7 @@ def colourfulness_loss(pred_rgb: torch.Tensor, true_rgb: torch.Tensor) -> torch.
 
 
 def colourfulness(rgb: np.ndarray) -> float:
-    """Hasler–Süsstrunk colourfulness of an RGB image in 0..255 (GUIDE.md §4)."""
+    """Hasler–Süsstrunk colourfulness of an RGB image in 0..255 (docs/ARCHITECTURE.md, Measures)."""
     r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
     rg, yb = r - g, 0.5 * (r + g) - b
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))

@@ -1,5 +1,6 @@
 """The deepfake detector as the CLI, the benchmark and the live pipeline use it: faces -> aligned crops ->
-calibrated P(fake) -> per-track aggregation -> one verdict per sampled frame (GUIDE §3).
+calibrated P(fake) -> per-track aggregation -> one verdict per sampled frame (docs/ARCHITECTURE.md,
+Contracts).
 
 The verdict of a frame is that of its most suspicious face track (the highest aggregated probability):
 one manipulated face anywhere makes the frame suspicious, whoever else is in the picture. A frame with no

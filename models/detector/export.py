@@ -1,12 +1,11 @@
 """Export the trained deepfake classifier to ONNX, with its calibration in the file's metadata.
 
 ``python -m chromastream.models.detector.export --run runs/detector --output models/weights/detector.onnx``
-takes
-``<run>/best.pt`` (EMA weights) and ``<run>/calibration.json`` (temperature, threshold, uncertain band).
-The graph is the raw network: input ``faces [N, 3, S, S]`` float RGB in 0..1 (``pixel / 255``, an
-eye-aligned ``crop_face(..., margin=0.25)``), output ``logit [N]``. The calibrated probability is
-``sigmoid(logit / temperature)``; runtimes read the temperature and the operating point from the
-metadata, so a recalibration never needs a new graph and never hard-codes numbers in code.
+takes ``<run>/best.pt`` (EMA weights) and ``<run>/calibration.json`` (temperature, threshold, uncertain band).
+The graph is the raw network: input ``faces [N, 3, S, S]`` float RGB in 0..1 (``pixel / 255``, an eye-aligned
+``crop_face(..., margin=0.25)``), output ``logit [N]``. The calibrated probability is ``sigmoid(logit /
+temperature)``; runtimes read the temperature and the operating point from the metadata, so a recalibration
+never needs a new graph and never hard-codes numbers in code.
 """
 
 from __future__ import annotations

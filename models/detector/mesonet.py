@@ -1,9 +1,9 @@
 """MesoNet Meso4 (Afchar et al. 2018) in torch, loaded from the published Keras ``.h5`` weights.
 
-MesoNet is the baseline GUIDE §4 puts beside the project's detector. The published weights
-(``shared/weights/mesonet``, DariusAf/MesoNet, Apache-2.0) are Keras 2.1.5 ``save_weights`` files; they
-are read with ``h5py`` so no TensorFlow is needed. Three details decide whether the port reproduces the
-original rather than merely loading without error:
+MesoNet is the baseline the detector benchmark puts beside the project's detector. The published weights
+(``shared/weights/mesonet``, DariusAf/MesoNet, Apache-2.0) are Keras 2.1.5 ``save_weights`` files; they are
+read with ``h5py`` so no TensorFlow is needed. Three details decide whether the port reproduces the original
+rather than merely loading without error:
 
 * Keras stores convolution kernels as ``[kh, kw, in, out]`` (HWIO); torch wants ``[out, in, kh, kw]``.
 * Keras ``Flatten`` flattens an NHWC tensor, so the first dense layer's 1024 inputs are in (h, w, c)

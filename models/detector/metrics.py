@@ -1,4 +1,5 @@
-"""Detector metrics of GUIDE §4: ROC AUC, accuracy at the operating threshold, log-loss and ECE.
+"""Detector metrics of docs/ARCHITECTURE.md, Measures: ROC AUC, accuracy at the operating threshold, log-loss
+and ECE.
 
 Plain numpy, so the benchmark and the tests need nothing beyond the core install. Labels are 1 = fake,
 0 = real; scores are P(fake). Each function refuses empty or mismatched input with ``ValueError`` rather

@@ -1,12 +1,11 @@
 """On-disk cache of built TensorRT engines and the builder's timing cache.
 
-An engine is only valid for the exact network, optimization profile, precision, GPU model and TensorRT
-version it was built with, and building one takes minutes, so it is built once and kept. The cache key
-holds all of them (GUIDE §6; Savant's ``nvinfer`` engine naming does the same): the SHA-256 of the ONNX
-file, the profile's min/opt/max shapes, the precision, the GPU name and compute capability, and the
-TensorRT version. Anything else changing — a new model file, a different profile in the config, a driver
-upgrade that brings a new TensorRT, another GPU in the machine — yields a new key and a new build instead
-of a wrong engine.
+An engine is only valid for the exact network, optimization profile, precision, GPU model and TensorRT version
+it was built with, and building one takes minutes, so it is built once and kept. The cache key holds all of
+them (Savant's ``nvinfer`` engine naming does the same): the SHA-256 of the ONNX file, the profile's
+min/opt/max shapes, the precision, the GPU name and compute capability, and the TensorRT version. Anything
+else changing — a new model file, a different profile in the config, a driver upgrade that brings a new
+TensorRT, another GPU in the machine — yields a new key and a new build instead of a wrong engine.
 
 The timing cache (per GPU and TensorRT version, shared by every model) records kernel timings measured
 while building, so the next build of any model on that GPU skips most of its measurements.
@@ -33,8 +32,8 @@ class EngineCacheError(BackendError):
 
 @dataclass(frozen=True)
 class ProfileShapes:
-    """The range of shapes one TensorRT optimization profile accepts (GUIDE §3: dynamic batch and
-    resolution). Heights and widths are the network's working size (multiples of the model's
+    """The range of shapes one TensorRT optimization profile accepts (docs/ARCHITECTURE.md, Contracts: dynamic
+    batch and resolution). Heights and widths are the network's working size (multiples of the model's
     ``size_multiple``); the engine is tuned for ``opt`` and accepts anything from ``min`` to ``max``."""
 
     min_batch: int = 1

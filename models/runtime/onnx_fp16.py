@@ -5,11 +5,11 @@ network, so the engine is built from an ONNX file whose tensors already are floa
 ``onnxconverter-common``'s ``float16`` converter (maintained with ONNX Runtime) on the graph itself, so no
 torch is needed and any exported colorizer converts, whatever network version it came from.
 
-Inputs and outputs stay float32 (``keep_io_types``): every model file keeps the contract's types (GUIDE §3),
-so any backend loads either file and callers never convert; the casts at the edges cost nothing next to
-the convolutions. One converter pitfall is handled here: an output that the graph also reads internally
-(``state_out`` feeds the decoder) would get its float32 cast while its internal readers expected float16,
-so such outputs are first routed through an ``Identity``.
+Inputs and outputs stay float32 (``keep_io_types``): every model file keeps the contract's types
+(docs/ARCHITECTURE.md, Contracts), so any backend loads either file and callers never convert; the casts at
+the edges cost nothing next to the convolutions. One converter pitfall is handled here: an output that the
+graph also reads internally (``state_out`` feeds the decoder) would get its float32 cast while its internal
+readers expected float16, so such outputs are first routed through an ``Identity``.
 
 Accuracy (measured on the shipped model, ONNX Runtime CPU, 256x448): ``ab`` within 3e-3 of float32
 (0.3 Lab units); the recurrent state differs by up to ~1.4 on a few hundred of 57k elements, where a GRU
