@@ -54,7 +54,7 @@ from chromastream.models.runtime.base import F32, Backend
 from chromastream.models.runtime.session import working_shape
 from chromastream.models.runtime.temporal_filter import TemporalFilter
 from chromastream.stream.batcher import Batcher
-from chromastream.stream.config import PipelineConfig, StreamConfig, redact_url
+from chromastream.stream.config import PipelineConfig, StreamConfig
 from chromastream.stream.errors import ChromastreamError
 from chromastream.stream.frames import (
     U8,
@@ -71,6 +71,7 @@ from chromastream.stream.metadata import ColorizerInfo, frame_metadata
 from chromastream.stream.metrics import PipelineMetrics
 from chromastream.stream.scene_cut import SceneCutDetector
 from chromastream.stream.sinks import FileRecorder, RtspPusher, run_sink
+from chromastream.stream.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,8 @@ class StreamInfo:
 
     id: str
     url: str
-    """The source URL with any password replaced by ``***``."""
+    """The source URL as :func:`~chromastream.stream.urls.redact_url` shows it everywhere: without user
+    name, password or secret query values."""
     state: str
     """``starting`` (no frame out yet), ``running``, ``reconnecting`` (a live source is down and retrying),
     ``ended`` (the source ended or the stream was removed) or ``failed`` (see ``error``)."""

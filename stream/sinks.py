@@ -42,10 +42,10 @@ import av
 import av.error
 import numpy as np
 
-from chromastream.stream.config import redact_url
 from chromastream.stream.errors import OutputError
 from chromastream.stream.frames import AudioChunk, OutputFrame
 from chromastream.stream.sources import Backoff, is_connection_error
+from chromastream.stream.urls import redact_url
 from chromastream.stream.video_io import (
     AVCOL_PRI_BT709,
     AVCOL_RANGE_JPEG,

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import av
 import av.error
@@ -74,18 +73,6 @@ class SourceStats:
     """The latest connection problem, credentials removed; ``None`` while none happened."""
     retries: deque[RetryRecord] = field(default_factory=lambda: deque(maxlen=64))
     """The most recent waits before reconnecting (bounded: a camera may stay down for days)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``: safe to log and to show."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<malformed url>"
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def av_reason(exc: BaseException) -> str:

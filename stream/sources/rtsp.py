@@ -30,8 +30,9 @@ requests and the first key frame rather than a second of probing.
 After a reconnection the source emits ``Reset(stream_id, "reconnect")`` before the first new frame and
 its pts continue after the last one given out (the camera's new RTP clock starts anywhere).
 
-Credentials in the URL are never logged: logs and error messages show it with ``user:pass`` replaced by
-``***``, and FFmpeg errors are reduced to their reason because their text contains the URL.
+Credentials in the URL are never logged: logs and error messages show it as
+:func:`~chromastream.stream.urls.redact_url` does everywhere (``rtsp://***@host/path``), and FFmpeg errors
+are reduced to their reason because their text contains the URL.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ from chromastream.stream.sources._common import (
     Timeline,
     av_reason,
     frame_luma,
-    redact_url,
 )
+from chromastream.stream.urls import redact_url
 
 logger = logging.getLogger("chromastream.stream.sources")
 
