@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.dlpack import from_dlpack
 
+from chromastream.stream.av_glue import luma_plane_view, open_input
 from chromastream.stream.errors import InputError
-from chromastream.stream.video_io import luma_plane_view, open_input
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import av
 import av.error
 import numpy as np
 
+from chromastream.stream.av_glue import colour_range, is_full_range, luma_plane_view
 from chromastream.stream.errors import InputError
 from chromastream.stream.frames import U8, AudioChunk, DropPolicy, EndOfStream, Frame, SourceEvent
-from chromastream.stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, is_full_range, luma_plane_view
 
 logger = logging.getLogger("chromastream.stream.sources")
 
@@ -92,9 +92,7 @@ def frame_luma(frame: av.VideoFrame) -> tuple[U8, bool]:
     """
     full_range = is_full_range(frame)
     if frame.format.name not in _LUMA_READY:
-        frame = frame.reformat(
-            format="yuv420p", dst_color_range=AVCOL_RANGE_JPEG if full_range else AVCOL_RANGE_MPEG
-        )
+        frame = frame.reformat(format="yuv420p", dst_color_range=colour_range(full_range))
     height, width = frame.height & ~1, frame.width & ~1
     if height == 0 or width == 0:
         raise SourceError(f"a {frame.width}x{frame.height} frame is too small to colorize")

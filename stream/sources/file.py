@@ -20,6 +20,7 @@ from typing import Any, cast
 import av
 import av.error
 
+from chromastream.stream.av_glue import open_input, time_base
 from chromastream.stream.errors import InputError
 from chromastream.stream.frames import DropPolicy, EndOfStream, Frame, Reset
 from chromastream.stream.sources._common import (
@@ -31,7 +32,6 @@ from chromastream.stream.sources._common import (
     av_reason,
     frame_luma,
 )
-from chromastream.stream.video_io import open_input, time_base
 
 logger = logging.getLogger("chromastream.stream.sources")
 
