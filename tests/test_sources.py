@@ -199,7 +199,7 @@ def test_file_source_fast_waits_for_a_slow_consumer(tmp_path: Path) -> None:
 
 def test_file_source_realtime_drops_oldest_for_a_slow_consumer(tmp_path: Path) -> None:
     clip = make_h264_clip(tmp_path / "clip.mp4", frames=40, width=64, height=48, fps=50)
-    source = FileSource("file", clip, queue_size=2)
+    source = FileSource("file", clip)
 
     async def main() -> list[Any]:
         events: list[Any] = []

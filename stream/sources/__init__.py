@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from urllib.request import url2pathname
 
-from chromastream.stream.frames import DropPolicy, Source
+from chromastream.stream.frames import Source
 from chromastream.stream.sources._common import InvalidSourceError, RetryRecord, SourceError, SourceStats
 from chromastream.stream.sources.file import FileSource
 from chromastream.stream.sources.rtsp import Backoff, RtspSource, check_rtsp_url, is_connection_error
@@ -27,7 +27,6 @@ from chromastream.stream.urls import redact_url
 __all__ = [
     "SUPPORTED",
     "Backoff",
-    "DropPolicy",
     "FileSource",
     "InvalidSourceError",
     "RetryRecord",

@@ -51,7 +51,8 @@ from urllib.parse import urlsplit
 import av
 import av.error
 
-from chromastream.stream.frames import U8, DropPolicy, Frame, Reset
+from chromastream.stream.frames import U8, Frame, Reset
+from chromastream.stream.queues import DropPolicy
 from chromastream.stream.sources._common import (
     AudioTap,
     InvalidSourceError,
@@ -174,7 +175,7 @@ class RtspSource(ThreadedSource):
     """Frames of an RTSP stream; reconnects on connection errors forever, raises anything else.
 
     ``transport``: ``tcp`` (RTP interleaved in the RTSP connection: works through NAT and firewalls, no
-    loss) or ``udp``. ``queue_size`` frames are kept for a slow consumer, then the oldest is dropped.
+    loss) or ``udp``. A slow consumer gets the newest frame; the ones it missed are dropped and counted.
     ``stats`` counts frames, drops, reconnects, stalls and the recent retry delays. ``seed`` fixes the
     jitter for reproducible tests.
     """
@@ -191,7 +192,6 @@ class RtspSource(ThreadedSource):
         backoff: Backoff | None = None,
         stall_timeout: float = 10.0,
         *,
-        queue_size: int = 4,
         seed: int | None = None,
     ) -> None:
         check_rtsp_url(url)
@@ -204,7 +204,7 @@ class RtspSource(ThreadedSource):
         ):
             if not value > 0:
                 raise InvalidSourceError(f"{name} must be positive, got {value}")
-        super().__init__(stream_id, queue_size, DropPolicy.DROP_OLDEST)
+        super().__init__(stream_id, DropPolicy.DROP_OLDEST)
         self._url = url
         self.display_url = redact_url(url)
         self.transport = transport
@@ -300,12 +300,12 @@ class RtspSource(ThreadedSource):
                 await asyncio.sleep(delay)
         except SourceError as exc:
             logger.error("%s", exc)
-            await self._handover.fail(exc)
+            await self._end_with(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug, not the network: report it instead of retrying forever
             logger.exception("%s: the RTSP supervisor failed", self.stream_id)
-            await self._handover.fail(SourceError(f"{self.stream_id}: {type(exc).__name__}: {exc}"))
+            await self._end_with(SourceError(f"{self.stream_id}: {type(exc).__name__}: {exc}"))
 
     async def _watch(self, connection: _Connection) -> BaseException | None:
         """Wait for the connection to end; the watchdog ends it first when frames stop coming."""
