@@ -34,9 +34,10 @@ from chromastream.kernels.frame_ops import frame_ops_for
 from chromastream.models.colorizer.hints import Hint
 from chromastream.models.runtime.registry import create_backend
 from chromastream.models.runtime.session import ColorizerSession, working_shape
+from chromastream.stream.av_glue import CONTAINERS
 from chromastream.stream.errors import InputError, OutputError, UsageError
 from chromastream.stream.image_io import IMAGE_EXTENSIONS, Picture, encode_image, is_image_path, read_image
-from chromastream.stream.video_io import CONTAINERS, VIDEO_EXTENSIONS, ChromaFn, is_video_path, transcode
+from chromastream.stream.video_io import VIDEO_EXTENSIONS, ChromaFn, is_video_path, transcode
 
 logger = logging.getLogger(__name__)
 

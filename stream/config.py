@@ -36,7 +36,6 @@ import math
 import re
 import types
 import typing
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,27 +61,6 @@ EVENTS_QUEUE = (1, 10_000)
 
 class ConfigError(ChromastreamError):
     """The configuration is invalid; the message names the key and what it should be."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for logs, the API and metrics.
-
-    Camera URLs routinely carry credentials (``rtsp://admin:pass@host``); the user name stays because it
-    helps tell streams apart and is rarely the secret.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _check(condition: bool, key: str, message: str) -> None:

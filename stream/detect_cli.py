@@ -73,7 +73,7 @@ def sample_video(path: Path, rate: float, max_frames: int) -> Iterator[SampledFr
     import av
     import av.error
 
-    from chromastream.stream.video_io import open_input, time_base
+    from chromastream.stream.av_glue import open_input, time_base
 
     if rate <= 0:
         raise UsageError(f"--rate must be positive, got {rate}")

@@ -8,7 +8,6 @@ lines up with the video a client decodes.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,16 +18,6 @@ import numpy.typing as npt
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
-
-
-class DropPolicy(enum.Enum):
-    """What a full queue does with one more frame: every queue in the pipeline names its choice."""
-
-    WAIT = "wait"
-    """The producer waits for room: nothing is lost, latency may grow (files, recorders)."""
-    DROP_OLDEST = "drop_oldest"
-    """The oldest queued frame is dropped and counted: the producer never waits, latency stays bounded
-    (live inputs)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,8 @@ import av
 import av.error
 import numpy as np
 
+from chromastream.stream.av_glue import luma_plane_view, open_input
 from chromastream.stream.errors import InputError
-from chromastream.stream.video_io import luma_plane_view, open_input
 
 if TYPE_CHECKING:
     import torch

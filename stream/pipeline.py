@@ -1,15 +1,24 @@
 """The live pipeline: many streams in, colorized frames with metadata out, latency bounded.
 
-Each stream is a small graph of three tasks joined by bounded queues (GUIDE §3):
+Each stream is a small graph of three tasks joined by bounded queues, all of them one type,
+:class:`~chromastream.stream.queues.DropQueue` (the queues are described in ``docs/ARCHITECTURE.md``):
 
 ``read``
-    pulls events from the stream's :class:`~chromastream.stream.frames.Source` into the *input queue*. The
-    queue's
-    :class:`DropPolicy` is named per source: ``DROP_OLDEST`` for live sources (a camera does not wait for
-    us; when we fall behind, the oldest frame goes and the drop is counted, so latency stays bounded) and
-    ``WAIT`` for files (nothing is lost; the reader simply waits). Resets and the end of the stream are
-    never dropped. Every ``1 / detector_rate`` seconds it also hands an input frame to the optional
-    :class:`DetectorHook`, in a task of its own, so the detector never delays a frame.
+    pulls events from the stream's :class:`~chromastream.stream.frames.Source` into the *input queue*, of
+    ``queue_size`` frames. The queue's :class:`DropPolicy` is named per source: ``DROP_OLDEST`` for live
+    sources (a camera does not wait for us; when we fall behind, the oldest frame goes and the drop is
+    counted, so latency stays bounded) and ``WAIT`` for files (nothing is lost; the reader simply waits).
+    Resets and the end of the stream are never dropped. Every ``1 / detector_rate`` seconds it also hands
+    an input frame to the optional :class:`DetectorHook`, in a task of its own, so the detector never
+    delays a frame.
+
+    ``queue_size`` is the whole bound on a live frame's wait: it reaches inference having waited behind at
+    most ``queue_size`` frames. The reader never waits on a live stream's input queue, so it takes each
+    frame as soon as the source hands it over; a source that decodes in a thread hands frames to the loop
+    through a handover of a single frame (:mod:`chromastream.stream.sources._common`), which sits
+    *behind* the input queue and so puts no frame ahead of any other. Frames the handover replaced are
+    the source's drops (``stage="source"`` in the metrics), frames the input queue dropped are the
+    pipeline's (``stage="input"``); each drop is counted once, where it happened.
 ``infer``
     takes one frame at a time: scene-cut check, network input, and the recurrent state and hint raster
     from the stream's :class:`~chromastream.models.runtime.stream_memory.StreamMemory` (in the CPU
@@ -47,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -59,11 +68,10 @@ from chromastream.models.runtime.base import F32, Backend
 from chromastream.models.runtime.session import working_shape
 from chromastream.models.runtime.stream_memory import StreamMemory
 from chromastream.stream.batcher import Batcher
-from chromastream.stream.config import PipelineConfig, StreamConfig, redact_url
+from chromastream.stream.config import PipelineConfig, StreamConfig
 from chromastream.stream.frames import (
     U8,
     AudioChunk,
-    DropPolicy,
     EndOfStream,
     Frame,
     OutputFrame,
@@ -73,12 +81,12 @@ from chromastream.stream.frames import (
 )
 from chromastream.stream.metadata import ColorizerInfo, frame_metadata
 from chromastream.stream.metrics import PipelineMetrics
+from chromastream.stream.queues import DropPolicy, DropQueue
 from chromastream.stream.scene_cut import SceneCutDetector
 from chromastream.stream.sinks import FileRecorder, RtspPusher, run_sink
+from chromastream.stream.urls import redact_url
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Window of the rolling rates and latency percentiles in :class:`StreamInfo`.
 WINDOW_S = 5.0
@@ -99,95 +107,6 @@ class UnknownStream(PipelineError):
 
 class PipelineClosed(PipelineError):
     """The pipeline was stopped; it takes no more streams."""
-
-
-# --- queues ----------------------------------------------------------------------------------------
-
-
-class BoundedQueue(Generic[T]):
-    """A single-producer, single-consumer asyncio queue with a named :class:`DropPolicy`.
-
-    Items for which ``droppable`` is false (resets, the end of the stream) are never dropped and never wait:
-    they may take the queue past ``maxsize``, because losing one would be a correctness bug, not a delay.
-    """
-
-    def __init__(
-        self,
-        maxsize: int,
-        policy: DropPolicy,
-        droppable: Callable[[T], bool] = lambda _: True,
-        on_drop: Callable[[T], None] | None = None,
-    ):
-        if maxsize < 1:
-            raise ValueError(f"queue size must be >= 1, got {maxsize}")
-        self.maxsize = maxsize
-        self.policy = policy
-        self.drops = 0
-        self.high_water = 0
-        """The most droppable items the queue ever held (never above ``maxsize``)."""
-        self._droppable = droppable
-        self._on_drop = on_drop
-        self._items: deque[T] = deque()
-        self._count = 0  # droppable items held
-        self._not_empty = asyncio.Event()
-        self._not_full = asyncio.Event()
-        self._not_full.set()
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def _append(self, item: T) -> None:
-        self._items.append(item)
-        if self._droppable(item):
-            self._count += 1
-            self.high_water = max(self.high_water, self._count)
-        if self._count >= self.maxsize:
-            self._not_full.clear()
-        self._not_empty.set()
-
-    def _drop_oldest(self) -> None:
-        for i, old in enumerate(self._items):
-            if self._droppable(old):
-                del self._items[i]
-                self._count -= 1
-                self.drops += 1
-                if self._on_drop is not None:
-                    self._on_drop(old)
-                return
-
-    def put_nowait(self, item: T) -> None:
-        """Add ``item`` now: a control item always; under ``DROP_OLDEST`` after dropping the oldest frame
-        if full; under ``WAIT`` only if there is room (``asyncio.QueueFull`` otherwise)."""
-        if self._droppable(item) and self._count >= self.maxsize:
-            if self.policy is DropPolicy.WAIT:
-                raise asyncio.QueueFull
-            self._drop_oldest()
-        self._append(item)
-
-    async def put(self, item: T) -> None:
-        """Add ``item``; under ``WAIT`` this waits for room, otherwise it never waits."""
-        if self.policy is DropPolicy.WAIT and self._droppable(item):
-            while self._count >= self.maxsize:
-                self._not_full.clear()
-                await self._not_full.wait()
-        self.put_nowait(item)
-
-    def clear(self) -> None:
-        """Discard everything held (not counted as drops: nobody wants it any more)."""
-        self._items.clear()
-        self._count = 0
-        self._not_full.set()
-
-    async def get(self) -> T:
-        while not self._items:
-            self._not_empty.clear()
-            await self._not_empty.wait()
-        item = self._items.popleft()
-        if self._droppable(item):
-            self._count -= 1
-        if self._count < self.maxsize:
-            self._not_full.set()
-        return item
 
 
 # --- subscriptions ---------------------------------------------------------------------------------
@@ -216,7 +135,7 @@ class Subscription:
     ):
         self.stream_id = stream_id
         self.policy = policy
-        self._queue: BoundedQueue[OutputFrame | EndOfStream] = BoundedQueue(
+        self._queue: DropQueue[OutputFrame | EndOfStream] = DropQueue(
             maxsize, policy, _is_frame, lambda _: on_drop()
         )
         self._on_close: Callable[[Subscription], None] | None = on_close
@@ -247,10 +166,9 @@ class Subscription:
 
     def close(self) -> None:
         """Stop receiving at once (frames not yet taken are discarded); a consumer waiting in
-        ``__anext__`` wakes up and the iteration ends."""
-        self._queue.clear()
-        self._ended = False
-        self._end()
+        ``__anext__`` wakes up and the iteration ends, and a pipeline waiting to deliver moves on."""
+        self._ended = True
+        self._queue.close(EndOfStream(self.stream_id))
         self._detach()
 
     async def _deliver(self, frame: OutputFrame) -> None:
@@ -281,7 +199,8 @@ class StreamInfo:
 
     id: str
     url: str
-    """The source URL with any password replaced by ``***``."""
+    """The source URL as :func:`~chromastream.stream.urls.redact_url` shows it everywhere: without user
+    name, password or secret query values."""
     state: str
     """``starting`` (no frame out yet), ``running``, ``reconnecting`` (a live source is down and retrying),
     ``ended`` (the source ended or the stream was removed) or ``failed`` (see ``error``)."""
@@ -394,12 +313,12 @@ class _Stream:
         def count_drop(_: SourceEvent) -> None:
             dropped.inc()
 
-        self.input: BoundedQueue[Frame | Reset | EndOfStream] = BoundedQueue(
+        self.input: DropQueue[Frame | Reset | EndOfStream] = DropQueue(
             queue_size, DropPolicy.DROP_OLDEST if self.live else DropPolicy.WAIT, _is_frame, count_drop
         )
         # One frame between inference and post-processing: they overlap, and back-pressure reaches the
         # input queue, which is where a live stream's drops belong.
-        self.colorized: BoundedQueue[_Colorized | EndOfStream] = BoundedQueue(1, DropPolicy.WAIT, _is_frame)
+        self.colorized: DropQueue[_Colorized | EndOfStream] = DropQueue(1, DropPolicy.WAIT, _is_frame)
 
     @property
     def drops(self) -> int:

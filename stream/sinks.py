@@ -5,7 +5,7 @@ their own (one per sink, so one encoder is never touched by two threads and a sl
 the event loop).
 
 :class:`FileRecorder`
-    writes H.264 with the file path's settings and colour tags (:mod:`chromastream.stream.video_io`), the
+    writes H.264 with the file path's settings and colour tags (:mod:`chromastream.stream.av_glue`), the
     source's
     ``pts``/``time_base`` kept, and one metadata object per written frame as JSON lines beside the video
     (``<name>.jsonl``). Both are written under temporary names and renamed only when the encoder has been
@@ -42,21 +42,11 @@ import av
 import av.error
 import numpy as np
 
-from chromastream.stream.config import redact_url
+from chromastream.stream.av_glue import CONTAINERS, ENCODER, ENCODER_OPTIONS, tag_colour, to_video_frame
 from chromastream.stream.errors import OutputError
 from chromastream.stream.frames import AudioChunk, OutputFrame
 from chromastream.stream.sources import Backoff, is_connection_error
-from chromastream.stream.video_io import (
-    AVCOL_PRI_BT709,
-    AVCOL_RANGE_JPEG,
-    AVCOL_RANGE_MPEG,
-    AVCOL_SPC_SMPTE170M,
-    AVCOL_TRC_IEC61966_2_1,
-    CONTAINERS,
-    ENCODER,
-    ENCODER_OPTIONS,
-    luma_plane_view,
-)
+from chromastream.stream.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -80,28 +70,6 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, av.error.FFmpegError):
         return str(exc.strerror or exc)
     return str(exc)
-
-
-def _to_video_frame(frame: OutputFrame, size: tuple[int, int]) -> av.VideoFrame:
-    """The output frame as an ``av.VideoFrame`` of ``size`` (a source may change size mid-stream, an
-    encoder may not: such frames are scaled to the size the encoder started with)."""
-    height, width = frame.y.shape
-    out = av.VideoFrame(width, height, "yuv420p")
-    for index, plane in enumerate((frame.y, frame.u, frame.v)):
-        luma_plane_view(out, index)[:] = plane
-    out.color_range = AVCOL_RANGE_JPEG if frame.full_range else AVCOL_RANGE_MPEG
-    if (width, height) != size:
-        out = out.reformat(width=size[0], height=size[1])
-    return out
-
-
-def _tag_colour(cc: Any, full_range: bool) -> None:
-    """The same tags as :mod:`chromastream.stream.video_io`: BT.601 matrix, sRGB primaries and transfer
-    curve."""
-    cc.color_range = AVCOL_RANGE_JPEG if full_range else AVCOL_RANGE_MPEG
-    cc.colorspace = AVCOL_SPC_SMPTE170M
-    cc.color_primaries = AVCOL_PRI_BT709
-    cc.color_trc = AVCOL_TRC_IEC61966_2_1
 
 
 class _Worker:
@@ -207,7 +175,7 @@ class FileRecorder:
         video.codec_context.time_base = frame.time_base
         self._time_base = frame.time_base  # the file's clock: the first frame's (the muxer may round it)
         self._step = max(1, round(1 / (NOMINAL_RATE * frame.time_base)))
-        _tag_colour(video.codec_context, frame.full_range)
+        tag_colour(video.codec_context, frame.full_range)
         self._video = video
         self._add_audio_track(container)
         try:
@@ -255,7 +223,7 @@ class FileRecorder:
         if self._container is None:
             self._open(frame)
         assert self._video is not None and self._jsonl is not None
-        video_frame = _to_video_frame(frame, self._size)
+        video_frame = to_video_frame(frame, self._size)
         video_frame.pts = self._pts(frame)
         video_frame.time_base = self._time_base
         # Sound up to the end of this picture, no further: the sound of pictures still in the colorizer
@@ -468,7 +436,7 @@ class RtspPusher:
             video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
             video.time_base = PUSH_TIME_BASE
             video.codec_context.time_base = PUSH_TIME_BASE
-            _tag_colour(video.codec_context, full_range)
+            tag_colour(video.codec_context, full_range)
             container.start_encoding()  # ANNOUNCE + RECORD: a refused connection fails here
         except BaseException:
             with contextlib.suppress(Exception):
@@ -482,7 +450,7 @@ class RtspPusher:
 
     def _send(self, frame: OutputFrame) -> None:
         assert self._container is not None and self._video is not None
-        video_frame = _to_video_frame(frame, self._size)
+        video_frame = to_video_frame(frame, self._size)
         pts = max(self._last_pts + 1, round((time.monotonic() - self._t0) / PUSH_TIME_BASE))
         self._last_pts = pts
         video_frame.pts = pts

@@ -7,7 +7,9 @@ the U and V planes, and the output frame is built from the *same* Y plane and th
 output's luminance is therefore the input's, bit for bit.
 
 Timestamps are copied (same ``pts`` and ``time_base``), so variable-frame-rate sources and gaps keep their
-timing. Audio is remuxed packet by packet without decoding: it stays byte-identical and in sync.
+timing. Audio is remuxed packet by packet without decoding: it stays byte-identical and in sync. Colour
+tags, encoder settings and the plane handling are those of live recordings too
+(:mod:`chromastream.stream.av_glue`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import av
 import av.error
@@ -28,6 +30,20 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from chromastream.stream.av_glue import (
+    AVCOL_RANGE_JPEG,
+    CONTAINERS,
+    ENCODER,
+    ENCODER_OPTIONS,
+    av_message,
+    colour_range,
+    is_full_range,
+    luma_plane_view,
+    open_input,
+    tag_colour,
+    time_base,
+    yuv420_frame,
+)
 from chromastream.stream.errors import InputError, OutputError
 
 logger = logging.getLogger(__name__)
@@ -38,21 +54,6 @@ U8 = npt.NDArray[np.uint8]
 ChromaFn = Callable[[U8, bool], tuple[U8, U8]]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
-#: Output container per extension (FFmpeg muxer names).
-CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
-ENCODER: Final = "libx264"
-#: x264 settings: 'veryfast' keeps encoding a small share of the frame time on two cores; CRF 20 is
-#: visually clean for colour that is smooth by construction (chroma comes from a low-resolution map).
-ENCODER_OPTIONS = {"preset": "veryfast", "crf": "20"}
-
-# FFmpeg enum values (libavutil/pixfmt.h). The chroma is computed from sRGB with the BT.601 matrix
-# (kernels.combine), so the stream is tagged exactly that: BT.601 matrix, sRGB primaries (= BT.709) and
-# the sRGB transfer curve, which is how kernels.combine reads the grey levels of the luma.
-AVCOL_RANGE_MPEG = 1
-AVCOL_RANGE_JPEG = 2
-AVCOL_SPC_SMPTE170M = 6
-AVCOL_PRI_BT709 = 1
-AVCOL_TRC_IEC61966_2_1 = 13
 
 #: A chroma sample further than this from neutral (128) counts as coloured.
 _CHROMA_TOLERANCE = 6
@@ -82,23 +83,6 @@ def is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _av_message(exc: BaseException) -> str:
-    if isinstance(exc, av.error.FFmpegError):
-        return str(exc.strerror or exc)
-    return str(exc)
-
-
-def luma_plane_view(frame: av.VideoFrame, index: int) -> U8:
-    """A writable numpy view of one plane without its line padding."""
-    plane = frame.planes[index]
-    view: U8 = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
-    return view[:, : plane.width]
-
-
-def is_full_range(frame: av.VideoFrame) -> bool:
-    return frame.format.name.startswith("yuvj") or frame.color_range == AVCOL_RANGE_JPEG
-
-
 def _looks_coloured(u: U8, v: U8) -> bool:
     off = np.maximum(np.abs(u.astype(np.int16) - 128), np.abs(v.astype(np.int16) - 128))
     return bool(np.mean(off > _CHROMA_TOLERANCE) > _COLOUR_SHARE)
@@ -113,27 +97,6 @@ def _frame_total(stream: av.VideoStream, container: av.container.InputContainer)
     if rate and container.duration:
         return max(1, round(container.duration / av.time_base * float(rate)))
     return None
-
-
-def time_base(video: av.VideoStream) -> Fraction:
-    """The stream's time base; FFmpeg demuxers always set one, the fallback only keeps types honest."""
-    return video.time_base or Fraction(1, 90000)
-
-
-def open_input(path: Path) -> av.container.InputContainer:
-    """Open a video for reading; every failure is an :class:`InputError` naming the file."""
-    if not path.exists():
-        raise InputError(f"input not found: {path}")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory, not a video")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes)")
-    try:
-        return av.open(str(path), mode="r")
-    except av.error.FFmpegError as exc:
-        raise InputError(f"cannot read video {path}: {_av_message(exc)} (corrupt or not a video?)") from exc
-    except OSError as exc:
-        raise InputError(f"cannot read video {path}: {exc.strerror or exc}") from exc
 
 
 def _containers_holding(stream: av.AudioStream) -> list[str]:
@@ -186,7 +149,7 @@ class _Encoder:
         try:
             self.container = av.open(str(path), mode="w", format=container_format)
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot create {name}: {_av_message(exc)}") from exc
+            raise OutputError(f"cannot create {name}: {av_message(exc)}") from exc
         try:
             self._setup(video, audio, size, full_range)
         except BaseException:
@@ -216,10 +179,7 @@ class _Encoder:
         cc = stream.codec_context
         cc.time_base = time_base(video)
         cc.framerate = rate
-        cc.color_range = AVCOL_RANGE_JPEG if full_range else AVCOL_RANGE_MPEG
-        cc.colorspace = AVCOL_SPC_SMPTE170M
-        cc.color_primaries = AVCOL_PRI_BT709
-        cc.color_trc = AVCOL_TRC_IEC61966_2_1
+        tag_colour(cc, full_range)
         if video.sample_aspect_ratio:
             stream.sample_aspect_ratio = video.sample_aspect_ratio
         self.video = stream
@@ -235,20 +195,20 @@ class _Encoder:
             self.container.start_encoding()
         except (av.error.FFmpegError, ValueError) as exc:
             if audio:
-                raise OutputError(f"{_audio_advice(audio, self.format)} ({_av_message(exc)})") from exc
-            raise OutputError(f"cannot start {self.name}: {_av_message(exc)}") from exc
+                raise OutputError(f"{_audio_advice(audio, self.format)} ({av_message(exc)})") from exc
+            raise OutputError(f"cannot start {self.name}: {av_message(exc)}") from exc
 
     def mux(self, packet: av.Packet[Any]) -> None:
         try:
             self.container.mux(packet)
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot write {self.name}: {_av_message(exc)}{self._hint()}") from exc
+            raise OutputError(f"cannot write {self.name}: {av_message(exc)}{self._hint()}") from exc
 
     def encode(self, frame: av.VideoFrame | None) -> None:
         try:
             packets = self.video.encode(frame)
         except av.error.FFmpegError as exc:
-            raise OutputError(f"H.264 encoding failed: {_av_message(exc)}") from exc
+            raise OutputError(f"H.264 encoding failed: {av_message(exc)}") from exc
         for packet in packets:
             self.mux(packet)
 
@@ -262,7 +222,7 @@ class _Encoder:
         try:
             self.container.close()
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot finish {self.name}: {_av_message(exc)}{self._hint()}") from exc
+            raise OutputError(f"cannot finish {self.name}: {av_message(exc)}{self._hint()}") from exc
 
     def abort(self) -> None:
         """Close after a failure: the file is discarded, and the first error is the one to report."""
@@ -388,8 +348,8 @@ def _demux(
         except av.error.FFmpegError as exc:
             # A broken container structure ends the readable part of the file; keep what came before.
             if state.frames == 0:
-                raise InputError(f"cannot read video {source}: {_av_message(exc)}") from exc
-            logger.warning("%s: stopped reading at a damaged part (%s)", source.name, _av_message(exc))
+                raise InputError(f"cannot read video {source}: {av_message(exc)}") from exc
+            logger.warning("%s: stopped reading at a damaged part (%s)", source.name, av_message(exc))
             return
         if packet.stream.type == "audio":
             if packet.dts is None or packet.size == 0:
@@ -437,7 +397,7 @@ class _Loop:
                 if packet is not None and packet.pts is not None:
                     at = f" at {float(packet.pts * packet.time_base):.3f}s"
                 logger.warning(
-                    "%s: skipping a corrupt video packet%s (%s)", self.source.name, at, _av_message(exc)
+                    "%s: skipping a corrupt video packet%s (%s)", self.source.name, at, av_message(exc)
                 )
             return
         for frame in frames:
@@ -468,11 +428,9 @@ class _Loop:
                 width=width,
                 height=height,
                 format="yuv420p",
-                dst_color_range=AVCOL_RANGE_JPEG if self.full_range else AVCOL_RANGE_MPEG,
+                dst_color_range=colour_range(self.full_range),
             )
-        return frame.reformat(
-            format="yuv420p", dst_color_range=AVCOL_RANGE_JPEG if self.full_range else AVCOL_RANGE_MPEG
-        )
+        return frame.reformat(format="yuv420p", dst_color_range=colour_range(self.full_range))
 
     def _process(self, frame: av.VideoFrame) -> None:
         pts = self.timestamps(frame)
@@ -487,14 +445,9 @@ class _Loop:
             )
         y = np.ascontiguousarray(y_in)
         u, v = self.colorize(y, self.full_range)
-        out = av.VideoFrame(width, height, "yuv420p")
-        luma_plane_view(out, 0)[...] = y
-        luma_plane_view(out, 1)[...] = u
-        luma_plane_view(out, 2)[...] = v
+        out = yuv420_frame(y, u, v, self.full_range)
         out.pts = pts
         out.time_base = self.time_base
-        out.color_range = AVCOL_RANGE_JPEG if self.full_range else AVCOL_RANGE_MPEG
-        out.colorspace = AVCOL_SPC_SMPTE170M
         self.encoder.encode(out)
         self.frames += 1
         if self.bar is not None:

@@ -79,6 +79,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from chromastream.errors import ChromastreamError
+from chromastream.stream.av_glue import to_video_frame
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
 from chromastream.stream.sources._common import frame_luma
 
@@ -170,19 +171,6 @@ def frame_event(frame: OutputFrame) -> dict[str, Any]:
 def to_json(event: dict[str, Any]) -> str:
     """Compact JSON; anything exotic a stage put in the metadata is written as text instead of failing."""
     return json.dumps(event, separators=(",", ":"), default=str)
-
-
-def to_video_frame(frame: OutputFrame) -> av.VideoFrame:
-    """An ``av.VideoFrame`` (yuv420p) from the output planes, with the frame's pts and time base."""
-    height, width = frame.y.shape
-    video = av.VideoFrame(width, height, "yuv420p")
-    for plane, data in zip(video.planes, (frame.y, frame.u, frame.v), strict=True):
-        view = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
-        view[:, : plane.width] = data[: plane.height, : plane.width]
-    video.pts = frame.pts
-    video.time_base = frame.time_base
-    video.color_range = 2 if frame.full_range else 1  # AVCOL_RANGE_JPEG / AVCOL_RANGE_MPEG
-    return video
 
 
 def reconnecting_card(last: OutputFrame | None, stream_id: str) -> av.VideoFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -175,6 +176,42 @@ def test_add_and_remove_streams() -> None:
             assert {s.id for s in pipeline.streams()} == {"cam1"}
 
     run(body)
+
+
+def test_a_camera_url_reads_the_same_in_the_api_the_logs_and_a_sink_without_its_login(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from chromastream.stream.sinks import RtspPusher
+    from tests.rtsp_fixtures import free_port
+
+    port = free_port()  # nothing listens there: the source logs its failed connection
+    url = f"rtsp://gatekeeper:hunter2@127.0.0.1:{port}/live?channel=1&token=tok3n"
+    shown = f"rtsp://***@127.0.0.1:{port}/live?channel=1&token=***"
+    seen: dict[str, str] = {}
+
+    async def body() -> None:
+        async with running(streams=()) as (client, _):
+            added = await client.post("/api/streams", json={"id": "gate", "url": url})
+            assert added.status == 201, await added.text()
+            seen["added"] = (await added.json())["url"]
+            listing = await (await client.get("/api/streams")).json()
+            seen["listed"] = listing["streams"][0]["url"]
+            seen["listing"] = json.dumps(listing)
+
+            async def logged() -> bool:
+                return any("reconnect attempt" in r.getMessage() for r in caplog.records)
+
+            await wait_for(logged)
+            seen["metrics"] = await (await client.get("/metrics")).text()
+
+    with caplog.at_level(logging.INFO, logger="chromastream"):
+        run(body)
+    line = next(r.getMessage() for r in caplog.records if "reconnect attempt" in r.getMessage())
+    pusher = RtspPusher(url, "gate")
+    assert seen["added"] == seen["listed"] == pusher.shown_url == shown
+    assert f"gate: {shown}: " in line
+    for text in (seen["listing"], caplog.text, pusher.shown_url, seen["metrics"]):
+        assert "gatekeeper" not in text and "hunter2" not in text and "tok3n" not in text
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from chromastream.stream import video_io
+from chromastream.stream.av_glue import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG
 from tests.conftest import FAST, ClipSpec, CliRun, leftovers, make_clip, read_clip
 
 Cli = Callable[..., CliRun]
@@ -47,7 +48,7 @@ def test_round_trip_keeps_frames_timestamps_and_audio(cli: Cli, tmp_path: Path) 
     assert after.audio_times == before.audio_times
     diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(after.lumas, before.lumas, strict=True)]
     assert max(float(d.mean()) for d in diffs) < 2.5  # lossy re-encode (CRF 20) of a busy 64x48 pattern
-    assert after.color_range == video_io.AVCOL_RANGE_MPEG
+    assert after.color_range == AVCOL_RANGE_MPEG
     assert leftovers(tmp_path, {"in.mp4", "out.mp4"}) == set()
 
 
@@ -69,7 +70,7 @@ def test_full_range_source_keeps_its_range(cli: Cli, tmp_path: Path) -> None:
     run = cli("colorize", source, tmp_path / "out.mkv", *FAST, "-q")
     assert run.status == 0, run.err
     before, after = read_clip(source), read_clip(tmp_path / "out.mkv")
-    assert after.color_range == video_io.AVCOL_RANGE_JPEG
+    assert after.color_range == AVCOL_RANGE_JPEG
     for a, b in zip(after.lumas, before.lumas, strict=True):
         assert np.array_equal(a, b)
 

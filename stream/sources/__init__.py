@@ -17,22 +17,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from urllib.request import url2pathname
 
-from chromastream.stream.frames import DropPolicy, Source
-from chromastream.stream.sources._common import (
-    InvalidSourceError,
-    RetryRecord,
-    SourceError,
-    SourceStats,
-    redact_url,
-)
+from chromastream.stream.frames import Source
+from chromastream.stream.sources._common import InvalidSourceError, RetryRecord, SourceError, SourceStats
 from chromastream.stream.sources.file import FileSource
 from chromastream.stream.sources.rtsp import Backoff, RtspSource, check_rtsp_url, is_connection_error
 from chromastream.stream.sources.synthetic import PATTERNS, SyntheticSource
+from chromastream.stream.urls import redact_url
 
 __all__ = [
     "SUPPORTED",
     "Backoff",
-    "DropPolicy",
     "FileSource",
     "InvalidSourceError",
     "RetryRecord",
@@ -43,7 +37,6 @@ __all__ = [
     "check_rtsp_url",
     "is_connection_error",
     "open_source",
-    "redact_url",
 ]
 
 #: What :func:`open_source` accepts, as shown in its error messages.

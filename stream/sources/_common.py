@@ -1,12 +1,18 @@
-"""What every source shares: errors, stats, the bounded handover, luma extraction and the timeline.
+"""What every source shares: errors, stats, the handover to the event loop, luma extraction, the timeline.
 
 The handover is where a source's live policy lives. A decoder thread produces frames at the input's rate;
-the pipeline consumes them at its own. A live source must not let latency grow when the consumer falls
-behind, so its handover keeps at most ``capacity`` frames and drops the *oldest* one to make room
-(:attr:`DropPolicy.DROP_OLDEST`, every drop counted). A file processed as fast as it is consumed loses
-nothing and makes the producer wait instead (:attr:`DropPolicy.WAIT`). Control events (:class:`Reset`,
-the end of the stream) are never dropped and do not count against the capacity: losing a ``Reset``
-would let the colorizer's memory carry colours across a cut.
+the consumer takes them at its own. The handover is a :class:`~chromastream.stream.queues.DropQueue` of
+*one* frame: a live source that finds the previous frame still there drops it for the new one
+(:attr:`DropPolicy.DROP_OLDEST`, every drop counted in :attr:`SourceStats.dropped`), and a file processed
+as fast as it is consumed makes its thread wait instead (:attr:`DropPolicy.WAIT`). Control events
+(:class:`Reset`, audio, the end of the stream, an error) are never dropped and do not count against the
+frame: losing a ``Reset`` would let the colorizer's memory carry colours across a cut.
+
+Why one frame: buffering is the consumer's business. The pipeline takes each frame from the handover at
+once into its input queue, whose size is the stream's ``queue_size``; a frame in the handover is behind
+everything in that queue and has nothing ahead of it in the handover, so it waits behind at most
+``queue_size`` frames in all, as configured. A larger handover would add its frames to that wait
+unseen. A consumer that reads a source directly always gets the newest frame.
 """
 
 from __future__ import annotations
@@ -21,15 +27,15 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import av
 import av.error
 import numpy as np
 
+from chromastream.stream.av_glue import colour_range, is_full_range, luma_plane_view
 from chromastream.stream.errors import InputError
-from chromastream.stream.frames import U8, AudioChunk, DropPolicy, EndOfStream, Frame, SourceEvent
-from chromastream.stream.video_io import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG, is_full_range, luma_plane_view
+from chromastream.stream.frames import U8, AudioChunk, EndOfStream, Frame, SourceEvent
+from chromastream.stream.queues import DropPolicy, DropQueue
 
 logger = logging.getLogger("chromastream.stream.sources")
 
@@ -61,7 +67,7 @@ class SourceStats:
     frames: int = 0
     """Frames produced (delivered or dropped)."""
     dropped: int = 0
-    """Frames dropped by the handover because the consumer was behind."""
+    """Frames dropped because the consumer was behind (a newer frame replaced them in the handover)."""
     skipped_packets: int = 0
     """Packets the decoder rejected (corrupt data, missing references after a loss)."""
     connect_attempts: int = 0
@@ -74,18 +80,6 @@ class SourceStats:
     """The latest connection problem, credentials removed; ``None`` while none happened."""
     retries: deque[RetryRecord] = field(default_factory=lambda: deque(maxlen=64))
     """The most recent waits before reconnecting (bounded: a camera may stay down for days)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``: safe to log and to show."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<malformed url>"
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def av_reason(exc: BaseException) -> str:
@@ -105,9 +99,7 @@ def frame_luma(frame: av.VideoFrame) -> tuple[U8, bool]:
     """
     full_range = is_full_range(frame)
     if frame.format.name not in _LUMA_READY:
-        frame = frame.reformat(
-            format="yuv420p", dst_color_range=AVCOL_RANGE_JPEG if full_range else AVCOL_RANGE_MPEG
-        )
+        frame = frame.reformat(format="yuv420p", dst_color_range=colour_range(full_range))
     height, width = frame.height & ~1, frame.width & ~1
     if height == 0 or width == 0:
         raise SourceError(f"a {frame.width}x{frame.height} frame is too small to colorize")
@@ -213,91 +205,16 @@ class AudioTap:
         return out
 
 
-class Handover:
-    """The bounded buffer between a source's producer and its single consumer (``events()``).
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """Queued after the events a failed producer handed over: ``events()`` raises ``error`` when it gets
+    here, so nothing handed over before the failure is lost."""
 
-    It lives on the event loop: producers in other threads call :meth:`put` through
-    ``asyncio.run_coroutine_threadsafe`` and wait for it, so a waiting put is backpressure on the thread.
-    """
+    error: BaseException
 
-    def __init__(self, stream_id: str, capacity: int, policy: DropPolicy, stats: SourceStats) -> None:
-        if capacity < 1:
-            raise ValueError("the handover needs room for at least one frame")
-        self.stream_id = stream_id
-        self.capacity = capacity
-        self.policy = policy
-        self.stats = stats
-        self._items: deque[SourceEvent] = deque()
-        self._frames = 0
-        self._closed = False
-        self._error: BaseException | None = None
-        self._changed = asyncio.Condition()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def put(self, event: SourceEvent) -> None:
-        async with self._changed:
-            if self._closed:
-                return
-            if isinstance(event, Frame):
-                if self.policy is DropPolicy.WAIT:
-                    await self._changed.wait_for(lambda: self._frames < self.capacity or self._closed)
-                    if self._closed:
-                        return
-                elif self._frames >= self.capacity:
-                    self._drop_oldest()
-                self._frames += 1
-            self._items.append(event)
-            self._changed.notify_all()
-
-    def _drop_oldest(self) -> None:
-        for position, item in enumerate(self._items):
-            if isinstance(item, Frame):
-                del self._items[position]
-                self._frames -= 1
-                self.stats.dropped += 1
-                if self.stats.dropped == 1 or self.stats.dropped % 100 == 0:
-                    logger.info(
-                        "%s: consumer is behind, dropped %d frame(s) so far",
-                        self.stream_id,
-                        self.stats.dropped,
-                    )
-                return
-
-    async def fail(self, error: BaseException) -> None:
-        """End the stream with ``error``: frames already queued are still delivered, then it is raised."""
-        async with self._changed:
-            if self._error is None and not self._closed:
-                self._error = error
-            self._changed.notify_all()
-
-    async def close(self) -> None:
-        """Stop now: queued frames are discarded and the consumer gets :class:`EndOfStream` next."""
-        async with self._changed:
-            if not self._closed:
-                self._closed = True
-                self._items.clear()
-                self._frames = 0
-                self._items.append(EndOfStream(self.stream_id))
-            self._changed.notify_all()
-
-    async def get(self) -> SourceEvent:
-        """The next event; raises the producer's fatal error once everything before it was delivered."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: bool(self._items) or self._error is not None)
-            if self._items:
-                event = self._items.popleft()
-                if isinstance(event, Frame):
-                    self._frames -= 1
-                    self._changed.notify_all()
-                return event
-            assert self._error is not None
-            error, self._error = self._error, None
-            self._closed = True
-            self._items.append(EndOfStream(self.stream_id))
-            raise error
+def _is_frame(item: object) -> bool:
+    return isinstance(item, Frame)
 
 
 class Stopped(Exception):
@@ -310,7 +227,7 @@ class ThreadedSource:
     The shape is aiortc's ``contrib/media.py`` player: a thread runs the decoder and passes each result to
     the event loop with ``run_coroutine_threadsafe``. Here the worker also *waits* for that coroutine, so
     a :attr:`DropPolicy.WAIT` handover throttles the thread and nothing piles up in the loop's callback
-    queue either.
+    queue either. The handover holds one frame (see the module docstring for why).
     """
 
     live: bool
@@ -318,10 +235,10 @@ class ThreadedSource:
     #: (bounded by the source's own timeouts) finishes in the background and closes its input then.
     close_grace = 1.0
 
-    def __init__(self, stream_id: str, capacity: int, policy: DropPolicy) -> None:
+    def __init__(self, stream_id: str, policy: DropPolicy) -> None:
         self.stream_id = stream_id
         self.stats = SourceStats()
-        self._handover = Handover(stream_id, capacity, policy, self.stats)
+        self._handover: DropQueue[SourceEvent | _Failed] = DropQueue(1, policy, _is_frame, self._dropped)
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._iterated = False
@@ -335,6 +252,9 @@ class ThreadedSource:
             self._begin()
         while True:
             event = await self._handover.get()
+            if isinstance(event, _Failed):
+                self._handover.close(EndOfStream(self.stream_id))
+                raise event.error
             yield event
             if isinstance(event, EndOfStream):
                 return
@@ -344,8 +264,21 @@ class ThreadedSource:
         raise NotImplementedError
 
     async def close(self) -> None:
+        """Stop now: events not yet taken are discarded and the consumer gets :class:`EndOfStream` next."""
         self._stop.set()
-        await self._handover.close()
+        self._handover.close(EndOfStream(self.stream_id))
+
+    async def _end_with(self, error: BaseException) -> None:
+        """On the loop: end the stream with ``error``, raised from ``events()`` once every event handed
+        over before it was delivered."""
+        self._handover.put_nowait(_Failed(error))
+
+    def _dropped(self, _: SourceEvent | _Failed) -> None:
+        self.stats.dropped += 1
+        if self.stats.dropped == 1 or self.stats.dropped % 100 == 0:
+            logger.info(
+                "%s: consumer is behind, dropped %d frame(s) so far", self.stream_id, self.stats.dropped
+            )
 
     def _call(self, coroutine: Coroutine[Any, Any, Any], abort: threading.Event | None = None) -> Any:
         """Run ``coroutine`` on the loop from a worker thread and wait for it; :class:`Stopped` if closed."""

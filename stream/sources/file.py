@@ -20,8 +20,10 @@ from typing import Any, cast
 import av
 import av.error
 
+from chromastream.stream.av_glue import open_input, time_base
 from chromastream.stream.errors import InputError
-from chromastream.stream.frames import DropPolicy, EndOfStream, Frame, Reset
+from chromastream.stream.frames import EndOfStream, Frame, Reset
+from chromastream.stream.queues import DropPolicy
 from chromastream.stream.sources._common import (
     AudioTap,
     SourceError,
@@ -31,7 +33,6 @@ from chromastream.stream.sources._common import (
     av_reason,
     frame_luma,
 )
-from chromastream.stream.video_io import open_input, time_base
 
 logger = logging.getLogger("chromastream.stream.sources")
 
@@ -44,10 +45,10 @@ _MAX_LOGGED_SKIPS = 5
 class FileSource(ThreadedSource):
     """Frames of a video file.
 
-    ``realtime=True`` paces frames by pts and makes the source live (a slow consumer loses the oldest
-    frames, counted in :attr:`stats`); ``realtime=False`` delivers as fast as they are consumed and never
-    drops. ``loop=True`` starts over at the end forever; otherwise the stream ends with
-    :class:`~chromastream.stream.frames.EndOfStream`.
+    ``realtime=True`` paces frames by pts and makes the source live (a slow consumer gets the newest
+    frame; the ones it missed are counted in :attr:`stats`); ``realtime=False`` delivers as fast as they
+    are consumed and never drops. ``loop=True`` starts over at the end forever; otherwise the stream ends
+    with :class:`~chromastream.stream.frames.EndOfStream`.
     """
 
     def __init__(
@@ -56,8 +57,6 @@ class FileSource(ThreadedSource):
         path: str | Path,
         loop: bool = False,
         realtime: bool = True,
-        *,
-        queue_size: int = 4,
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
@@ -67,7 +66,7 @@ class FileSource(ThreadedSource):
         self.loop = loop
         self.realtime = realtime
         self.live = realtime
-        super().__init__(stream_id, queue_size, DropPolicy.DROP_OLDEST if realtime else DropPolicy.WAIT)
+        super().__init__(stream_id, DropPolicy.DROP_OLDEST if realtime else DropPolicy.WAIT)
         self._thread: threading.Thread | None = None
         self._index = 0
 
@@ -97,7 +96,7 @@ class FileSource(ThreadedSource):
 
     def _fail(self, error: BaseException) -> None:
         with contextlib.suppress(Stopped):
-            self._call(self._handover.fail(error))
+            self._call(self._end_with(error))
 
     def _play(self) -> None:
         timeline: Timeline | None = None

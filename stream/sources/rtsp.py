@@ -30,8 +30,9 @@ requests and the first key frame rather than a second of probing.
 After a reconnection the source emits ``Reset(stream_id, "reconnect")`` before the first new frame and
 its pts continue after the last one given out (the camera's new RTP clock starts anywhere).
 
-Credentials in the URL are never logged: logs and error messages show it with ``user:pass`` replaced by
-``***``, and FFmpeg errors are reduced to their reason because their text contains the URL.
+Credentials in the URL are never logged: logs and error messages show it as
+:func:`~chromastream.stream.urls.redact_url` does everywhere (``rtsp://***@host/path``), and FFmpeg errors
+are reduced to their reason because their text contains the URL.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from urllib.parse import urlsplit
 import av
 import av.error
 
-from chromastream.stream.frames import U8, DropPolicy, Frame, Reset
+from chromastream.stream.frames import U8, Frame, Reset
+from chromastream.stream.queues import DropPolicy
 from chromastream.stream.sources._common import (
     AudioTap,
     InvalidSourceError,
@@ -61,8 +63,8 @@ from chromastream.stream.sources._common import (
     Timeline,
     av_reason,
     frame_luma,
-    redact_url,
 )
+from chromastream.stream.urls import redact_url
 
 logger = logging.getLogger("chromastream.stream.sources")
 
@@ -173,7 +175,7 @@ class RtspSource(ThreadedSource):
     """Frames of an RTSP stream; reconnects on connection errors forever, raises anything else.
 
     ``transport``: ``tcp`` (RTP interleaved in the RTSP connection: works through NAT and firewalls, no
-    loss) or ``udp``. ``queue_size`` frames are kept for a slow consumer, then the oldest is dropped.
+    loss) or ``udp``. A slow consumer gets the newest frame; the ones it missed are dropped and counted.
     ``stats`` counts frames, drops, reconnects, stalls and the recent retry delays. ``seed`` fixes the
     jitter for reproducible tests.
     """
@@ -190,7 +192,6 @@ class RtspSource(ThreadedSource):
         backoff: Backoff | None = None,
         stall_timeout: float = 10.0,
         *,
-        queue_size: int = 4,
         seed: int | None = None,
     ) -> None:
         check_rtsp_url(url)
@@ -203,7 +204,7 @@ class RtspSource(ThreadedSource):
         ):
             if not value > 0:
                 raise InvalidSourceError(f"{name} must be positive, got {value}")
-        super().__init__(stream_id, queue_size, DropPolicy.DROP_OLDEST)
+        super().__init__(stream_id, DropPolicy.DROP_OLDEST)
         self._url = url
         self.display_url = redact_url(url)
         self.transport = transport
@@ -299,12 +300,12 @@ class RtspSource(ThreadedSource):
                 await asyncio.sleep(delay)
         except SourceError as exc:
             logger.error("%s", exc)
-            await self._handover.fail(exc)
+            await self._end_with(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug, not the network: report it instead of retrying forever
             logger.exception("%s: the RTSP supervisor failed", self.stream_id)
-            await self._handover.fail(SourceError(f"{self.stream_id}: {type(exc).__name__}: {exc}"))
+            await self._end_with(SourceError(f"{self.stream_id}: {type(exc).__name__}: {exc}"))
 
     async def _watch(self, connection: _Connection) -> BaseException | None:
         """Wait for the connection to end; the watchdog ends it first when frames stop coming."""
