@@ -56,7 +56,11 @@ forms:
 
 pictures: png, jpg, jpeg, bmp, tif, webp; videos: mp4, mkv, mov, avi (webm as input only).
 The output's brightness is the input's own; the model only adds colour. Colour inputs are colorized
-from their luminance."""
+from their luminance.
+
+A folder goes on past a picture that cannot be read: one damaged scan should not cost the good ones.
+Every good picture is written, each failure is named with its reason, a last line counts what was
+written, failed and skipped (entries that are not pictures), and the exit status is 1 if any failed."""
 
 
 def _add_colorize(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -130,13 +134,29 @@ def _run_colorize(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
     )
     result = run(source, target, options, sequence=args.sequence)
-    unit = {"image": "picture", "directory": "pictures", "sequence": "frames", "video": "frames"}[
+    unit = {"image": "picture", "directory": "picture", "sequence": "frame", "video": "frame"}[
         result.kind.value
     ]
-    logger.info(
-        "wrote %s (%d %s in %.1f s, %.1f/s)", result.output, result.items, unit, result.seconds, result.rate
+    timing = f"in {result.seconds:.1f} s, {result.rate:.1f}/s"
+    if result.kind.value not in ("directory", "sequence"):
+        logger.info("wrote %s (%s %s)", result.output, _counted(result.items, unit), timing)
+        return 0
+    # A folder keeps going past pictures that fail; one line counts everything, and any failure (each
+    # one already logged with its reason) makes the status an error.
+    failed = len(result.failed)
+    names = ", ".join(f.path.name for f in result.failed[:5]) + (", ..." if failed > 5 else "")
+    summary = (
+        f"{result.output}: {_counted(result.items, unit)} written, "
+        f"{failed} failed{f' ({names})' if failed else ''}, {result.skipped} skipped (not pictures)"
     )
+    if failed:
+        return _fail(summary)
+    logger.info("%s %s", summary, timing)
     return 0
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 _SERVE_EPILOG = f"""\

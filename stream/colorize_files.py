@@ -7,6 +7,10 @@ keep the input's size, detail and brightness, and the model only contributes col
 Outputs are never half-written: a file goes to a temporary name beside its destination and is renamed
 into place when complete; a folder is built in a temporary sibling folder. Any failure, including an
 interrupt, removes the temporary.
+
+A folder of pictures keeps going past a picture that cannot be read or encoded: one damaged scan should
+not cost the hundreds of good ones beside it. Every good picture is written, each failure is logged with
+its reason and returned in :attr:`JobResult.failed`, so the command can still end with an error status.
 """
 
 from __future__ import annotations
@@ -80,6 +84,14 @@ class ColorizeOptions:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """A picture of a folder that could not be colorized, and why (a message fit to show)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
 class JobResult:
     kind: JobKind
     output: Path
@@ -87,7 +99,10 @@ class JobResult:
     """Pictures or frames written."""
     seconds: float
     skipped: int = 0
-    """Video packets that could not be decoded and were left out."""
+    """What was left out on purpose: video packets that could not be decoded, or entries of a folder that
+    are not pictures (other files, subfolders, hidden files)."""
+    failed: tuple[Failure, ...] = ()
+    """Pictures of a folder that could not be read or encoded; the others were written."""
 
     @property
     def rate(self) -> float:
@@ -239,10 +254,11 @@ def staged_file(target: Path, overwrite: bool) -> Iterator[Path]:
 
 @contextmanager
 def staged_directory(target: Path, names: Sequence[str], overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target`` to fill with ``names``; move them in on success.
+    """Yield a temporary folder beside ``target`` to fill with some of ``names``; move them in on success.
 
     A new ``target`` appears in one rename; into an existing one the files are moved one by one (after
-    every one of them was written), and files already there that are not in ``names`` are left alone.
+    every one of them was written), and files already there are left alone unless replaced. ``names`` are
+    checked against existing files before any work; the ones actually written are the ones moved.
     """
     if target.exists() and not target.is_dir():
         raise OutputError(f"{target} exists and is not a directory")
@@ -259,13 +275,16 @@ def staged_directory(target: Path, names: Sequence[str], overwrite: bool) -> Ite
     try:
         yield stage
         try:
+            written = sorted(os.listdir(stage))
             if target.is_dir():
-                for name in names:
+                for name in written:
                     os.replace(stage / name, target / name)
                 stage.rmdir()
-            else:
+            elif written:
                 os.chmod(stage, _default_mode(directory=True))
                 os.replace(stage, target)
+            else:
+                stage.rmdir()  # nothing could be written: no empty output folder either
         except OSError as exc:
             raise OutputError(f"cannot write into {target}: {exc.strerror or exc}") from exc
     except BaseException:
@@ -290,8 +309,9 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part.lower()) for part in re.split(r"(\d+)", name))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Pictures directly inside ``folder`` (not recursive, hidden files skipped), in natural order."""
+def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Pictures directly inside ``folder`` in natural order, and the entries left out (subfolders,
+    hidden files, other files; not recursive)."""
     try:
         entries = list(folder.iterdir())
     except OSError as exc:
@@ -299,7 +319,9 @@ def list_images(folder: Path) -> list[Path]:
     images = [p for p in entries if p.is_file() and not p.name.startswith(".") and is_image_path(p)]
     if not images:
         raise InputError(f"no pictures ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    return sorted(images, key=lambda p: natural_key(p.name))
+    taken = set(images)
+    others = sorted((p for p in entries if p not in taken), key=lambda p: natural_key(p.name))
+    return sorted(images, key=lambda p: natural_key(p.name)), others
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -355,12 +377,27 @@ def colorize_image(session: ColorizerSession, source: Path, target: Path, overwr
         _write(temp, data)
 
 
+@dataclass(frozen=True)
+class FolderResult:
+    written: int
+    skipped: int
+    failed: tuple[Failure, ...]
+
+
 def colorize_folder(
     session: ColorizerSession, source: Path, target: Path, options: ColorizeOptions, sequence: bool
-) -> int:
+) -> FolderResult:
     """Independent pictures (memory reset for each), or with ``sequence`` one clip of frames (memory
-    carried, PNG outputs named by the frames' stems)."""
-    images = list_images(source)
+    carried, PNG outputs named by the frames' stems).
+
+    A picture that cannot be read or encoded is logged, counted and left out; the run goes on (module
+    docstring). Failing to *write* an output stops the run: the next ones would fail the same way.
+    """
+    images, others = list_images(source)
+    if others:
+        shown = ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else "")
+        what = "entry that is not a picture" if len(others) == 1 else "entries that are not pictures"
+        logger.info("%s: leaving out %d %s (%s)", source.name, len(others), what, shown)
     if sequence:
         names = [p.stem + ".png" for p in images]
         if len(set(names)) != len(names):
@@ -374,6 +411,7 @@ def colorize_folder(
         raise UsageError(f"the output folder {target} is the input folder")
     session.reset()
     colour_logged = False
+    failed: list[Failure] = []
     with (
         staged_directory(target, names, options.overwrite) as stage,
         tqdm(
@@ -387,14 +425,19 @@ def colorize_folder(
         for path, name in zip(bar, names, strict=True):
             if not sequence:
                 session.reset()
-            picture = read_image(path)
-            if looks_coloured(picture.pixels) and not (sequence and colour_logged):
-                _log_colour(source.name if sequence else path.name)
-                colour_logged = True
-            rgb = colorize_picture(session, picture)
-            suffix = ".png" if sequence else path.suffix
-            _write(stage / name, encode_image(rgb, suffix, picture.alpha))
-    return len(images)
+            try:
+                picture = read_image(path)
+                if looks_coloured(picture.pixels) and not (sequence and colour_logged):
+                    _log_colour(source.name if sequence else path.name)
+                    colour_logged = True
+                rgb = colorize_picture(session, picture)
+                data = encode_image(rgb, ".png" if sequence else path.suffix, picture.alpha)
+            except (InputError, OutputError) as exc:
+                failed.append(Failure(path, str(exc)))
+                logger.warning("%s not colorized: %s", path.name, exc)
+                continue
+            _write(stage / name, data)
+    return FolderResult(len(images) - len(failed), len(others), tuple(failed))
 
 
 def colorize_video(
@@ -426,11 +469,13 @@ def run(
     started = time.perf_counter()
     session = session or make_session(options)
     skipped = 0
+    failed: tuple[Failure, ...] = ()
     if kind is JobKind.IMAGE:
         colorize_image(session, source, target, options.overwrite)
         items = 1
     elif kind is JobKind.VIDEO:
         items, skipped = colorize_video(session, source, target, options)
     else:
-        items = colorize_folder(session, source, target, options, sequence=kind is JobKind.SEQUENCE)
-    return JobResult(kind, target, items, time.perf_counter() - started, skipped)
+        folder = colorize_folder(session, source, target, options, sequence=kind is JobKind.SEQUENCE)
+        items, skipped, failed = folder.written, folder.skipped, folder.failed
+    return JobResult(kind, target, items, time.perf_counter() - started, skipped, failed)

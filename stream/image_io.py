@@ -1,7 +1,8 @@
 """Still pictures in and out: decoding with a size limit, and encoding to bytes for an atomic write.
 
-Files are read into memory and decoded with ``cv2.imdecode`` rather than ``cv2.imread`` so that OpenCV
-never prints its own warnings for unreadable files: every failure becomes one :class:`InputError`.
+Files are read into memory and decoded with ``cv2.imdecode``, with OpenCV's own logging silenced for the
+call (it would print its warnings for a damaged file straight to the terminal): every failure becomes one
+:class:`InputError`.
 The pixel count is checked from the file header *before* decoding, so a hostile or accidental giant
 picture is refused without allocating gigabytes.
 """
@@ -9,6 +10,8 @@ picture is refused without allocating gigabytes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +155,16 @@ def _to_u8(array: npt.NDArray[np.generic], path: Path) -> U8:
     raise InputError(f"{path}: unsupported sample type {array.dtype} (8- or 16-bit pictures only)")
 
 
+@contextmanager
+def _opencv_silent() -> Iterator[None]:
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
 def read_image(path: Path) -> Picture:
     """Decode a picture to grey or RGB, keeping transparency for formats that commonly carry it.
 
@@ -173,7 +186,8 @@ def read_image(path: Path) -> Picture:
         _check_pixels(path, *size)
     keep_alpha = path.suffix.lower() in ALPHA_EXTENSIONS
     flags = cv2.IMREAD_UNCHANGED if keep_alpha else cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    with _opencv_silent():
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     del data
     if decoded is None or decoded.size == 0:
         raise InputError(f"cannot decode {path}: not a valid {path.suffix.lstrip('.').upper()} picture")

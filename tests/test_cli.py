@@ -164,14 +164,52 @@ def test_sequence_order_is_natural() -> None:
     assert sorted(names, key=natural_key) == ["f1.png", "f2.png", "F3.png", "f10.png"]
 
 
-def test_folder_failure_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
+def test_folder_keeps_going_past_a_bad_picture(cli: Cli, tmp_path: Path) -> None:
+    """One unreadable scan costs only itself: the good ones are written, the failure is named with its
+    reason, one line counts written, failed and skipped entries, and the status says something failed."""
     folder = tmp_path / "scans"
     folder.mkdir()
     write_picture(folder / "a.png", grey_picture(40, 60))
     (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    write_picture(folder / "c.jpg", grey_picture(30, 20))
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "raw").mkdir()
+    target = tmp_path / "out"
+    for flags in ((), ("-q",)):
+        run = cli("colorize", folder, target, *FAST, "--overwrite", *flags)
+        assert run.status == 1, run.err
+        assert sorted(p.name for p in target.iterdir()) == ["a.png", "c.jpg"]
+        assert read_rgb(target / "c.jpg").shape == (30, 20, 3)
+        failure = [line for line in run.err_lines if "b.png not colorized" in line]
+        assert len(failure) == 1 and "cannot decode" in failure[0], run.err
+        assert run.err_lines[-1] == (
+            f"chromastream: error: {target}: 2 pictures written, 1 failed (b.png), 2 skipped (not pictures)"
+        )
+        assert "Traceback" not in run.err
+    assert leftovers(tmp_path, {"scans", "out"}) == set()
+
+
+def test_folder_summary_counts_skipped_entries(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_picture(folder / "a.png", grey_picture(40, 60))
+    (folder / "notes.txt").write_text("not a picture")
+    run = cli("colorize", folder, tmp_path / "out", *FAST)
+    assert run.status == 0, run.err
+    assert any(
+        line.startswith(f"chromastream: {tmp_path / 'out'}: 1 picture written, 0 failed, 1 skipped")
+        for line in run.err_lines
+    ), run.err
+    assert any("notes.txt" in line for line in run.err_lines), run.err
+
+
+def test_folder_where_every_picture_fails_writes_no_folder(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     run = cli("colorize", folder, tmp_path / "out", *FAST, "-q")
-    assert_one_error(run)
-    assert "b.png" in run.err
+    assert run.status == 1
+    assert "0 pictures written, 1 failed (b.png)" in run.err_lines[-1]
     assert leftovers(tmp_path, {"scans"}) == set()
 
 
@@ -333,6 +371,26 @@ def test_console_script_picture_and_error(tmp_path: Path) -> None:
         f"chromastream: error: input not found: {tmp_path / 'missing.mp4'}"
     ]
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_console_script_folder_with_a_damaged_picture(tmp_path: Path) -> None:
+    """What a terminal shows: our lines only (OpenCV's own decoder warnings stay quiet), status 1."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_picture(folder / "a.png", grey_picture(24, 32))
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    done = subprocess.run(
+        [*_console_script(), "colorize", str(folder), str(tmp_path / "out"), *FAST],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("chromastream: ") for line in lines), lines
+    assert lines[-1].startswith("chromastream: error: ") and "1 failed (b.png)" in lines[-1]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
 
 
 def test_usage_lists_colorize() -> None:
