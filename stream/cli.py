@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -35,6 +37,7 @@ DEMO_OUTPUT = "chromastream-demo.mp4"
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 logger = logging.getLogger("chromastream.stream.cli")
 
@@ -286,6 +289,33 @@ def _logging(quiet: bool) -> Iterator[None]:
         root.setLevel(previous)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, systemd) arrived: raised in the main thread so it unwinds
+    exactly like Ctrl-C, through every ``finally`` and ``except BaseException`` that removes a temporary
+    file; otherwise the process would die on the spot and leave its hidden ``.part`` files behind."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` for the duration of one command (the previous handler after).
+
+    ``serve`` installs its own handler on its event loop for a clean shutdown, which takes precedence
+    while it runs. Only the main thread may set handlers; elsewhere (an embedding program) this does
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fail(message: str, status: int = EXIT_ERROR) -> int:
     text = " ".join(str(message).split())
     print(f"{PROG}: error: {text}", file=sys.stderr)
@@ -297,13 +327,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
-    with _logging(getattr(args, "quiet", False)):
+    with _logging(getattr(args, "quiet", False)), _sigterm_unwinds():
         try:
             return handler(args)
         except UsageError as exc:
             return _fail(str(exc), EXIT_USAGE)
         except (ChromastreamError, HintError, RuntimeError_) as exc:
             return _fail(str(exc))
+        except Terminated:
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -8,6 +8,9 @@ the encoder could change it); the default lossy setting is checked with a small 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest
 
 from chromastream.stream import video_io
 from tests.conftest import FAST, ClipSpec, CliRun, leftovers, make_clip, read_clip
+from tests.test_cli import _console_script
 
 Cli = Callable[..., CliRun]
 
@@ -209,4 +213,32 @@ def test_interrupt_mid_video_removes_temporary(
     source = make_clip(tmp_path / "in.mp4", ClipSpec(frames=8, audio="aac"))
     run = cli("colorize", source, tmp_path / "out.mp4", *FAST, "-q")
     assert run.status == 130
+    assert leftovers(tmp_path, {"in.mp4"}) == set()
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "said"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_stop_signal_mid_video_removes_temporary(tmp_path: Path, sig: int, status: int, said: str) -> None:
+    """``timeout``, ``docker stop`` and systemd stop a run with SIGTERM: it must clean up like Ctrl-C."""
+    source = make_clip(
+        tmp_path / "in.mp4", ClipSpec(frames=1500, width=160, height=96, options={"preset": "ultrafast"})
+    )
+    target = tmp_path / "out.mp4"
+    with subprocess.Popen(
+        [*_console_script(), "colorize", str(source), str(target), *FAST],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".out.") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run never started writing"
+            time.sleep(0.02)
+        time.sleep(0.3)  # well inside the frames, not at the first one
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert err.strip().splitlines()[-1] == f"chromastream: {said}", err
+    assert "Traceback" not in err
     assert leftovers(tmp_path, {"in.mp4"}) == set()
