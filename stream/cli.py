@@ -106,6 +106,11 @@ def _add_colorize(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument(
         "--hints", type=Path, metavar="FILE", help="JSON file of colour hints for every frame"
     )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="of a damaged or truncated video, keep what can be decoded (default: fail, write nothing)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no information lines")
     parser.set_defaults(handler=_run_colorize)
@@ -135,6 +140,7 @@ def _run_colorize(args: argparse.Namespace) -> int:
         hints=hints,
         overwrite=args.overwrite,
         progress=False if args.quiet else None,
+        allow_partial=args.allow_partial,
     )
     result = run(source, target, options, sequence=args.sequence)
     unit = {"image": "picture", "directory": "picture", "sequence": "frame", "video": "frame"}[

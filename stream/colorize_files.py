@@ -81,6 +81,8 @@ class ColorizeOptions:
     """Replace existing outputs; without it an existing output is an error and nothing is written."""
     progress: bool | None = None
     """Progress bar: on, off, or ``None`` for on when stderr is a terminal."""
+    allow_partial: bool = False
+    """Write what can be decoded of a damaged or truncated video instead of failing (with a warning)."""
 
 
 @dataclass(frozen=True)
@@ -452,6 +454,7 @@ def colorize_video(
             container_format=CONTAINERS[target.suffix.lower()],
             progress=options.progress,
             name=target,
+            allow_partial=options.allow_partial,
         )
     return stats.frames, stats.skipped
 
