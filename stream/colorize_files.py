@@ -26,26 +26,39 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from chromastream.kernels.combine import l_from_luma, lab_to_rgb_u8
+from chromastream.kernels.combine import lab_to_rgb_u8, luma_to_l_table, upsample_ab
 from chromastream.kernels.frame_ops import frame_ops_for
+from chromastream.kernels.lab_numpy import RGB_TO_XYZ, gray_to_l, linear_to_srgb, srgb_to_linear
 from chromastream.models.colorizer.hints import Hint
 from chromastream.models.runtime.registry import create_backend
 from chromastream.models.runtime.session import ColorizerSession, working_shape
 from chromastream.stream.errors import InputError, OutputError, UsageError
-from chromastream.stream.image_io import IMAGE_EXTENSIONS, Picture, encode_image, is_image_path, read_image
+from chromastream.stream.image_io import (
+    IMAGE_16BIT_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    Picture,
+    encode_image,
+    is_image_path,
+    read_image,
+)
 from chromastream.stream.video_io import CONTAINERS, VIDEO_EXTENSIONS, ChromaFn, is_video_path, transcode
 
 logger = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
+U16 = npt.NDArray[np.uint16]
 F32 = npt.NDArray[np.float32]
+#: Picture samples: 8-bit, or 16-bit from a 16-bit master (kept at that depth to the output).
+Pixels = U8 | U16
 
 #: Pictures up to this size are combined in one piece; larger ones in horizontal strips of
 #: ``_STRIP_PIXELS`` so the float temporaries (~40 bytes a pixel) never exist for the whole picture.
@@ -122,33 +135,74 @@ def make_session(options: ColorizeOptions) -> ColorizerSession:
     return session
 
 
-def lightness(pixels: U8) -> F32:
+def _is_16bit(pixels: Pixels) -> bool:
+    return pixels.dtype == np.uint16
+
+
+@cache
+def _grey16_to_l() -> F32:
+    """Lab L of every 16-bit grey level: the 16-bit twin of the 8-bit table (256 KB, built once)."""
+    return gray_to_l(np.arange(65536, dtype=np.float64) / 65535.0)
+
+
+@cache
+def _linear16() -> F32:
+    """Linear light of every 16-bit sRGB level (256 KB, built once)."""
+    return srgb_to_linear(np.arange(65536, dtype=np.float64) / 65535.0)
+
+
+def _l_from_rgb16(pixels: U16) -> F32:
+    """Lab L of 16-bit RGB at 16-bit precision (OpenCV's RGB->Lab steps L in about 8-bit increments).
+    L depends on luminance Y alone, and the grey level with that Y has the same L."""
+    y = _linear16()[pixels] @ RGB_TO_XYZ[1].astype(np.float32)
+    return gray_to_l(linear_to_srgb(y))
+
+
+def lightness(pixels: Pixels) -> F32:
     """Lab L of grey (exact, by table) or RGB pixels: the luminance the output must keep."""
     if pixels.ndim == 2:
-        return l_from_luma(pixels, full_range=True)
+        table = _grey16_to_l() if _is_16bit(pixels) else luma_to_l_table(full_range=True)
+        grey: F32 = table[pixels]
+        return grey
+    if _is_16bit(pixels):
+        return _l_from_rgb16(np.asarray(pixels, dtype=np.uint16))
     rgb = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
     out: F32 = np.ascontiguousarray(lab[:, :, 0])
     return out
 
 
-def looks_coloured(pixels: U8) -> bool:
+def looks_coloured(pixels: Pixels) -> bool:
     """Whether an RGB picture carries colour (a grey picture saved as RGB does not)."""
     if pixels.ndim == 2:
         return False
     step = max(1, int(np.sqrt(pixels.shape[0] * pixels.shape[1] / 1_000_000)))
-    sample = pixels[::step, ::step].astype(np.int16)
+    sample = pixels[::step, ::step].astype(np.int32)
     spread = sample.max(axis=2) - sample.min(axis=2)
-    return bool(np.mean(spread > _RGB_TOLERANCE) > _COLOUR_SHARE)
+    tolerance = _RGB_TOLERANCE * (257 if _is_16bit(pixels) else 1)
+    return bool(np.mean(spread > tolerance) > _COLOUR_SHARE)
 
 
-def _network_lightness(session: ColorizerSession, pixels: U8) -> F32:
+def _lab_to_rgb(l_full: F32, ab_low: F32, sixteen: bool) -> Pixels:
+    """Full-resolution L + low-resolution ab -> RGB at 8 bits (the shared kernel) or 16 (same maths,
+    scaled to 65535: a 16-bit master keeps its fine tonal steps)."""
+    if not sixteen:
+        return lab_to_rgb_u8(l_full, ab_low)
+    height, width = l_full.shape
+    lab = np.dstack([l_full.astype(np.float32), upsample_ab(ab_low, height, width)])
+    rgb = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    out: U16 = np.clip(rgb * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
+    return out
+
+
+def _network_lightness(session: ColorizerSession, pixels: Pixels) -> F32:
     """L for the network: from a copy shrunk to twice the working size when the picture is much larger,
     so a 100-megapixel photo never needs a full-resolution float map just to be shrunk again."""
     height, width = pixels.shape[:2]
     wh, ww = working_shape(height, width, session.size, session.backend.info.size_multiple)
     if height * width > 4 * wh * ww:
-        return lightness(np.asarray(cv2.resize(pixels, (2 * ww, 2 * wh), interpolation=cv2.INTER_AREA)))
+        small = cast("Pixels", cv2.resize(pixels, (2 * ww, 2 * wh), interpolation=cv2.INTER_AREA))
+        return lightness(small)
     return lightness(pixels)
 
 
@@ -165,14 +219,16 @@ def _ab_rows(ab_wide: F32, height: int, y0: int, y1: int) -> F32:
     return out
 
 
-def colorize_picture(session: ColorizerSession, picture: Picture) -> U8:
-    """RGB ``[H, W, 3]`` at the picture's resolution, with its luminance and the model's colour."""
-    pixels = picture.pixels
+def colorize_picture(session: ColorizerSession, picture: Picture[Any]) -> Pixels:
+    """RGB ``[H, W, 3]`` at the picture's resolution and sample depth, with its luminance and the
+    model's colour."""
+    pixels: Pixels = picture.pixels
+    sixteen = _is_16bit(pixels)
     height, width = pixels.shape[:2]
     ab = session.predict_ab(_network_lightness(session, pixels))
     if height * width <= _WHOLE_PIXELS:
-        return lab_to_rgb_u8(lightness(pixels), ab)
-    out = np.empty((height, width, 3), dtype=np.uint8)
+        return _lab_to_rgb(lightness(pixels), ab, sixteen)
+    out: Pixels = np.empty((height, width, 3), dtype=pixels.dtype)
     ab_wide = np.asarray(
         cv2.resize(np.ascontiguousarray(ab.transpose(1, 2, 0)), (width, ab.shape[1])), dtype=np.float32
     )
@@ -180,7 +236,7 @@ def colorize_picture(session: ColorizerSession, picture: Picture) -> U8:
     for y0 in range(0, height, rows):
         y1 = min(height, y0 + rows)
         strip = _ab_rows(ab_wide, height, y0, y1).transpose(2, 0, 1)
-        out[y0:y1] = lab_to_rgb_u8(lightness(pixels[y0:y1]), strip)
+        out[y0:y1] = _lab_to_rgb(lightness(pixels[y0:y1]), strip, sixteen)
     return out
 
 
@@ -371,9 +427,16 @@ def _bar_disabled(progress: bool | None) -> bool | None:
 
 
 def colorize_image(session: ColorizerSession, source: Path, target: Path, overwrite: bool) -> None:
-    picture = read_image(source)
+    picture = read_image(source, keep_16bit=True)
     if looks_coloured(picture.pixels):
         _log_colour(source.name)
+    if _is_16bit(picture.pixels) and target.suffix.lower() not in IMAGE_16BIT_EXTENSIONS:
+        logger.info(
+            "%s has 16-bit samples; %s holds 8, so the output is 8-bit (%s keep 16)",
+            source.name,
+            target.suffix.lower(),
+            " or ".join(IMAGE_16BIT_EXTENSIONS[:2]),
+        )
     data = encode_image(colorize_picture(session, picture), target.suffix, picture.alpha)
     with staged_file(target, overwrite) as temp:
         _write(temp, data)
@@ -428,7 +491,7 @@ def colorize_folder(
             if not sequence:
                 session.reset()
             try:
-                picture = read_image(path)
+                picture = read_image(path, keep_16bit=True)
                 if looks_coloured(picture.pixels) and not (sequence and colour_logged):
                     _log_colour(source.name if sequence else path.name)
                     colour_logged = True

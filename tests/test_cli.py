@@ -86,6 +86,38 @@ def test_alpha_is_kept_for_png(cli: Cli, tmp_path: Path) -> None:
     assert (out[:, :, 3] == 77).all()
 
 
+def _ramp16(height: int, width: int) -> np.ndarray:
+    """A smooth 16-bit ramp: ``width`` grey levels, far more than 8 bits can tell apart."""
+    return np.repeat((np.arange(width) * 65535 // (width - 1)).astype(np.uint16)[None], height, axis=0)
+
+
+@pytest.mark.parametrize(("suffix", "colour"), [(".png", False), (".tif", False), (".tif", True)])
+def test_16bit_master_stays_16bit(cli: Cli, tmp_path: Path, suffix: str, colour: bool) -> None:
+    grey = _ramp16(24, 1000)
+    pixels = np.dstack([grey, grey // 2 + 10000, grey // 3]) if colour else grey
+    source = tmp_path / f"master{suffix}"
+    assert cv2.imwrite(str(source), pixels)
+    target = tmp_path / f"out{suffix}"
+    run = cli("colorize", source, target, *FAST, "-q")
+    assert run.status == 0, run.err
+    out = cv2.imread(str(target), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (24, 1000, 3)
+    assert len(np.unique(out[:, :, 1])) > 600  # the fine steps survive; 8 bits would give at most 256
+    rgb_in = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if colour else np.repeat(grey[:, :, None], 3, axis=2)
+    l_in = rgb_to_lab(rgb_in.astype(np.float32) / 65535.0)[..., 0]
+    l_out = rgb_to_lab(cv2.cvtColor(out, cv2.COLOR_BGR2RGB).astype(np.float32) / 65535.0)[..., 0]
+    assert float(np.median(np.abs(l_out - l_in))) < 0.05  # 8-bit rounding alone is ~0.1 of L
+
+
+def test_16bit_master_to_jpeg_says_it_is_8bit(cli: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "master.png"
+    assert cv2.imwrite(str(source), _ramp16(24, 300))
+    run = cli("colorize", source, tmp_path / "out.jpg", *FAST)
+    assert run.status == 0, run.err
+    assert any("16-bit" in line and "output is 8-bit" in line for line in run.err_lines), run.err
+    assert cv2.imread(str(tmp_path / "out.jpg"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+
+
 def test_large_picture_strips_match_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """Big pictures are combined in strips; the result must be what the one-piece path gives."""
     from chromastream.models.runtime.session import ColorizerSession
