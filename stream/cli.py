@@ -28,6 +28,7 @@ from chromastream.stream.arg_types import number, whole_number
 from chromastream.stream.detect_cli import add_detect
 from chromastream.stream.errors import ChromastreamError, UsageError
 from chromastream.stream.export_cli import add_export
+from chromastream.stream.formats import FORMATS_HELP
 
 if TYPE_CHECKING:
     from chromastream.stream.config import ServeConfig
@@ -57,7 +58,7 @@ forms:
   {PROG} colorize film.mp4 film-colour.mp4         a video: H.264 out, same timing, audio copied
   {PROG} colorize --demo [OUTPUT]                  the bundled CCTV clip -> {DEMO_OUTPUT}
 
-pictures: png, jpg, jpeg, bmp, tif, webp; videos: mp4, mkv, mov, avi (webm as input only).
+{FORMATS_HELP}
 The output's brightness is the input's own; the model only adds colour. Colour inputs are colorized
 from their luminance.
 

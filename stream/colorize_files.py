@@ -42,15 +42,15 @@ from chromastream.models.colorizer.hints import Hint
 from chromastream.models.runtime.registry import create_backend
 from chromastream.models.runtime.session import ColorizerSession, working_shape
 from chromastream.stream.errors import InputError, OutputError, UsageError
-from chromastream.stream.image_io import (
+from chromastream.stream.formats import (
+    CONTAINERS,
     IMAGE_16BIT_EXTENSIONS,
     IMAGE_EXTENSIONS,
-    Picture,
-    encode_image,
-    is_image_path,
-    read_image,
+    VIDEO_EXTENSIONS,
+    listed,
 )
-from chromastream.stream.video_io import CONTAINERS, VIDEO_EXTENSIONS, ChromaFn, is_video_path, transcode
+from chromastream.stream.image_io import Picture, encode_image, is_image_path, read_image
+from chromastream.stream.video_io import ChromaFn, is_video_path, transcode
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
         raise InputError(f"cannot list {folder}: {exc.strerror or exc}") from exc
     images = [p for p in entries if p.is_file() and not p.name.startswith(".") and is_image_path(p)]
     if not images:
-        raise InputError(f"no pictures ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        raise InputError(f"no pictures ({listed(IMAGE_EXTENSIONS)}) in {folder}")
     taken = set(images)
     others = sorted((p for p in entries if p not in taken), key=lambda p: natural_key(p.name))
     return sorted(images, key=lambda p: natural_key(p.name)), others
@@ -405,20 +405,18 @@ def plan_job(source: Path, target: Path, sequence: bool = False) -> JobKind:
     if suffix in IMAGE_EXTENSIONS:
         if not is_image_path(target):
             raise UsageError(
-                f"a picture input needs a picture output ({', '.join(IMAGE_EXTENSIONS)}), got {target.name}"
+                f"a picture input needs a picture output ({listed(IMAGE_EXTENSIONS)}), got {target.name}"
             )
         return JobKind.IMAGE
     if suffix in VIDEO_EXTENSIONS:
-        if not is_video_path(target):
+        if target.suffix.lower() not in CONTAINERS:
             raise UsageError(
-                f"a video input needs a video output ({', '.join(VIDEO_EXTENSIONS)}), got {target.name}"
+                f"a video input needs a video output ({listed(CONTAINERS)}: H.264), got {target.name}"
             )
-        if target.suffix.lower() == ".webm":
-            raise UsageError("WebM cannot hold H.264 video; use an .mp4 or .mkv output")
         return JobKind.VIDEO
     raise InputError(
-        f"unsupported input {source.name}: pictures ({', '.join(IMAGE_EXTENSIONS)}) "
-        f"and videos ({', '.join(VIDEO_EXTENSIONS)}) are supported"
+        f"unsupported input {source.name}: pictures ({listed(IMAGE_EXTENSIONS)}) "
+        f"and videos ({listed(VIDEO_EXTENSIONS)}) are supported"
     )
 
 
@@ -435,7 +433,7 @@ def colorize_image(session: ColorizerSession, source: Path, target: Path, overwr
             "%s has 16-bit samples; %s holds 8, so the output is 8-bit (%s keep 16)",
             source.name,
             target.suffix.lower(),
-            " or ".join(IMAGE_16BIT_EXTENSIONS[:2]),
+            listed(IMAGE_16BIT_EXTENSIONS),
         )
     data = encode_image(colorize_picture(session, picture), target.suffix, picture.alpha)
     with staged_file(target, overwrite) as temp:

@@ -24,17 +24,15 @@ import numpy as np
 import numpy.typing as npt
 
 from chromastream.stream.errors import InputError, OutputError
+from chromastream.stream.formats import IMAGE_16BIT_EXTENSIONS, IMAGE_EXTENSIONS
 
 U8 = npt.NDArray[np.uint8]
 U16 = npt.NDArray[np.uint16]
 #: 8- or 16-bit samples; a picture's alpha has the depth of its colour.
 Depth = TypeVar("Depth", np.uint8, np.uint16)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Formats whose files commonly carry transparency; alpha is kept only where the output can hold it.
 ALPHA_EXTENSIONS = (".png", ".tif", ".tiff", ".webp")
-#: Formats that hold 16 bits a sample; the others are written with 8.
-IMAGE_16BIT_EXTENSIONS = (".png", ".tif", ".tiff")
 #: Largest picture accepted, in pixels: the decoded frame plus its output take ~6 bytes a pixel.
 MAX_PIXELS = 200_000_000
 

@@ -35,6 +35,10 @@ from tqdm import tqdm
 
 from chromastream.stream.errors import InputError, OutputError
 
+# Re-exported: the recorder (sinks) picks its container from the same table.
+from chromastream.stream.formats import CONTAINERS as CONTAINERS
+from chromastream.stream.formats import VIDEO_EXTENSIONS
+
 logger = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
@@ -42,9 +46,6 @@ U8 = npt.NDArray[np.uint8]
 #: Colorizes one frame: (Y plane ``[H, W]`` with H, W even, full_range) -> (U, V) ``[H/2, W/2]``.
 ChromaFn = Callable[[U8, bool], tuple[U8, U8]]
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
-#: Output container per extension (FFmpeg muxer names).
-CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
 ENCODER: Final = "libx264"
 #: x264 settings: 'veryfast' keeps encoding a small share of the frame time on two cores; CRF 20 is
 #: visually clean for colour that is smooth by construction (chroma comes from a low-resolution map).

@@ -442,6 +442,28 @@ def test_usage_lists_colorize() -> None:
         assert option in out
 
 
+def test_output_formats_are_named_alike_in_help_and_every_message(cli: Cli, tmp_path: Path) -> None:
+    """One list of formats: ``--help`` and each refusal name the same outputs, so none contradicts another."""
+    from tests.conftest import ClipSpec, make_clip
+
+    videos_out = ".mp4, .mkv, .mov, .avi"
+    pictures = ".png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp"
+    help_text = subprocess.run(
+        [*_console_script(), "colorize", "--help"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert f"videos out (H.264): {videos_out}" in help_text
+    assert f"pictures, in and out: {pictures}" in help_text
+    clip = make_clip(tmp_path / "in.webm", ClipSpec(frames=2, codec="libvpx-vp9"))
+    for name in ("out.webm", "out.png", "out.gif"):
+        run = cli("colorize", clip, tmp_path / name, "-q")
+        assert_one_error(run)
+        assert f"a video input needs a video output ({videos_out}: H.264), got {name}" in run.err, run.err
+    for name in ("out.mp4", "out.gif"):
+        run = cli("colorize", _picture(tmp_path), tmp_path / name, "-q")
+        assert_one_error(run)
+        assert f"a picture input needs a picture output ({pictures}), got {name}" in run.err, run.err
+
+
 def test_demo_writes_default_name(cli: Cli, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``colorize --demo`` is the first command of the README: it must work from any directory."""
     from chromastream.stream import cli as cli_module
