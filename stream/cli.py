@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chromastream import __version__
 from chromastream.models.colorizer.hints import HintError, load_hints_file
 from chromastream.models.runtime.base import RuntimeError_
 from chromastream.models.runtime.registry import BACKENDS
@@ -41,6 +42,9 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 logger = logging.getLogger("chromastream.stream.cli")
+#: Libraries that log routine steps at INFO (aioice and aiortc: about nine lines per WebRTC viewer);
+#: they are held at WARNING unless ``--verbose``.
+CHATTY_LIBRARIES = ("aioice", "aiortc")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -271,29 +275,50 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Real-time colorization of grey video: files, streams and pictures.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_colorize(subparsers)
     _add_serve(subparsers)
     add_detect(subparsers)
     add_export(subparsers)
+    for subparser in subparsers.choices.values():
+        # Also accepted after the command; SUPPRESS keeps a subcommand from resetting the global flag.
+        subparser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+        )
     return parser
 
 
+_VERBOSE_HELP = (
+    "debug lines, the INFO lines of the WebRTC libraries and ONNX Runtime's warnings (all hidden by default)"
+)
+
+
 @contextmanager
-def _logging(quiet: bool) -> Iterator[None]:
-    """Information lines on stderr for the duration of one command (removed after, for in-process use)."""
+def _logging(quiet: bool, verbose: bool = False) -> Iterator[None]:
+    """Information lines on stderr for the duration of one command (removed after, for in-process use).
+
+    ``verbose`` adds this package's debug lines and lets the chatty libraries (:data:`CHATTY_LIBRARIES`)
+    speak at INFO; it also turns ONNX Runtime's warnings on, which follow this package's level when a
+    session starts (:func:`chromastream.models.runtime.onnxruntime_backend.ort_log_severity`).
+    """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-    handler.setLevel(logging.WARNING if quiet else logging.INFO)
-    previous = root.level
+    handler.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    previous = {name: logging.getLogger(name).level for name in ("", "chromastream", *CHATTY_LIBRARIES)}
     root.addHandler(handler)
-    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
+    root.setLevel(min(previous[""], logging.INFO) if previous[""] else logging.INFO)
+    logging.getLogger("chromastream").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(previous)
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
 
 
 class Terminated(KeyboardInterrupt):
@@ -334,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
-    with _logging(getattr(args, "quiet", False)), _sigterm_unwinds():
+    with _logging(getattr(args, "quiet", False), args.verbose), _sigterm_unwinds():
         try:
             return handler(args)
         except UsageError as exc:
