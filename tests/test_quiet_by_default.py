@@ -85,7 +85,7 @@ def test_fp16_model_starts_without_onnxruntime_warnings_unless_verbose(
 
     def colorize(*flags: str) -> str:
         done = subprocess.run(
-            [*COMMAND, *flags, "colorize", str(source), str(tmp_path / "out.png"), "--overwrite", *model],
+            [*COMMAND, "colorize", str(source), str(tmp_path / "out.png"), "--overwrite", *model, *flags],
             capture_output=True,
             text=True,
             timeout=120,
@@ -99,4 +99,4 @@ def test_fp16_model_starts_without_onnxruntime_warnings_unless_verbose(
     assert [line for line in quiet.splitlines() if line.strip()] == [
         line for line in quiet.splitlines() if line.startswith("chromastream: ")
     ]
-    assert ORT_WARNING in colorize("--verbose")
+    assert ORT_WARNING in colorize("--verbose")  # after the command here; before it in the serve case
