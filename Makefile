@@ -13,8 +13,8 @@ serve: $(VENV)/.core
 demo: $(VENV)/.core
 	$(BIN)/chromastream colorize --demo chromastream-demo.mp4 --overwrite
 
-## test: set up everything (training extras, dev tools) and run lint, type checks and the whole test suite
-test: $(VENV)/.dev system-deps
+## test: set up everything (training extras, dev tools, Triton) and run lint, type checks and the whole test suite
+test: $(VENV)/.dev $(VENV)/.triton system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -42,10 +42,27 @@ $(VENV)/.core: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# torch is the CPU build pinned in the `train` extra; it is installed first so nothing pulls a CUDA build.
+# torch: which build is a choice made here, not left to pip. A plain `pip install torch` on Linux takes
+# PyPI's CUDA build (several GB of nvidia-* wheels, useless without a GPU), so the default asks PyTorch's CPU
+# index for it. pip's own configuration still applies: where it already offers the CPU wheel (a local wheel
+# folder, as on the development machines) that one is used, and the unreachable index only costs a warning.
+# torch goes in first and alone (--no-deps: its small dependencies come from the normal index with the
+# extras next, which then find the pin of the `train` extra already met). For a CUDA machine, see README:
+#   make setup-dev TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Triton (about 900 MB) belongs to the `gpu` extra only. The Triton kernel tests also run on the CPU through
+# Triton's interpreter (TRITON_INTERPRET=1), so `make test` installs it on its own: a development setup that
+# does not run the tests (setup-dev, train, bench) does not carry it.
+TRITON ?= triton==3.8.0
+
 $(VENV)/.dev: $(VENV)/.core
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH)'
 	$(BIN)/pip install -q -e '.[train,bench,dev]'
+	touch $@
+
+$(VENV)/.triton: $(VENV)/.dev
+	$(BIN)/pip install -q '$(TRITON)'
 	touch $@
 
 ## train: stage 1 of the colorizer (resumable; run it again to continue)

@@ -23,8 +23,6 @@ from chromastream.stream.frames import OutputFrame
 
 U8 = npt.NDArray[np.uint8]
 
-#: Output container per extension (FFmpeg muxer names).
-CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
 ENCODER: Final = "libx264"
 #: x264 settings of colorized files and recordings: 'veryfast' keeps encoding a small share of the frame
 #: time on two cores; CRF 20 is visually clean for colour that is smooth by construction (chroma comes from

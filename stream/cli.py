@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chromastream import __version__
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import load_hints_file
 from chromastream.models.runtime.registry import BACKENDS
@@ -26,6 +29,7 @@ from chromastream.stream.arg_types import number, whole_number
 from chromastream.stream.detect_cli import add_detect
 from chromastream.stream.errors import UsageError
 from chromastream.stream.export_cli import add_export
+from chromastream.stream.formats import FORMATS_HELP
 
 if TYPE_CHECKING:
     from chromastream.stream.config import ServeConfig
@@ -35,8 +39,12 @@ DEMO_OUTPUT = "chromastream-demo.mp4"
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 logger = logging.getLogger("chromastream.stream.cli")
+#: Libraries that log routine steps at INFO (aioice and aiortc: about nine lines per WebRTC viewer);
+#: they are held at WARNING unless ``--verbose``.
+CHATTY_LIBRARIES = ("aioice", "aiortc")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,9 +62,13 @@ forms:
   {PROG} colorize film.mp4 film-colour.mp4         a video: H.264 out, same timing, audio copied
   {PROG} colorize --demo [OUTPUT]                  the bundled CCTV clip -> {DEMO_OUTPUT}
 
-pictures: png, jpg, jpeg, bmp, tif, webp; videos: mp4, mkv, mov, avi (webm as input only).
+{FORMATS_HELP}
 The output's brightness is the input's own; the model only adds colour. Colour inputs are colorized
-from their luminance."""
+from their luminance.
+
+A folder goes on past a picture that cannot be read: one damaged scan should not cost the good ones.
+Every good picture is written, each failure is named with its reason, a last line counts what was
+written, failed and skipped (entries that are not pictures), and the exit status is 1 if any failed."""
 
 
 def _add_colorize(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,6 +111,11 @@ def _add_colorize(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument(
         "--hints", type=Path, metavar="FILE", help="JSON file of colour hints for every frame"
     )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="of a damaged or truncated video, keep what can be decoded (default: fail, write nothing)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no information lines")
     parser.set_defaults(handler=_run_colorize)
@@ -128,15 +145,32 @@ def _run_colorize(args: argparse.Namespace) -> int:
         hints=hints,
         overwrite=args.overwrite,
         progress=False if args.quiet else None,
+        allow_partial=args.allow_partial,
     )
     result = run(source, target, options, sequence=args.sequence)
-    unit = {"image": "picture", "directory": "pictures", "sequence": "frames", "video": "frames"}[
+    unit = {"image": "picture", "directory": "picture", "sequence": "frame", "video": "frame"}[
         result.kind.value
     ]
-    logger.info(
-        "wrote %s (%d %s in %.1f s, %.1f/s)", result.output, result.items, unit, result.seconds, result.rate
+    timing = f"in {result.seconds:.1f} s, {result.rate:.1f}/s"
+    if result.kind.value not in ("directory", "sequence"):
+        logger.info("wrote %s (%s %s)", result.output, _counted(result.items, unit), timing)
+        return 0
+    # A folder keeps going past pictures that fail; one line counts everything, and any failure (each
+    # one already logged with its reason) makes the status an error.
+    failed = len(result.failed)
+    names = ", ".join(f.path.name for f in result.failed[:5]) + (", ..." if failed > 5 else "")
+    summary = (
+        f"{result.output}: {_counted(result.items, unit)} written, "
+        f"{failed} failed{f' ({names})' if failed else ''}, {result.skipped} skipped (not pictures)"
     )
+    if failed:
+        return _fail(summary)
+    logger.info("%s %s", summary, timing)
     return 0
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 _SERVE_EPILOG = f"""\
@@ -277,29 +311,77 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Real-time colorization of grey video: files, streams and pictures.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_colorize(subparsers)
     _add_serve(subparsers)
     add_detect(subparsers)
     add_export(subparsers)
+    for subparser in subparsers.choices.values():
+        # Also accepted after the command; SUPPRESS keeps a subcommand from resetting the global flag.
+        subparser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+        )
     return parser
 
 
+_VERBOSE_HELP = (
+    "debug lines, the INFO lines of the WebRTC libraries and ONNX Runtime's warnings (all hidden by default)"
+)
+
+
 @contextmanager
-def _logging(quiet: bool) -> Iterator[None]:
-    """Information lines on stderr for the duration of one command (removed after, for in-process use)."""
+def _logging(quiet: bool, verbose: bool = False) -> Iterator[None]:
+    """Information lines on stderr for the duration of one command (removed after, for in-process use).
+
+    ``verbose`` adds this package's debug lines and lets the chatty libraries (:data:`CHATTY_LIBRARIES`)
+    speak at INFO; it also turns ONNX Runtime's warnings on, which follow this package's level when a
+    session starts (:func:`chromastream.models.runtime.onnxruntime_backend.ort_log_severity`).
+    """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-    handler.setLevel(logging.WARNING if quiet else logging.INFO)
-    previous = root.level
+    handler.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    previous = {name: logging.getLogger(name).level for name in ("", "chromastream", *CHATTY_LIBRARIES)}
     root.addHandler(handler)
-    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
+    root.setLevel(min(previous[""], logging.INFO) if previous[""] else logging.INFO)
+    logging.getLogger("chromastream").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     try:
         yield
     finally:
         root.removeHandler(handler)
-        root.setLevel(previous)
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, systemd) arrived: raised in the main thread so it unwinds
+    exactly like Ctrl-C, through every ``finally`` and ``except BaseException`` that removes a temporary
+    file; otherwise the process would die on the spot and leave its hidden ``.part`` files behind."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` for the duration of one command (the previous handler after).
+
+    ``serve`` installs its own handler on its event loop for a clean shutdown, which takes precedence
+    while it runs. Only the main thread may set handlers; elsewhere (an embedding program) this does
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, status: int = EXIT_ERROR) -> int:
@@ -313,13 +395,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
-    with _logging(getattr(args, "quiet", False)):
+    with _logging(getattr(args, "quiet", False), args.verbose), _sigterm_unwinds():
         try:
             return handler(args)
         except UsageError as exc:
             return _fail(str(exc), EXIT_USAGE)
         except ChromastreamError as exc:
             return _fail(str(exc))
+        except Terminated:
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

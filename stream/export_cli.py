@@ -4,8 +4,10 @@ The source is the shipped model (or ``--model FILE``), or a training checkpoint 
 through :mod:`chromastream.models.colorizer.export`, which needs torch). The FP16 file is float16 inside with
 float32 inputs and outputs (:mod:`chromastream.models.runtime.onnx_fp16`), checked against the FP32 model with
 ONNX Runtime on a probe input before it is written. Each file is written beside its target and renamed, so a
-failed export never leaves half a model; an existing file is replaced only with ``--overwrite``. ``--engine``
-builds the TensorRT engine into the engine cache, where TensorRT is installed.
+failed export never leaves half a model; an existing file is replaced only with ``--overwrite``. Files get
+the permissions any new file gets (``0666`` less the umask), so a model meant for deployment is readable
+by the service that loads it. ``--engine`` builds the TensorRT engine into the engine cache, where TensorRT
+is installed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,16 +76,24 @@ def _check_target(path: Path, overwrite: bool) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to a hidden file beside ``path`` and rename it into place.
+
+    The temporary is created with ``os.open(..., 0o666)`` so the umask applies as for any file a tool
+    writes (``tempfile.mkstemp`` would make it readable by its owner only, and the rename keeps that)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -126,9 +138,13 @@ def fp16_error(fp32_path: Path, fp16_bytes: bytes) -> dict[str, float]:
 
     from chromastream.models.runtime.base import ModelInfo
     from chromastream.models.runtime.onnx_to_torch import probe_inputs
+    from chromastream.models.runtime.onnxruntime_backend import ort_log_severity
 
+    options = ort.SessionOptions()
+    options.log_severity_level = ort_log_severity()
     sessions = [
-        ort.InferenceSession(src, providers=["CPUExecutionProvider"]) for src in (str(fp32_path), fp16_bytes)
+        ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+        for src in (str(fp32_path), fp16_bytes)
     ]
     meta = dict(sessions[0].get_modelmeta().custom_metadata_map)
     L, hints, state = probe_inputs(ModelInfo.from_metadata(meta))
@@ -160,7 +176,12 @@ def run_export(args: argparse.Namespace) -> int:
             write_atomically(args.fp32, source.read_bytes())
             summary["fp32"] = str(args.fp32)
         if args.fp16 is not None:
-            data = convert_to_fp16(proto).SerializeToString()
+            with warnings.catch_warnings():
+                # The converter warns about each tiny weight it rounds to FP16's range; the check just
+                # below measures what matters, the FP16 model's output against FP32's.
+                if not getattr(args, "verbose", False):
+                    warnings.simplefilter("ignore", UserWarning)
+                data = convert_to_fp16(proto).SerializeToString()
             error = fp16_error(source, data)
             if not error["ab_max_abs"] <= FP16_ATOL_AB:
                 raise OutputError(

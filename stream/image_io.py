@@ -1,26 +1,36 @@
 """Still pictures in and out: decoding with a size limit, and encoding to bytes for an atomic write.
 
-Files are read into memory and decoded with ``cv2.imdecode`` rather than ``cv2.imread`` so that OpenCV
-never prints its own warnings for unreadable files: every failure becomes one :class:`InputError`.
+Files are read into memory and decoded with ``cv2.imdecode``, with OpenCV's own logging silenced for the
+call (it would print its warnings for a damaged file straight to the terminal): every failure becomes one
+:class:`InputError`.
 The pixel count is checked from the file header *before* decoding, so a hostile or accidental giant
 picture is refused without allocating gigabytes.
+
+16-bit masters (PNG, TIFF) can be read at their full depth (``keep_16bit``) and written back at it to the
+formats that hold 16 bits (:data:`IMAGE_16BIT_EXTENSIONS`); the other formats get 8 bits.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from chromastream.stream.errors import InputError, OutputError
+from chromastream.stream.formats import IMAGE_16BIT_EXTENSIONS, IMAGE_EXTENSIONS
 
 U8 = npt.NDArray[np.uint8]
+U16 = npt.NDArray[np.uint16]
+#: 8- or 16-bit samples; a picture's alpha has the depth of its colour.
+Depth = TypeVar("Depth", np.uint8, np.uint16)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Formats whose files commonly carry transparency; alpha is kept only where the output can hold it.
 ALPHA_EXTENSIONS = (".png", ".tif", ".tiff", ".webp")
 #: Largest picture accepted, in pixels: the decoded frame plus its output take ~6 bytes a pixel.
@@ -28,11 +38,12 @@ MAX_PIXELS = 200_000_000
 
 
 @dataclass(frozen=True)
-class Picture:
-    """A decoded picture: ``pixels`` is ``[H, W]`` grey or ``[H, W, 3]`` RGB, 8-bit."""
+class Picture(Generic[Depth]):
+    """A decoded picture: ``pixels`` is ``[H, W]`` grey or ``[H, W, 3]`` RGB, 8-bit (or 16-bit when read
+    with ``keep_16bit`` from a 16-bit file)."""
 
-    pixels: U8
-    alpha: U8 | None = None
+    pixels: npt.NDArray[Depth]
+    alpha: npt.NDArray[Depth] | None = None
 
     @property
     def height(self) -> int:
@@ -146,17 +157,36 @@ def _to_u8(array: npt.NDArray[np.generic], path: Path) -> U8:
     if array.dtype == np.uint8:
         return array.astype(np.uint8, copy=False)
     if array.dtype == np.uint16:
-        # 16-bit masters: keep the top byte with rounding; the output is 8-bit.
-        out: U8 = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        return out
+        return to_8bit(array.astype(np.uint16, copy=False))
     raise InputError(f"{path}: unsupported sample type {array.dtype} (8- or 16-bit pictures only)")
 
 
-def read_image(path: Path) -> Picture:
+@contextmanager
+def _opencv_silent() -> Iterator[None]:
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
+def to_8bit(array: U16) -> U8:
+    """16-bit samples to 8, rounded (65535 -> 255)."""
+    out: U8 = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return out
+
+
+@overload
+def read_image(path: Path, keep_16bit: Literal[False] = False) -> Picture[np.uint8]: ...
+@overload
+def read_image(path: Path, keep_16bit: bool) -> Picture[np.uint8] | Picture[np.uint16]: ...
+def read_image(path: Path, keep_16bit: bool = False) -> Picture[Any]:
     """Decode a picture to grey or RGB, keeping transparency for formats that commonly carry it.
 
     JPEG and BMP are decoded with EXIF orientation applied (what viewers show); PNG, TIFF and WebP are
-    decoded unchanged so their alpha survives.
+    decoded unchanged so their alpha survives. Samples are 8-bit, or with ``keep_16bit`` the file's own
+    16 bits where it has them.
     """
     try:
         data = path.read_bytes()
@@ -173,18 +203,19 @@ def read_image(path: Path) -> Picture:
         _check_pixels(path, *size)
     keep_alpha = path.suffix.lower() in ALPHA_EXTENSIONS
     flags = cv2.IMREAD_UNCHANGED if keep_alpha else cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    with _opencv_silent():
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     del data
     if decoded is None or decoded.size == 0:
         raise InputError(f"cannot decode {path}: not a valid {path.suffix.lstrip('.').upper()} picture")
     _check_pixels(path, decoded.shape[1], decoded.shape[0])
-    raw = _to_u8(decoded, path)
-    alpha: U8 | None = None
+    raw = decoded if keep_16bit and decoded.dtype == np.uint16 else _to_u8(decoded, path)
+    alpha: npt.NDArray[Any] | None = None
     if raw.ndim == 3 and raw.shape[2] == 4:
         alpha = np.ascontiguousarray(raw[:, :, 3])
-        pixels = np.asarray(cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB), dtype=np.uint8)
+        pixels = np.asarray(cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB), dtype=raw.dtype)
     elif raw.ndim == 3 and raw.shape[2] == 3:
-        pixels = np.asarray(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+        pixels = np.asarray(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), dtype=raw.dtype)
     elif raw.ndim == 3 and raw.shape[2] == 1:
         pixels = raw[:, :, 0]
     elif raw.ndim == 2:
@@ -194,13 +225,17 @@ def read_image(path: Path) -> Picture:
     return Picture(np.ascontiguousarray(pixels), alpha)
 
 
-def encode_image(rgb: U8, suffix: str, alpha: U8 | None = None) -> bytes:
+def encode_image(rgb: U8 | U16, suffix: str, alpha: U8 | U16 | None = None) -> bytes:
     """RGB ``[H, W, 3]`` -> the bytes of a file of type ``suffix`` (e.g. ``.png``).
 
-    Encoding to memory first lets the caller write the file atomically and report a failure (a picture
-    too large for WebP, say) before anything appears on disk.
+    16-bit samples stay 16-bit where the format holds them (:data:`IMAGE_16BIT_EXTENSIONS`) and become
+    8-bit elsewhere. Encoding to memory first lets the caller write the file atomically and report a
+    failure (a picture too large for WebP, say) before anything appears on disk.
     """
     suffix = suffix.lower()
+    if rgb.dtype == np.uint16 and suffix not in IMAGE_16BIT_EXTENSIONS:
+        eight = to_8bit(np.asarray(rgb, dtype=np.uint16))
+        return encode_image(eight, suffix, None if alpha is None else to_8bit(np.asarray(alpha, np.uint16)))
     if alpha is not None and suffix in ALPHA_EXTENSIONS:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
         bgr[:, :, 3] = alpha

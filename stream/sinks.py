@@ -42,8 +42,9 @@ import av
 import av.error
 import numpy as np
 
-from chromastream.stream.av_glue import CONTAINERS, ENCODER, ENCODER_OPTIONS, tag_colour, to_video_frame
+from chromastream.stream.av_glue import ENCODER, ENCODER_OPTIONS, tag_colour, to_video_frame
 from chromastream.stream.errors import OutputError
+from chromastream.stream.formats import CONTAINERS
 from chromastream.stream.frames import AudioChunk, OutputFrame
 from chromastream.stream.sources import Backoff, is_connection_error
 from chromastream.stream.urls import redact_url

@@ -10,6 +10,11 @@ Timestamps are copied (same ``pts`` and ``time_base``), so variable-frame-rate s
 timing. Audio is remuxed packet by packet without decoding: it stays byte-identical and in sync. Colour
 tags, encoder settings and the plane handling are those of live recordings too
 (:mod:`chromastream.stream.av_glue`).
+
+A damaged input is an error unless the caller allows a partial result: a packet that cannot be decoded,
+a container that breaks off, or pictures that end well before the length the file declares (a truncated
+download or recording) raise :class:`DamagedVideo`, which says what was decoded of what was declared.
+With ``allow_partial`` the damaged parts are left out, the rest is written, and a warning says the same.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from tqdm import tqdm
 
 from chromastream.stream.av_glue import (
     AVCOL_RANGE_JPEG,
-    CONTAINERS,
     ENCODER,
     ENCODER_OPTIONS,
     av_message,
@@ -45,6 +49,7 @@ from chromastream.stream.av_glue import (
     yuv420_frame,
 )
 from chromastream.stream.errors import InputError, OutputError
+from chromastream.stream.formats import CONTAINERS, VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +58,6 @@ U8 = npt.NDArray[np.uint8]
 #: Colorizes one frame: (Y plane ``[H, W]`` with H, W even, full_range) -> (U, V) ``[H/2, W/2]``.
 ChromaFn = Callable[[U8, bool], tuple[U8, U8]]
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 
 #: A chroma sample further than this from neutral (128) counts as coloured.
 _CHROMA_TOLERANCE = 6
@@ -81,6 +85,37 @@ class VideoStats:
 
 def is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+class DamagedVideo(InputError):
+    """Part of the input cannot be decoded, or it ends before the length its container declares."""
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What the input's container says about its video: frame count and length, where it says."""
+
+    frames: int | None
+    seconds: float | None
+
+
+def _clock_seconds(text: str) -> float | None:
+    """``HH:MM:SS.fraction`` (how Matroska tags carry each track's length) in seconds."""
+    try:
+        hours, minutes, seconds = text.strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def declared(video: av.VideoStream) -> Declared:
+    """The video stream's declared frame count and length (MP4/MOV/AVI headers, Matroska track tags)."""
+    seconds: float | None = None
+    if video.duration and video.time_base:
+        seconds = float(video.duration * video.time_base)
+    elif "DURATION" in video.metadata:
+        seconds = _clock_seconds(video.metadata["DURATION"])
+    return Declared(int(video.frames) or None, seconds)
 
 
 def _looks_coloured(u: U8, v: U8) -> bool:
@@ -262,11 +297,14 @@ def transcode(
     container_format: str,
     progress: bool | None = None,
     name: Path | None = None,
+    allow_partial: bool = False,
 ) -> VideoStats:
     """Colorize ``source`` into ``destination`` (written in place: the caller picks a temporary name).
 
     ``progress``: ``True``/``False`` forces the progress bar on/off; ``None`` shows it on a terminal.
     ``name``: the path to mention in messages (the final output), if ``destination`` is a temporary.
+    ``allow_partial``: write what can be decoded of a damaged input (with a warning) instead of raising
+    :class:`DamagedVideo` at the first damage, or at the end when the pictures stop early.
     """
     started = time.perf_counter()
     with open_input(source) as container:
@@ -295,7 +333,7 @@ def transcode(
         encoder = _Encoder(
             destination, name or destination, container_format, video, audio, out_size, full_range
         )
-        state = _Loop(encoder, video, colorize, out_size, full_range, source)
+        state = _Loop(encoder, video, colorize, out_size, full_range, source, allow_partial)
         try:
             total = _frame_total(video, container)
             with tqdm(
@@ -311,11 +349,21 @@ def transcode(
                 state.flush()
             if state.frames == 0:
                 raise InputError(f"no video frame of {source} could be decoded (corrupt or truncated?)")
+            short = state.ends_early()
+            if short and not allow_partial:
+                raise DamagedVideo(
+                    f"{source.name} ends early: {short}; the rest is missing or damaged. "
+                    "Pass --allow-partial to keep the frames that could be read"
+                )
             encoder.encode(None)
         except BaseException:
             encoder.abort()
             raise
         encoder.close()
+    if short:
+        logger.warning(
+            "%s ends early: %s; the rest is missing or damaged, so the output is partial", source.name, short
+        )
     if state.skipped:
         logger.warning("skipped %d corrupt video packet(s) of %s", state.skipped, source.name)
     if state.timestamps.repaired:
@@ -346,9 +394,14 @@ def _demux(
         except StopIteration:
             return
         except av.error.FFmpegError as exc:
-            # A broken container structure ends the readable part of the file; keep what came before.
+            # A broken container structure ends the readable part of the file.
             if state.frames == 0:
                 raise InputError(f"cannot read video {source}: {av_message(exc)}") from exc
+            if not state.allow_partial:
+                raise DamagedVideo(
+                    f"{source.name} is damaged after {state.decoded_text()}: {av_message(exc)}. "
+                    "Pass --allow-partial to keep the frames before the damage"
+                ) from exc
             logger.warning("%s: stopped reading at a damaged part (%s)", source.name, av_message(exc))
             return
         if packet.stream.type == "audio":
@@ -371,6 +424,7 @@ class _Loop:
         size: tuple[int, int],
         full_range: bool,
         source: Path,
+        allow_partial: bool = False,
     ) -> None:
         self.encoder = encoder
         self.video = video
@@ -378,12 +432,38 @@ class _Loop:
         self.size = size
         self.full_range = full_range
         self.source = source
+        self.allow_partial = allow_partial
+        self.declared = declared(video)
         self.timestamps = _Timestamps(video)
         self.time_base = time_base(video)
         self.frames = 0
         self.skipped = 0
         self.colour_input = False
         self.bar: Any = None
+        rate = video.average_rate or video.guessed_rate
+        self.interval = float(1 / rate) if rate else 0.0
+        self.start: int | None = video.start_time
+        self.covered = 0.0
+        """Seconds from the stream's start to the end of the last decoded picture."""
+
+    def decoded_text(self) -> str:
+        """What was decoded, against what the container declares: "38 of 100 frames (1.5 s of 4.0 s)"."""
+        of_frames = f" of {self.declared.frames}" if self.declared.frames else ""
+        of_seconds = f" of {self.declared.seconds:.1f} s" if self.declared.seconds else ""
+        return f"{self.frames}{of_frames} frames ({self.covered:.1f} s{of_seconds})"
+
+    def ends_early(self) -> str | None:
+        """``decoded ...`` when the pictures stop clearly before the declared length, else None.
+
+        The length, not the frame count, decides: a count can include samples an edit list hides, while
+        the declared length and the decoded timestamps agree for any intact file, variable frame rate
+        included. Two frame intervals (at least a quarter second) of slack absorb rounding."""
+        if self.declared.seconds is None:
+            return None
+        slack = max(2 * self.interval, 0.25)
+        if self.covered >= self.declared.seconds - slack:
+            return None
+        return "decoded " + self.decoded_text()
 
     def decode(self, packet: av.Packet[Any] | None) -> None:
         try:
@@ -391,11 +471,17 @@ class _Loop:
         except av.error.EOFError:
             return  # the decoder was already drained by the demuxer's end-of-stream packet
         except av.error.FFmpegError as exc:
+            at = ""
+            if packet is not None and packet.pts is not None:
+                at = f" at {float(packet.pts * packet.time_base):.3f}s"
+            if not self.allow_partial:
+                raise DamagedVideo(
+                    f"{self.source.name} is damaged: a video packet{at} cannot be decoded "
+                    f"({av_message(exc)}), after {self.decoded_text()}. "
+                    "Pass --allow-partial to colorize what can be read and leave the damaged parts out"
+                ) from exc
             self.skipped += 1
             if self.skipped <= _MAX_LOGGED_SKIPS:
-                at = ""
-                if packet is not None and packet.pts is not None:
-                    at = f" at {float(packet.pts * packet.time_base):.3f}s"
                 logger.warning(
                     "%s: skipping a corrupt video packet%s (%s)", self.source.name, at, av_message(exc)
                 )
@@ -434,6 +520,10 @@ class _Loop:
 
     def _process(self, frame: av.VideoFrame) -> None:
         pts = self.timestamps(frame)
+        if self.start is None:
+            self.start = pts
+        length = float(frame.duration * self.time_base) if frame.duration else self.interval
+        self.covered = max(self.covered, float((pts - self.start) * self.time_base) + length)
         frame = self._normalize(frame)
         width, height = self.size
         y_in = luma_plane_view(frame, 0)[:height, :width]

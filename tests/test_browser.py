@@ -190,3 +190,51 @@ def test_viewer_page_plays_colorized_video_with_metadata_and_hints(browser: Any)
 
         browser.find_element(By.CSS_SELECTOR, "[data-stream='cam1'] .clear-hints").click()
         poll(lambda: js("hints('cam1')") == [], what="hints cleared")
+
+
+def _brightness(png: bytes) -> float:
+    """Mean grey level of a screenshot (PNG bytes)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert image is not None and image.size > 0
+    return float(image.mean())
+
+
+def test_overlay_hides_once_playing_and_returns_when_the_stream_goes_down(browser: Any) -> None:
+    """The "reconnecting…" overlay is what a user sees first: off the picture while video plays, over it
+    (darkening it) while the server is gone."""
+    from selenium.webdriver.common.by import By
+
+    card = "[data-stream='cam1']"
+    overlay_display = f'return getComputedStyle(document.querySelector("{card} .overlay")).display'
+    with ServerThread(backend=HintEchoBackend()) as base:
+        browser.get(base + "/")
+        poll(lambda: "cam1" in (browser.execute_script("return window.chromastream.streams()") or []))
+        poll(
+            lambda: (
+                browser.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "window.chromastream.framesDecoded('cam1').then(done, () => done(0));"
+                )
+                > 5
+            ),
+            what="frames decoded",
+        )
+        assert poll(lambda: browser.execute_script(overlay_display) == "none", what="overlay hidden")
+
+        # What is on screen is as bright as the decoded frames themselves: nothing lies over the video.
+        # (The stand-in colorizer sends the synthetic pattern in grey, a mean level of about 120.)
+        video = browser.find_element(By.CSS_SELECTOR, f"{card} video")
+        decoded = browser.execute_script("return window.chromastream.sampleColour('cam1', 0.5, 0.5, 100)")
+        decoded_level = sum(decoded) / 3
+        shown_level = _brightness(video.screenshot_as_png)
+        assert decoded_level > 80, decoded
+        assert shown_level > 0.85 * decoded_level, (shown_level, decoded_level)
+
+    # The server is gone: the page says so over the last picture.
+    assert poll(lambda: browser.execute_script(overlay_display) != "none", timeout=30, what="overlay shown")
+    overlay = browser.find_element(By.CSS_SELECTOR, f"{card} .overlay")
+    assert overlay.is_displayed() and "reconnecting" in overlay.text
+    assert _brightness(video.screenshot_as_png) < 0.7 * decoded_level

@@ -86,6 +86,38 @@ def test_alpha_is_kept_for_png(cli: Cli, tmp_path: Path) -> None:
     assert (out[:, :, 3] == 77).all()
 
 
+def _ramp16(height: int, width: int) -> np.ndarray:
+    """A smooth 16-bit ramp: ``width`` grey levels, far more than 8 bits can tell apart."""
+    return np.repeat((np.arange(width) * 65535 // (width - 1)).astype(np.uint16)[None], height, axis=0)
+
+
+@pytest.mark.parametrize(("suffix", "colour"), [(".png", False), (".tif", False), (".tif", True)])
+def test_16bit_master_stays_16bit(cli: Cli, tmp_path: Path, suffix: str, colour: bool) -> None:
+    grey = _ramp16(24, 1000)
+    pixels = np.dstack([grey, grey // 2 + 10000, grey // 3]) if colour else grey
+    source = tmp_path / f"master{suffix}"
+    assert cv2.imwrite(str(source), pixels)
+    target = tmp_path / f"out{suffix}"
+    run = cli("colorize", source, target, *FAST, "-q")
+    assert run.status == 0, run.err
+    out = cv2.imread(str(target), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (24, 1000, 3)
+    assert len(np.unique(out[:, :, 1])) > 600  # the fine steps survive; 8 bits would give at most 256
+    rgb_in = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) if colour else np.repeat(grey[:, :, None], 3, axis=2)
+    l_in = rgb_to_lab(rgb_in.astype(np.float32) / 65535.0)[..., 0]
+    l_out = rgb_to_lab(cv2.cvtColor(out, cv2.COLOR_BGR2RGB).astype(np.float32) / 65535.0)[..., 0]
+    assert float(np.median(np.abs(l_out - l_in))) < 0.05  # 8-bit rounding alone is ~0.1 of L
+
+
+def test_16bit_master_to_jpeg_says_it_is_8bit(cli: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "master.png"
+    assert cv2.imwrite(str(source), _ramp16(24, 300))
+    run = cli("colorize", source, tmp_path / "out.jpg", *FAST)
+    assert run.status == 0, run.err
+    assert any("16-bit" in line and "output is 8-bit" in line for line in run.err_lines), run.err
+    assert cv2.imread(str(tmp_path / "out.jpg"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+
+
 def test_large_picture_strips_match_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """Big pictures are combined in strips; the result must be what the one-piece path gives."""
     from chromastream.models.runtime.session import ColorizerSession
@@ -164,14 +196,52 @@ def test_sequence_order_is_natural() -> None:
     assert sorted(names, key=natural_key) == ["f1.png", "f2.png", "F3.png", "f10.png"]
 
 
-def test_folder_failure_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
+def test_folder_keeps_going_past_a_bad_picture(cli: Cli, tmp_path: Path) -> None:
+    """One unreadable scan costs only itself: the good ones are written, the failure is named with its
+    reason, one line counts written, failed and skipped entries, and the status says something failed."""
     folder = tmp_path / "scans"
     folder.mkdir()
     write_picture(folder / "a.png", grey_picture(40, 60))
     (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    write_picture(folder / "c.jpg", grey_picture(30, 20))
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "raw").mkdir()
+    target = tmp_path / "out"
+    for flags in ((), ("-q",)):
+        run = cli("colorize", folder, target, *FAST, "--overwrite", *flags)
+        assert run.status == 1, run.err
+        assert sorted(p.name for p in target.iterdir()) == ["a.png", "c.jpg"]
+        assert read_rgb(target / "c.jpg").shape == (30, 20, 3)
+        failure = [line for line in run.err_lines if "b.png not colorized" in line]
+        assert len(failure) == 1 and "cannot decode" in failure[0], run.err
+        assert run.err_lines[-1] == (
+            f"chromastream: error: {target}: 2 pictures written, 1 failed (b.png), 2 skipped (not pictures)"
+        )
+        assert "Traceback" not in run.err
+    assert leftovers(tmp_path, {"scans", "out"}) == set()
+
+
+def test_folder_summary_counts_skipped_entries(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_picture(folder / "a.png", grey_picture(40, 60))
+    (folder / "notes.txt").write_text("not a picture")
+    run = cli("colorize", folder, tmp_path / "out", *FAST)
+    assert run.status == 0, run.err
+    assert any(
+        line.startswith(f"chromastream: {tmp_path / 'out'}: 1 picture written, 0 failed, 1 skipped")
+        for line in run.err_lines
+    ), run.err
+    assert any("notes.txt" in line for line in run.err_lines), run.err
+
+
+def test_folder_where_every_picture_fails_writes_no_folder(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     run = cli("colorize", folder, tmp_path / "out", *FAST, "-q")
-    assert_one_error(run)
-    assert "b.png" in run.err
+    assert run.status == 1
+    assert "0 pictures written, 1 failed (b.png)" in run.err_lines[-1]
     assert leftovers(tmp_path, {"scans"}) == set()
 
 
@@ -335,6 +405,26 @@ def test_console_script_picture_and_error(tmp_path: Path) -> None:
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_console_script_folder_with_a_damaged_picture(tmp_path: Path) -> None:
+    """What a terminal shows: our lines only (OpenCV's own decoder warnings stay quiet), status 1."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_picture(folder / "a.png", grey_picture(24, 32))
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    done = subprocess.run(
+        [*_console_script(), "colorize", str(folder), str(tmp_path / "out"), *FAST],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("chromastream: ") for line in lines), lines
+    assert lines[-1].startswith("chromastream: error: ") and "1 failed (b.png)" in lines[-1]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+
+
 def test_usage_lists_colorize() -> None:
     out = subprocess.run(
         [*_console_script(), "colorize", "--help"], capture_output=True, text=True, check=True, timeout=60
@@ -350,6 +440,28 @@ def test_usage_lists_colorize() -> None:
         "--overwrite",
     ):
         assert option in out
+
+
+def test_output_formats_are_named_alike_in_help_and_every_message(cli: Cli, tmp_path: Path) -> None:
+    """One list of formats: ``--help`` and each refusal name the same outputs, so none contradicts another."""
+    from tests.conftest import ClipSpec, make_clip
+
+    videos_out = ".mp4, .mkv, .mov, .avi"
+    pictures = ".png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp"
+    help_text = subprocess.run(
+        [*_console_script(), "colorize", "--help"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert f"videos out (H.264): {videos_out}" in help_text
+    assert f"pictures, in and out: {pictures}" in help_text
+    clip = make_clip(tmp_path / "in.webm", ClipSpec(frames=2, codec="libvpx-vp9"))
+    for name in ("out.webm", "out.png", "out.gif"):
+        run = cli("colorize", clip, tmp_path / name, "-q")
+        assert_one_error(run)
+        assert f"a video input needs a video output ({videos_out}: H.264), got {name}" in run.err, run.err
+    for name in ("out.mp4", "out.gif"):
+        run = cli("colorize", _picture(tmp_path), tmp_path / name, "-q")
+        assert_one_error(run)
+        assert f"a picture input needs a picture output ({pictures}), got {name}" in run.err, run.err
 
 
 def test_demo_writes_default_name(cli: Cli, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,29 @@ def test_bad_paths_give_one_error_line(
     assert err.count("\n") == 1 and err.startswith("chromastream: error:")
     assert message.format(tmp=tmp_path) in err
     assert (tmp_path / "existing.onnx").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask-022", "umask-027"])
+def test_files_get_the_permissions_of_any_new_file(tmp_path: Path, umask: int) -> None:
+    """A model exported for deployment must be readable by the service that loads it (not owner-only)."""
+    previous = os.umask(umask)
+    try:
+        assert main(["export", "--fp32", str(tmp_path / "a.onnx"), "-q"]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.onnx").stat().st_mode) == 0o666 & ~umask
+
+
+def test_fp16_export_prints_only_its_summary(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """No converter warnings and no ONNX Runtime warnings (printed from C++, hence ``capfd``)."""
+    assert main(["export", "--fp16", str(tmp_path / "b.onnx")]) == 0
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert json.loads(out)["fp16"] == str(tmp_path / "b.onnx")
+    assert stat.S_IMODE((tmp_path / "b.onnx").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from chromastream.models.runtime.registry import (
     auto_ranking,
     create_backend,
     default_model_path,
+    nvidia_device_visible,
 )
 from chromastream.stream.cli import build_parser
 
@@ -78,3 +81,25 @@ def test_gpu_ranking_agrees_with_the_committed_gpu_benchmark() -> None:
 def test_gpu_backends_are_unavailable_on_cpu(name: str, needs: str) -> None:
     with pytest.raises(BackendUnavailable, match=needs):
         create_backend(name, default_model_path())
+
+
+@pytest.mark.skipif(nvidia_device_visible(), reason="checks a machine without an NVIDIA device")
+def test_auto_on_a_machine_without_gpu_never_loads_torch(tmp_path: Path) -> None:
+    """torch costs ~1.4 s and 200 MB to import; ``auto`` must not pay that just to learn there is no GPU."""
+    import cv2
+    import numpy as np
+
+    source = tmp_path / "in.png"
+    assert cv2.imwrite(str(source), np.full((32, 48), 120, np.uint8))
+    script = (
+        "import sys\n"
+        "from chromastream.stream.cli import main\n"
+        f"status = main(['colorize', {str(source)!r}, {str(tmp_path / 'out.png')!r}, '--size', '64', '-q'])\n"
+        "from chromastream.models.runtime.registry import create_backend\n"
+        "print(status, create_backend('auto').name, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.split() == ["0", "onnxruntime", "False"], done.stderr
+    assert (tmp_path / "out.png").is_file()

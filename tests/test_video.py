@@ -8,6 +8,9 @@ the encoder could change it); the default lossy setting is checked with a small 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 from chromastream.stream import video_io
 from chromastream.stream.av_glue import AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG
 from tests.conftest import FAST, ClipSpec, CliRun, leftovers, make_clip, read_clip
+from tests.test_cli import _console_script
 
 Cli = Callable[..., CliRun]
 
@@ -112,15 +116,77 @@ def test_hints_and_no_memory_on_video(cli: Cli, tmp_path: Path) -> None:
     assert len(read_clip(tmp_path / "out.mkv").lumas) == 4
 
 
-def test_corrupt_frame_is_skipped_and_counted(cli: Cli, tmp_path: Path) -> None:
+def test_corrupt_frame_fails_unless_partial_is_allowed(cli: Cli, tmp_path: Path) -> None:
     source = make_clip(tmp_path / "in.mkv", ClipSpec(frames=10, codec="mjpeg", garbage_at=(4,)))
     run = cli("colorize", source, tmp_path / "out.mp4", *FAST)
+    assert_one_error(run)
+    assert "in.mkv is damaged: a video packet at 0.160s cannot be decoded" in run.err, run.err
+    assert "after 4 frames" in run.err and "--allow-partial" in run.err, run.err
+    assert leftovers(tmp_path, {"in.mkv"}) == set()
+
+    run = cli("colorize", source, tmp_path / "out.mp4", *FAST, "--allow-partial")
     assert run.status == 0, run.err
     assert any("skipping a corrupt video packet" in line for line in run.err_lines), run.err
     assert any("skipped 1 corrupt" in line for line in run.err_lines), run.err
     after = read_clip(tmp_path / "out.mp4")
     assert len(after.lumas) == 9
     assert Fraction(4, 25) not in after.times
+
+
+def _cut(path: Path, share: float) -> Path:
+    data = path.read_bytes()
+    cut = path.with_name("cut" + path.suffix)
+    cut.write_bytes(data[: int(len(data) * share)])
+    path.unlink()
+    return cut
+
+
+def _faststart(path: Path) -> Path:
+    """The same clip with its index at the front (how MP4s for the web are written): a truncated copy
+    still opens, and declares all its frames."""
+    import av
+
+    moved = path.with_name("front" + path.suffix)
+    with av.open(str(path)) as inp, av.open(str(moved), "w", options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    path.unlink()
+    return moved
+
+
+def test_truncated_matroska_is_reported_not_passed_off_as_whole(cli: Cli, tmp_path: Path) -> None:
+    """A cut-off recording decodes without a single error: only its declared length gives it away."""
+    source = _cut(make_clip(tmp_path / "rec.mkv", ClipSpec(frames=100, audio="aac")), 0.5)
+    run = cli("colorize", source, tmp_path / "out.mkv", *FAST, "-q")
+    assert_one_error(run)
+    assert "cut.mkv ends early: decoded " in run.err, run.err
+    assert " s of 4.0 s); the rest is missing or damaged" in run.err, run.err
+    assert "--allow-partial" in run.err
+    assert leftovers(tmp_path, {"cut.mkv"}) == set()
+
+    run = cli("colorize", source, tmp_path / "out.mkv", *FAST, "-q", "--allow-partial")
+    assert run.status == 0, run.err
+    frames = len(read_clip(tmp_path / "out.mkv").lumas)
+    assert 20 < frames < 80
+    assert run.err_lines == [
+        f"chromastream: cut.mkv ends early: decoded {frames} frames ({frames / 25:.1f} s of 4.0 s); "
+        "the rest is missing or damaged, so the output is partial"
+    ]
+
+
+def test_truncated_mp4_says_how_many_frames_were_lost(cli: Cli, tmp_path: Path) -> None:
+    source = _cut(_faststart(make_clip(tmp_path / "in.mp4", ClipSpec(frames=100))), 0.5)
+    run = cli("colorize", source, tmp_path / "out.mp4", *FAST, "-q")
+    assert_one_error(run)
+    assert "cut.mp4 ends early: decoded " in run.err and " of 100 frames (" in run.err, run.err
+    assert leftovers(tmp_path, {"cut.mp4"}) == set()
+    run = cli("colorize", source, tmp_path / "out.mp4", *FAST, "-q", "--allow-partial")
+    assert run.status == 0, run.err
+    assert any("of 100 frames" in line and "output is partial" in line for line in run.err_lines), run.err
+    assert 20 < len(read_clip(tmp_path / "out.mp4").lumas) < 80
 
 
 def test_audio_codec_the_container_cannot_hold(cli: Cli, tmp_path: Path) -> None:
@@ -210,4 +276,32 @@ def test_interrupt_mid_video_removes_temporary(
     source = make_clip(tmp_path / "in.mp4", ClipSpec(frames=8, audio="aac"))
     run = cli("colorize", source, tmp_path / "out.mp4", *FAST, "-q")
     assert run.status == 130
+    assert leftovers(tmp_path, {"in.mp4"}) == set()
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "said"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_stop_signal_mid_video_removes_temporary(tmp_path: Path, sig: int, status: int, said: str) -> None:
+    """``timeout``, ``docker stop`` and systemd stop a run with SIGTERM: it must clean up like Ctrl-C."""
+    source = make_clip(
+        tmp_path / "in.mp4", ClipSpec(frames=1500, width=160, height=96, options={"preset": "ultrafast"})
+    )
+    target = tmp_path / "out.mp4"
+    with subprocess.Popen(
+        [*_console_script(), "colorize", str(source), str(target), *FAST],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".out.") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the run never started writing"
+            time.sleep(0.02)
+        time.sleep(0.3)  # well inside the frames, not at the first one
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert err.strip().splitlines()[-1] == f"chromastream: {said}", err
+    assert "Traceback" not in err
     assert leftovers(tmp_path, {"in.mp4"}) == set()

@@ -10,12 +10,20 @@ raises :class:`BackendUnavailable` and the next is tried):
   1080p working size): ONNX Runtime first. torch eager is slower on every configuration measured and
   ``torch-compile`` costs minutes of compilation per shape on a small CPU, so neither is picked
   automatically; name them to use them. ``tests/test_registry.py`` checks the ranking against that file.
+
+Deciding costs nothing where no GPU can be: torch is imported (about 1.4 s and 200 MB) only when a cheap
+probe finds an NVIDIA device (:func:`nvidia_device_visible`), so a CPU machine with torch installed
+starts ONNX Runtime as fast as one without it.
 """
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import logging
 import os
+import shutil
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -43,11 +51,26 @@ def _ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def cuda_device_present() -> bool:
-    """A CUDA device usable from torch, or ONNX Runtime's CUDA provider when torch is not installed."""
-    from chromastream.models.runtime.torch_backend import cuda_available
+def nvidia_device_visible() -> bool:
+    """Whether an NVIDIA GPU can be here at all, asked without loading any CUDA library: the driver's
+    device nodes on Linux (``/dev/nvidia0``..., ``/dev/dxg`` under WSL2), ``nvidia-smi`` elsewhere.
 
-    return cuda_available()
+    A False here is final; a True only means the real check (torch or ONNX Runtime) is worth its cost."""
+    if sys.platform.startswith("linux"):
+        return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+    return shutil.which("nvidia-smi") is not None
+
+
+def cuda_device_present() -> bool:
+    """A CUDA device usable from torch, or ONNX Runtime's CUDA provider when torch is not installed.
+    Neither is loaded when no NVIDIA device is visible (:func:`nvidia_device_visible`)."""
+    if not nvidia_device_visible():
+        return False
+    if importlib.util.find_spec("torch") is not None:
+        from chromastream.models.runtime.torch_backend import cuda_available
+
+        return cuda_available()
+    return _ort_has_cuda()
 
 
 def auto_ranking() -> tuple[str, ...]:
