@@ -29,6 +29,7 @@ BASE = "chromastream.errors.ChromastreamError"
 #: hierarchy. Classes whose name starts with ``_`` are private and exempt by that rule alone.
 INTERNAL = {
     "chromastream.stream.sources._common.Stopped": "unwinds a source's worker thread when it is closed",
+    "chromastream.stream.cli.Terminated": "SIGTERM unwinds like Ctrl-C (a KeyboardInterrupt), not an error",
 }
 
 
