@@ -155,12 +155,14 @@ class SegmentNames:
         return f"{start:{_STAMP}}.{start.microsecond // 1000:03d}Z"
 
     def claim(self, start: datetime) -> Path:
-        """Create (empty, exclusively) and return a new segment's file for a segment starting at ``start``;
-        raises ``OSError`` if the folder cannot be written."""
+        """Create (empty, exclusively) and return the file of a segment starting at ``start``, under a name
+        whose video and metadata files are both free; raises ``OSError`` if the folder cannot be written."""
         self.folder.mkdir(parents=True, exist_ok=True)
         base = f"{self.name}-{self.stamp(start)}"
         for n in range(1000):
             path = self.folder / f"{base}{f'-{n}' if n else ''}{self.suffix}"
+            if path.with_suffix(".jsonl").exists():  # its metadata's name is taken: so is the name
+                continue
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:

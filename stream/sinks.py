@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import av
 import av.error
 import numpy as np
+from av.video.frame import PictureType
 
 from chromastream.stream.config import RecordConfig, redact_url
 from chromastream.stream.errors import OutputError
@@ -122,12 +123,13 @@ RECORD_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 #: Fragmented MP4/MOV: the track header first, then one fragment per key frame and no index to write at
 #: the end, so a segment plays up to its last fragment whenever it is read.
 _FRAGMENTED = {"movflags": "+frag_keyframe+empty_moov+default_base_moof"}
-#: A key frame (and with it an MP4 fragment) at least every this many frames: two seconds at 25 fps.
-RECORD_KEYFRAME_INTERVAL = 50
-#: x264 settings of a recording: the file path's, with regular key frames and without B-frames, so
-#: packets leave in display order (a segment's last packet is its last picture, whose duration then
-#: reaches the next segment's start) and fewer frames are inside the encoder when the process dies.
-RECORD_OPTIONS = {**ENCODER_OPTIONS, "bf": "0", "g": str(RECORD_KEYFRAME_INTERVAL)}
+#: A key frame (and with it an MP4 fragment) at least this often, in seconds of the recording at any frame
+#: rate: the most a crash can take from a segment, besides the few frames inside the encoder.
+RECORD_KEYFRAME_S = 2.0
+#: x264 settings of a recording: the file path's, without B-frames, so packets leave in display order (a
+#: segment's last packet is its last picture, whose duration then reaches the next segment's start) and
+#: fewer frames are inside the encoder when the process dies.
+RECORD_OPTIONS = {**ENCODER_OPTIONS, "bf": "0"}
 #: How long a recording whose disk failed waits before it tries a new segment.
 RECORD_RETRY_S = 10.0
 #: The sound is moved onto the picture's clock again only when the two drift apart by more than this.
@@ -152,6 +154,7 @@ class _Segment:
         self.metadata_path = path.with_suffix(".jsonl")
         self.start = start
         self.frames = 0
+        self._last_key: int | None = None  # segment ticks of the last key frame
         self._held: av.Packet[Any] | None = None  # the newest video packet: its duration is known only later
         self._audio_next = 0  # where the next sound sample belongs (samples since the segment's start)
         options = {"flush_packets": "1", **(_FRAGMENTED if fmt in ("mp4", "mov") else {})}
@@ -184,6 +187,10 @@ class _Segment:
         pts = at - self.start
         picture.pts = pts
         picture.time_base = TIME_BASE
+        key = self._last_key is None or pts - self._last_key >= RECORD_KEYFRAME_S * TICKS
+        picture.pict_type = PictureType.I if key else PictureType.NONE
+        if key:
+            self._last_key = pts
         self._encode(picture)
         line = {**metadata, "recording_time": round(pts / TICKS, 6)}
         try:
@@ -525,13 +532,13 @@ class FileRecorder:
                 self._write_sound(segment, self._picture_end)
         self.audio_dropped += len(self._audio_pending)
         self._audio_pending.clear()
-        if segment is None:
-            if self._last_index is None:
-                logger.info("stream %s: no frames, no recording", self.stream_id)
+        if self._last_index is None:
+            logger.info("stream %s: no frames, no recording", self.stream_id)
             return
-        assert self._last_at is not None
-        self.segments.append(segment.path)
-        segment.close(end=self._last_at + max(1, round(self.clock.interval)))
+        if segment is not None:
+            assert self._last_at is not None
+            self.segments.append(segment.path)
+            segment.close(end=self._last_at + max(1, round(self.clock.interval)))
         logger.info(
             "stream %s: recorded %d frames (%d repeated for frames the recorder did not get, %d lost) "
             "in %d segment(s)",

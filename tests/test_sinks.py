@@ -30,7 +30,7 @@ from chromastream.stream.config import PipelineConfig, RecordConfig, StreamConfi
 from chromastream.stream.errors import OutputError
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
 from chromastream.stream.pipeline import Pipeline
-from chromastream.stream.sinks import RECORD_KEYFRAME_INTERVAL, FileRecorder, RtspPusher
+from chromastream.stream.sinks import RECORD_KEYFRAME_S, FileRecorder, RtspPusher
 from chromastream.stream.sources import Backoff
 from tests.rtsp_fixtures import RtspServer
 
@@ -192,11 +192,13 @@ asyncio.run(FileRecorder(RecordConfig(Path({str(out)!r})), "s").run(frames()))
     assert result.returncode == 3, result.stderr
     (segment,) = segments(tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing hidden left behind
-    # A fragment ends at each key frame (at least every 50 frames, earlier at a scene cut): the fragments
+    # A fragment ends at each key frame (at least every two seconds, earlier at a scene cut): the fragments
     # before the last one are complete and play; what the last fragment and the encoder held is lost.
     decoded = decode(segment)
-    assert 90 - 2 * RECORD_KEYFRAME_INTERVAL <= len(decoded) < 90
-    assert [round(float(f.pts * f.time_base), 3) for f in decoded] == [i * 0.04 for i in range(len(decoded))]
+    assert 90 - round(RECORD_KEYFRAME_S * 25) - 20 <= len(decoded) < 90
+    assert [float(f.pts * f.time_base) for f in decoded] == pytest.approx(
+        [i * 0.04 for i in range(len(decoded))]
+    )
     assert len(metadata_lines(segment)) == 90  # the metadata is flushed line by line
 
 
