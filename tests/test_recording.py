@@ -34,7 +34,7 @@ from chromastream.stream import sinks
 from chromastream.stream.config import ConfigError, RecordConfig, StreamConfig, parse_config
 from chromastream.stream.frames import EndOfStream, Frame, SourceEvent
 from chromastream.stream.recording import TICKS, WALL_TOLERANCE_S, RecordingClock, SegmentNames
-from chromastream.stream.server import ServerOptions, create_app
+from chromastream.stream.server import create_app
 from chromastream.stream.sinks import FileRecorder
 from chromastream.stream.sources import Backoff, RtspSource
 from tests.rtsp_fixtures import RtspServer
@@ -229,7 +229,7 @@ def test_an_unwritable_record_target_fails_its_stream_with_one_line_and_the_reas
         )
         await p.add_stream(StreamConfig("other", "synthetic:"), TestSource("other", 5))
         await p.start()
-        runner = web.AppRunner(create_app(p, ServerOptions()))
+        runner = web.AppRunner(create_app(p))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
