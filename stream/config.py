@@ -38,7 +38,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -75,6 +75,50 @@ def _check_range(value: int, bounds: tuple[int, int], key: str, unit: str = "") 
 
 
 @dataclass(frozen=True)
+class RecordConfig:
+    """Where a stream is recorded: ``record: /rec/gate.mp4``, or the mapping form
+    ``record: {path: /rec/gate.mp4, segment_s: 60, retain_hours: 72}``.
+
+    The recording is a series of segments named after the UTC time at which each one starts
+    (``/rec/gate-20250107T021530.123Z.mp4`` with its ``.jsonl`` of metadata beside it), so no run ever
+    writes over an earlier one's files.
+    """
+
+    SHORTHAND: ClassVar[str] = "path"
+    """A plain value in the config file stands for this key."""
+
+    path: Path
+    """Folder and name of the segments; the suffix picks the container (``.mp4``, ``.mov`` or ``.mkv``;
+    none means ``.mp4``). An existing folder names the segments after the stream."""
+    segment_s: float = 60.0
+    """Length of one segment in seconds (each one is finished, and playable anywhere, when it closes)."""
+    retain_hours: float | None = None
+    """Delete this recording's segments that started longer ago than this; ``None`` keeps them."""
+    retain_segments: int | None = None
+    """Keep at most this many of this recording's newest segments; ``None`` keeps them all."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.path, Path), "path", "must be a path")
+        _check(
+            math.isfinite(self.segment_s) and 1 <= self.segment_s <= 86400,
+            "segment_s",
+            f"must be in 1..86400 seconds, got {self.segment_s}",
+        )
+        if self.retain_hours is not None:
+            _check(
+                math.isfinite(self.retain_hours) and self.retain_hours > 0,
+                "retain_hours",
+                f"must be a positive number of hours or null, got {self.retain_hours}",
+            )
+        if self.retain_segments is not None:
+            _check(
+                self.retain_segments >= 1,
+                "retain_segments",
+                f"must be at least 1 or null, got {self.retain_segments}",
+            )
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """One input the server colorizes and republishes."""
 
@@ -94,9 +138,9 @@ class StreamConfig:
     fast as the pipeline takes frames (batch jobs), without drops."""
     transport: str = "tcp"
     """RTSP only: ``tcp`` (interleaved, survives NAT and loss) or ``udp`` (lower latency on a LAN)."""
-    record: Path | None = None
-    """Also write the colorized stream to this file (H.264, the source's sound as AAC, and the per-frame
-    metadata as JSON lines beside it). Config file only: the API cannot make the server write files."""
+    record: RecordConfig | None = None
+    """Also record the colorized stream, in segments (H.264, the source's sound as AAC), with the per-frame
+    metadata as JSON lines beside each. Config file only: the API cannot make the server write files."""
     rtsp_push: str | None = None
     """Also publish the colorized stream to this RTSP server URL (RECORD), e.g. to a media server that
     fans it out. Config file only, like ``record``."""
@@ -297,6 +341,11 @@ def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
         _check(isinstance(value, list), key, f"must be a list of streams, got {_type_name(value)}")
         return tuple(_build(StreamConfig, item, f"{key}[{i}]", base) for i, item in enumerate(value))
     if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        shorthand = getattr(annotation, "SHORTHAND", None)
+        if shorthand is not None and not isinstance(value, dict):
+            got = f"got {_type_name(value)} {value!r}"
+            _check(isinstance(value, str), key, f"must be a {shorthand} or a mapping of keys, {got}")
+            value = {shorthand: value}  # e.g. ``record: /rec/gate.mp4``
         return _build(annotation, value, key, base)
     raise TypeError(f"unsupported config type {annotation!r}")  # a programming error, not the user's
 

@@ -69,6 +69,7 @@ from chromastream.models.runtime.session import working_shape
 from chromastream.models.runtime.stream_memory import StreamMemory
 from chromastream.stream.batcher import Batcher
 from chromastream.stream.config import PipelineConfig, StreamConfig
+from chromastream.stream.errors import OutputError
 from chromastream.stream.frames import (
     U8,
     AudioChunk,
@@ -355,6 +356,21 @@ def _source_report(source: Source) -> _SourceReport:
     return _SourceReport(counter("reconnects"), counter("dropped"), reconnecting)
 
 
+#: Frames a recorder of a live stream may fall behind before its oldest are dropped (and repeated).
+RECORDER_QUEUE = 16
+
+
+def _recording_problem(stream: _Stream, problem: str | None) -> None:
+    """A recorder stopped working (``problem``) or works again (``None``): shown as the stream's error
+    while the stream itself keeps running."""
+    if stream.state == "failed":
+        return
+    if problem is not None:
+        stream.error = f"recording: {problem}"
+    elif stream.error is not None and stream.error.startswith("recording: "):
+        stream.error = None
+
+
 # --- the pipeline ----------------------------------------------------------------------------------
 
 
@@ -365,6 +381,8 @@ class Pipeline:
     """Seconds a stream's tasks and its source get to finish when stopped before they are abandoned."""
     sink_close_timeout = 10.0
     """Seconds a stream's sinks get to flush (a recorder's encoder, a push's last packets) when it ends."""
+    sink_check_timeout = 10.0
+    """Seconds the start-up check of a recording's folder may take before the stream is failed."""
 
     def __init__(
         self,
@@ -397,7 +415,8 @@ class Pipeline:
             return
         self._started = True
         for stream in self._streams.values():
-            self._launch(stream)
+            if stream.state != "failed":  # failed when added (an unwritable recording)
+                self._launch(stream)
 
     async def stop(self) -> None:
         """Remove every stream (subscribers see the end), stop batching and the executors. Idempotent."""
@@ -427,7 +446,8 @@ class Pipeline:
                 await asyncio.wait_for(source.close(), self.close_timeout)
             raise DuplicateStream(f"stream {cfg.id!r} exists already")
         try:
-            sinks = self._make_sinks(cfg)
+            sinks = self._make_sinks(cfg, bool(getattr(source, "live", True)))
+            problem = await self._check_sinks(sinks)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(source.close(), self.close_timeout)
@@ -436,6 +456,14 @@ class Pipeline:
         self._streams[cfg.id] = stream
         self.batcher.callers = len(self._streams)
         self.metrics.viewers.labels(cfg.id).set(0)
+        if problem is not None:
+            # The stream is there, failed, with the reason where an operator looks (the API, the log),
+            # rather than running without the recording it was configured to keep.
+            stream.state, stream.error = "failed", problem
+            logger.error("stream %s not started: %s", cfg.id, problem)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(source.close(), self.close_timeout)
+            return self._info(stream)
         self._start_sinks(stream, sinks)
         if self._started:
             self._launch(stream)
@@ -577,24 +605,41 @@ class Pipeline:
             self._cpu = ThreadPoolExecutor(max_workers=max(2, workers), thread_name_prefix="frames")
         return self._cpu
 
-    def _make_sinks(self, cfg: StreamConfig) -> list[FileRecorder | RtspPusher]:
-        """The sinks ``cfg`` asks for, built (and validated) before the stream is registered."""
+    def _make_sinks(self, cfg: StreamConfig, live: bool) -> list[FileRecorder | RtspPusher]:
+        """The sinks ``cfg`` asks for, built (and validated) before the stream is registered. A recording
+        of a live source is timed by the wall clock, one of a file by the file's own timestamps."""
         sinks: list[FileRecorder | RtspPusher] = []
         if cfg.record is not None:
-            sinks.append(FileRecorder(cfg.record, cfg.id))
+            sinks.append(FileRecorder(cfg.record, cfg.id, paced=live))
         if cfg.rtsp_push is not None:
             sinks.append(RtspPusher(cfg.rtsp_push, cfg.id))
         return sinks
 
+    async def _check_sinks(self, sinks: list[FileRecorder | RtspPusher]) -> str | None:
+        """Why a sink cannot work at all (a recording folder that cannot be written), or ``None``. The
+        check runs in a thread with a time limit: a hung network mount must not hang the server."""
+        for sink in sinks:
+            if not isinstance(sink, FileRecorder):
+                continue
+            try:
+                await asyncio.wait_for(asyncio.to_thread(sink.check), self.sink_check_timeout)
+            except TimeoutError:
+                return f"cannot record to {sink.names.folder}: no answer within {self.sink_check_timeout:g} s"
+            except OutputError as exc:
+                return str(exc)
+        return None
+
     def _start_sinks(self, stream: _Stream, sinks: list[FileRecorder | RtspPusher]) -> None:
         """Subscribe each sink before the stream's first frame. A recorder of a file source is lossless
         (the pipeline waits for it); of a live source it drops its oldest frames like any viewer, only
-        with more room. A push is live output and never makes the pipeline wait."""
+        with more room, and repeats the last picture in their place (see :class:`FileRecorder`), so the
+        live path's latency stays bounded. A push is live output and never makes the pipeline wait."""
         for sink in sinks:
             if isinstance(sink, FileRecorder):
                 stream.audio_sinks.append(sink)
+                sink.on_problem = lambda problem, s=stream: _recording_problem(s, problem)
                 policy = DropPolicy.DROP_OLDEST if stream.live else DropPolicy.WAIT
-                sub = self.subscribe(stream.id, maxsize=16, policy=policy)
+                sub = self.subscribe(stream.id, maxsize=RECORDER_QUEUE, policy=policy)
                 name = f"stream {stream.id}: recording to {sink.path}"
             else:
                 sub = self.subscribe(stream.id, maxsize=2)

@@ -5,16 +5,12 @@ their own (one per sink, so one encoder is never touched by two threads and a sl
 the event loop).
 
 :class:`FileRecorder`
-    writes H.264 with the file path's settings and colour tags (:mod:`chromastream.stream.av_glue`), the
-    source's
-    ``pts``/``time_base`` kept, and one metadata object per written frame as JSON lines beside the video
-    (``<name>.jsonl``). Both are written under temporary names and renamed only when the encoder has been
-    flushed and the container closed, so a crash never leaves a truncated file under the name a user or a
-    script is waiting for. The source's audio (handed over by the pipeline as decoded
-    :class:`~chromastream.stream.frames.AudioChunk` events, on the frames' own clock) is written beside them
-    as AAC, placed by time: a gap in the sound (a camera reconnecting) is filled with silence so that picture
-    and sound stay together for the rest of the file. Sound that arrives after the file was started without
-    an audio track is dropped and counted.
+    records in segments named after their UTC start time (never over an earlier run's files), as
+    fragmented MP4 (or Matroska) flushed packet by packet, so a crash leaves every segment playable up to
+    its last fragment; one metadata object per frame goes beside each segment as JSON lines
+    (``<segment>.jsonl``). Frames are placed on a clock that keeps a camera's outage as a gap and never
+    squeezes frames (:mod:`chromastream.stream.recording`), frames the live path dropped are filled with
+    the last picture and marked, and the source's sound is written beside them as AAC.
 :class:`RtspPusher`
     publishes to an RTSP server (``ANNOUNCE``/``RECORD``) with low-latency baseline H.264. It is a live
     output: its subscription drops its own oldest frames, and while the server is unreachable it drops
@@ -28,24 +24,28 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
+import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import av
 import av.error
 import numpy as np
+from av.video.frame import PictureType
 
-from chromastream.stream.av_glue import ENCODER, ENCODER_OPTIONS, tag_colour, to_video_frame
+from chromastream.stream.av_glue import ENCODER, ENCODER_OPTIONS, av_message, tag_colour, to_video_frame
+from chromastream.stream.config import RecordConfig
 from chromastream.stream.errors import OutputError
 from chromastream.stream.formats import CONTAINERS
 from chromastream.stream.frames import AudioChunk, OutputFrame
+from chromastream.stream.recording import TICKS, TIME_BASE, RecordingClock, SegmentNames
 from chromastream.stream.sources import Backoff, is_connection_error
 from chromastream.stream.urls import redact_url
 
@@ -67,12 +67,6 @@ PUSH_OPTIONS = {"preset": "veryfast", "tune": "zerolatency", "profile": "baselin
 PUSH_TIME_BASE = Fraction(1, 90000)
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, av.error.FFmpegError):
-        return str(exc.strerror or exc)
-    return str(exc)
-
-
 class _Worker:
     """One thread for one encoder: calls made from the event loop run there, in order."""
 
@@ -88,191 +82,117 @@ class _Worker:
 
 # --- recording -------------------------------------------------------------------------------------
 
+#: Containers a recording may use: each stays readable up to its last fragment (MP4, MOV) or cluster
+#: (Matroska) when the process dies.
+RECORD_CONTAINERS = {suffix: CONTAINERS[suffix] for suffix in (".mp4", ".mov", ".mkv")}
+#: Fragmented MP4/MOV: the track header first, then one fragment per key frame and no index to write at
+#: the end, so a segment plays up to its last fragment whenever it is read.
+_FRAGMENTED = {"movflags": "+frag_keyframe+empty_moov+default_base_moof"}
+#: A key frame (and with it an MP4 fragment) at least this often, in seconds of the recording at any frame
+#: rate: the most a crash can take from a segment, besides the few frames inside the encoder.
+RECORD_KEYFRAME_S = 2.0
+#: x264 settings of a recording: the file path's, without B-frames, so packets leave in display order (a
+#: segment's last packet is its last picture, whose duration then reaches the next segment's start) and
+#: fewer frames are inside the encoder when the process dies.
+RECORD_OPTIONS = {**ENCODER_OPTIONS, "bf": "0"}
+#: How long a recording whose disk failed waits before it tries a new segment.
+RECORD_RETRY_S = 10.0
+#: The sound is moved onto the picture's clock again only when the two drift apart by more than this.
+AUDIO_RESYNC_S = Fraction(1, 10)
 
-def temporary_path(path: Path) -> Path:
-    """Where ``path`` is written until it is complete: hidden, same folder (so the rename is atomic),
-    same suffix (so the container is still recognizable if a crash leaves it behind)."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
+class _Segment:
+    """One segment being written: container, encoder, sound track and metadata lines, all under the
+    segment's final name from the start (fragmented, so it is playable up to its last fragment at any
+    time). Its clock starts at zero at its first picture, ``start`` ticks into the recording."""
 
-class FileRecorder:
-    """Records one stream's output to ``path`` (``.mp4``, ``.mkv``, ...) and ``path.with_suffix('.jsonl')``.
-
-    :meth:`run` consumes frames until the stream ends, then flushes the encoder and renames the finished
-    files into place; if anything fails (or the task is cancelled) the partial files are removed and the
-    final names are never created.
-    """
-
-    def __init__(self, path: Path, stream_id: str = "") -> None:
-        suffix = path.suffix.lower()
-        if suffix not in CONTAINERS:
-            raise OutputError(f"cannot record to {path}: use one of {', '.join(sorted(CONTAINERS))}")
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        start: int,
+        size: tuple[int, int],
+        full_range: bool,
+        audio: tuple[int, str] | None,
+    ) -> None:
         self.path = path
         self.metadata_path = path.with_suffix(".jsonl")
-        self.stream_id = stream_id
-        self.format = CONTAINERS[suffix]
+        self.start = start
         self.frames = 0
-        """Frames written so far."""
-        self.repaired = 0
-        """Frames whose pts was missing or not increasing and was replaced (the encoder refuses those)."""
-        self._tmp = temporary_path(path)
-        self._tmp_metadata = temporary_path(self.metadata_path)
-        self._container: av.container.OutputContainer | None = None
-        self._video: av.VideoStream | None = None
-        self._jsonl: IO[str] | None = None
-        self._size = (0, 0)
-        self._last_pts: int | None = None
-        self._time_base = Fraction(1, 90000)
-        self._offset = 0  # added to the source's pts since its timeline last jumped back
-        self._step = 1  # the last gap between frames, the one assumed across a jump
-        self._audio_pending: deque[AudioChunk] = deque()
-        self._audio: av.AudioStream | None = None
-        self._audio_next: int | None = None  # pts (in samples) where the next audio sample belongs
-        self.audio_samples = 0
-        """Audio samples written so far (silence for gaps included)."""
-        self.audio_dropped = 0
-        """Audio chunks not written (no audio track in the file, overlapping sound, recorder behind)."""
-
-    def add_audio(self, chunk: AudioChunk) -> None:
-        """From the event loop: the source's sound, written beside the frames by the recorder's thread."""
-        if len(self._audio_pending) >= MAX_PENDING_AUDIO:
-            self._audio_pending.popleft()
-            self.audio_dropped += 1
-        self._audio_pending.append(chunk)
-
-    async def run(self, frames: AsyncIterator[OutputFrame]) -> None:
-        """Write every frame ``frames`` yields; finish the files when it ends."""
-        worker = _Worker(f"record-{self.stream_id}")
-        finished = False
+        self._last_key: int | None = None  # segment ticks of the last key frame
+        self._held: av.Packet[Any] | None = None  # the newest video packet: its duration is known only later
+        self._audio_next = 0  # where the next sound sample belongs (samples since the segment's start)
+        options = {"flush_packets": "1", **(_FRAGMENTED if fmt in ("mp4", "mov") else {})}
         try:
-            async for frame in frames:
-                await worker.call(self._write, frame)
-            await worker.call(self._finish)
-            finished = True
-        finally:
-            if not finished:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(worker.call(self._abort))
-            worker.shutdown()
-
-    def _open(self, frame: OutputFrame) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        height, width = frame.y.shape
-        try:
-            container = av.open(str(self._tmp), mode="w", format=self.format)
+            self._container = av.open(str(path), mode="w", format=fmt, options=options)
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot create {self.path}: {_message(exc)}") from exc
-        self._container = container
-        if self.format in ("mp4", "mov"):
-            container.options["movflags"] = "+faststart"
+            raise OutputError(f"cannot create {path}: {av_message(exc)}") from exc
         try:
-            video = container.add_stream(ENCODER, rate=NOMINAL_RATE, options=dict(ENCODER_OPTIONS))
-        except ValueError as exc:
-            raise OutputError(
-                f"the {self.format} container cannot hold H.264 video; use .mp4 or .mkv"
-            ) from exc
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.time_base = frame.time_base
-        video.codec_context.time_base = frame.time_base
-        self._time_base = frame.time_base  # the file's clock: the first frame's (the muxer may round it)
-        self._step = max(1, round(1 / (NOMINAL_RATE * frame.time_base)))
-        tag_colour(video.codec_context, frame.full_range)
-        self._video = video
-        self._add_audio_track(container)
-        try:
-            # Create the file and write the header now: a path that cannot be written fails at the first
-            # frame, not after the whole stream was encoded into buffers.
-            container.start_encoding()
+            video = self._container.add_stream(ENCODER, rate=NOMINAL_RATE, options=dict(RECORD_OPTIONS))
+            video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
+            video.time_base = TIME_BASE
+            video.codec_context.time_base = TIME_BASE
+            tag_colour(video.codec_context, full_range)
+            self._video = video
+            self._audio: av.AudioStream | None = None
+            if audio is not None:
+                try:
+                    self._audio = self._container.add_stream("aac", rate=audio[0], layout=audio[1])
+                except (ValueError, av.error.FFmpegError) as exc:
+                    logger.warning("recording %s: the sound is left out (%s)", path, av_message(exc))
+            self._container.start_encoding()
+            self._jsonl = open(self.metadata_path, "x", encoding="utf-8", buffering=1)  # noqa: SIM115
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot create {self.path}: {_message(exc)}") from exc
-        self._size = (width, height)
-        self._jsonl = open(self._tmp_metadata, "w", encoding="utf-8")  # noqa: SIM115 (closed in _finish)
+            with contextlib.suppress(Exception):
+                self._container.close()
+            raise OutputError(f"cannot create {path}: {av_message(exc)}") from exc
 
-    def _add_audio_track(self, container: av.container.OutputContainer) -> None:
-        """An AAC track shaped like the first sound that came, if any came before the first frame."""
-        if not self._audio_pending:
-            return
-        first = self._audio_pending[0]
+    def write_picture(self, picture: av.VideoFrame, at: int, metadata: dict[str, Any]) -> None:
+        """Encode ``picture`` at ``at`` (recording ticks) and write its metadata line."""
+        pts = at - self.start
+        picture.pts = pts
+        picture.time_base = TIME_BASE
+        key = self._last_key is None or pts - self._last_key >= RECORD_KEYFRAME_S * TICKS
+        picture.pict_type = PictureType.I if key else PictureType.NONE
+        if key:
+            self._last_key = pts
+        self._encode(picture)
+        line = {**metadata, "recording_time": round(pts / TICKS, 6)}
         try:
-            self._audio = container.add_stream("aac", rate=first.rate, layout=first.layout)
-        except (ValueError, av.error.FFmpegError) as exc:
-            logger.warning("recording %s: the sound is left out (%s)", self.path, _message(exc))
-
-    def _pts(self, frame: OutputFrame) -> int:
-        """The source's pts in the file's time base, shifted after a jump back (a looped file, a camera
-        that reconnected) so the timeline keeps going one frame later instead of stalling."""
-        base = self._time_base
-        pts = None if frame.pts is None else round(frame.pts * frame.time_base / base) + self._offset
-        last = self._last_pts
-        if last is None:
-            pts = 0 if pts is None else pts
-        elif pts is None or pts <= last:
-            wanted = last + self._step
-            self._offset += wanted - (pts if pts is not None else wanted)
-            pts = wanted
-            self.repaired += 1
-        else:
-            self._step = pts - last
-        self._last_pts = pts
-        return pts
-
-    def _picture_end(self, pts: int) -> Fraction:
-        """When the picture at file ``pts`` ends, in seconds on the source's timeline (the sound's clock)."""
-        return (pts - self._offset + self._step) * self._time_base
-
-    def _write(self, frame: OutputFrame) -> None:
-        if self._container is None:
-            self._open(frame)
-        assert self._video is not None and self._jsonl is not None
-        video_frame = to_video_frame(frame, self._size)
-        video_frame.pts = self._pts(frame)
-        video_frame.time_base = self._time_base
-        # Sound up to the end of this picture, no further: the sound of pictures still in the colorizer
-        # waits for them, so whenever the stream stops, both tracks end together.
-        self._write_audio(until=self._picture_end(video_frame.pts))
-        self._encode(video_frame)
-        self._jsonl.write(json.dumps(frame.metadata, separators=(",", ":")) + "\n")
+            self._jsonl.write(json.dumps(line, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.metadata_path}: {av_message(exc)}") from exc
         self.frames += 1
 
-    def _encode(self, frame: av.VideoFrame | None) -> None:
-        assert self._container is not None and self._video is not None
+    def _encode(self, picture: av.VideoFrame | None) -> None:
         try:
-            for packet in self._video.encode(frame):
-                self._container.mux(packet)
+            for packet in self._video.encode(picture):
+                if self._held is not None:
+                    self._container.mux(self._held)
+                self._held = packet
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot write {self.path}: {_message(exc)}") from exc
+            raise OutputError(f"cannot write {self.path}: {av_message(exc)}") from exc
 
-    def _write_audio(self, until: Fraction | None) -> None:
-        """In the recorder's thread: encode the pending sound that starts before ``until`` (seconds on the
-        source's timeline; all of it if None)."""
-        while self._audio_pending:
-            chunk = self._audio_pending[0]
-            if until is not None and chunk.time >= until:
-                return
-            self._audio_pending.popleft()
-            if self._audio is None:
-                self.audio_dropped += 1
-                continue
-            self._encode_audio(chunk)
+    def write_sound(self, samples: np.ndarray, rate: int, position: int) -> int:
+        """Encode ``samples`` at ``position`` (samples since the segment's start); a gap since the last
+        sound is filled with silence. Returns the samples written, 0 if the sound did not fit."""
+        audio = self._audio
+        if audio is None or rate != audio.codec_context.sample_rate:
+            return 0
+        if samples.shape[0] != (1 if audio.layout.name == "mono" else 2):
+            return 0  # the source's sound changed shape mid-recording
+        if position < 0:  # began before this segment's first picture: the previous segment has it
+            samples, position = samples[:, -position:], 0
+        gap = position - self._audio_next
+        if gap < 0 or samples.shape[1] == 0:  # overlaps sound already written: keep what came first
+            return 0
+        written = 0
+        if 0 < gap <= MAX_SILENCE_S * rate:
+            written += self._encode_samples(np.zeros((samples.shape[0], gap), np.float32), self._audio_next)
+        return written + self._encode_samples(samples, position)
 
-    def _encode_audio(self, chunk: AudioChunk) -> None:
-        assert self._audio is not None and self._container is not None
-        rate = int(self._audio.codec_context.sample_rate)
-        if chunk.rate != rate or chunk.samples.shape[0] != (1 if self._audio.layout.name == "mono" else 2):
-            self.audio_dropped += 1  # the source's sound changed shape mid-recording
-            return
-        start = round((chunk.time + self._offset * self._time_base) * rate)
-        if self._audio_next is not None:
-            gap = start - self._audio_next
-            if gap < 0:  # overlaps sound already written (a timeline restart): keep what was first
-                self.audio_dropped += 1
-                return
-            if 0 < gap <= MAX_SILENCE_S * rate:
-                self._encode_samples(np.zeros((chunk.samples.shape[0], gap), np.float32), self._audio_next)
-        self._encode_samples(chunk.samples, start)
-
-    def _encode_samples(self, samples: np.ndarray, pts: int) -> None:
-        assert self._audio is not None and self._container is not None
+    def _encode_samples(self, samples: np.ndarray, pts: int) -> int:
+        assert self._audio is not None
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(samples, dtype=np.float32), format="fltp", layout=self._audio.layout.name
         )
@@ -283,50 +203,316 @@ class FileRecorder:
             for packet in self._audio.encode(frame):
                 self._container.mux(packet)
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot write {self.path}: {_message(exc)}") from exc
+            raise OutputError(f"cannot write {self.path}: {av_message(exc)}") from exc
         self._audio_next = pts + int(samples.shape[1])
-        self.audio_samples += int(samples.shape[1])
+        return int(samples.shape[1])
 
-    def _finish(self) -> None:
-        if self._container is None:  # no frame came: there is nothing worth a file
-            logger.info("recording %s: no frames, no file", self.path)
-            return
-        # Sound read ahead of the last picture stays out: both tracks end together.
-        self._write_audio(until=self._picture_end(self._last_pts if self._last_pts is not None else 0))
-        self.audio_dropped += len(self._audio_pending)
-        self._audio_pending.clear()
-        if self._audio is not None:
-            try:
+    def close(self, end: int) -> None:
+        """Flush the encoders and close the files; the last picture lasts until ``end`` (recording ticks:
+        the next segment's start), so consecutive segments cover the recording without a hole."""
+        try:
+            if self._audio is not None:
                 for packet in self._audio.encode(None):
                     self._container.mux(packet)
-            except (av.error.FFmpegError, OSError) as exc:
-                raise OutputError(f"cannot write {self.path}: {_message(exc)}") from exc
-        self._encode(None)
-        try:
+            self._encode(None)
+            held, self._held = self._held, None
+            if held is not None:
+                if held.pts is not None and held.time_base is not None:
+                    until = round((end - self.start) * TIME_BASE / held.time_base)
+                    held.duration = max(1, until - held.pts)
+                self._container.mux(held)
             self._container.close()
         except (av.error.FFmpegError, OSError) as exc:
-            raise OutputError(f"cannot finish {self.path}: {_message(exc)}") from exc
-        self._container = None
-        assert self._jsonl is not None
-        self._jsonl.close()
-        self._jsonl = None
-        # Metadata first: whoever sees the video under its final name finds its metadata there too.
-        os.replace(self._tmp_metadata, self.metadata_path)
-        os.replace(self._tmp, self.path)
-        logger.info("recorded %d frames to %s", self.frames, self.path)
-
-    def _abort(self) -> None:
-        if self._container is not None:
-            with contextlib.suppress(Exception):
-                self._container.close()
-            self._container = None
-        if self._jsonl is not None:
-            with contextlib.suppress(Exception):
+            raise OutputError(f"cannot finish {self.path}: {av_message(exc)}") from exc
+        finally:
+            with contextlib.suppress(OSError):
                 self._jsonl.close()
-            self._jsonl = None
-        for path in (self._tmp, self._tmp_metadata):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+
+    def abandon(self) -> None:
+        """Stop writing after a failure: what reached the file stays readable up to its last fragment."""
+        with contextlib.suppress(Exception):
+            self._container.close()
+        with contextlib.suppress(Exception):
+            self._jsonl.close()
+
+
+class FileRecorder:
+    """Records one stream's output as a series of segments, with a metadata line per frame beside each.
+
+    Segments (:class:`~chromastream.stream.config.RecordConfig`) are named after their UTC start time and
+    created exclusively, so no run writes over another's files. Each is written under its final name as
+    fragmented MP4 (or Matroska) and flushed packet by packet: if the process dies, every finished segment
+    plays and the one being written plays up to its last fragment. A segment starts at the first frame
+    ``segment_s`` after the previous one's start, and the previous one's last picture lasts until then, so
+    the segments' durations add up to the recording's.
+
+    **Timeline.** :class:`~chromastream.stream.recording.RecordingClock` places each frame: for a live
+    source on the wall clock at which the source delivered it, smoothed by the source's own timestamps
+    while those agree with it. A camera that is down for 20 s leaves a 20 s gap, never a run of squeezed
+    frames, and the recording lasts as long as the time it covers. Each metadata line carries
+    ``recording_time``, the frame's time in its segment.
+
+    **Every source frame accounted for.** A live stream drops its oldest frames when the machine cannot
+    colorize them all (that keeps the live path's latency bounded), and the recorder's own queue drops
+    if the disk falls behind. Colorizing the recording's frames on a lossless path of their own would
+    need more CPU exactly when there is none to spare, and it would fall further behind for as long as the
+    load lasts. Instead each frame the recorder did not receive (a gap in :attr:`OutputFrame.index`) is
+    *filled*: the last picture is repeated at the missing frame's place on the recording's clock, and its
+    metadata line says ``"filled": true`` with the missing frame's ``index`` and the index it ``repeats``.
+    An operator sees a picture for every moment the camera delivered one, and knows which pictures are
+    repeats. A repeated picture costs the encoder next to nothing.
+
+    **Failures.** A segment that cannot be created or written (a full or unmounted disk) is abandoned with
+    one line in the log, :attr:`on_problem` is told, and a new segment is tried :data:`RECORD_RETRY_S`
+    later; frames in between are counted in :attr:`lost`. :meth:`check` tells at start-up whether the
+    folder can be written at all.
+
+    The source's sound (:meth:`add_audio`, on the source's clock) follows the picture's clock and is
+    written up to the end of each picture, so both tracks end together; a gap in it becomes silence.
+    """
+
+    def __init__(self, target: RecordConfig, stream_id: str = "", *, paced: bool = False) -> None:
+        names = SegmentNames.for_path(target.path, stream_id)
+        if names.suffix not in RECORD_CONTAINERS:
+            raise OutputError(
+                f"cannot record to {target.path}: use one of {', '.join(sorted(RECORD_CONTAINERS))}"
+            )
+        self.target = target
+        self.path = target.path
+        self.names = names
+        self.stream_id = stream_id
+        self.format = RECORD_CONTAINERS[names.suffix]
+        self.clock = RecordingClock(paced)
+        self.segments: list[Path] = []
+        """Segments finished so far, oldest first."""
+        self.frames = 0
+        """Frames of the stream written."""
+        self.filled = 0
+        """Pictures repeated in place of frames the recorder did not receive."""
+        self.lost = 0
+        """Frames not recorded because no segment could be written (a disk failure)."""
+        self.audio_samples = 0
+        """Sound samples written (silence for gaps included)."""
+        self.audio_dropped = 0
+        """Sound chunks not written (no sound track in the segment, overlapping sound, recorder behind)."""
+        self.on_problem: Callable[[str | None], None] | None = None
+        """Told (on the event loop) when recording stops working, with the reason, and when it works again
+        (``None``)."""
+        self._segment: _Segment | None = None
+        self._segment_ticks = round(target.segment_s * TICKS)
+        self._utc0: datetime | None = None  # the UTC time of the recording's tick 0
+        self._size = (0, 0)
+        self._full_range = False
+        self._last_index: int | None = None
+        self._last_at: int | None = None
+        self._last_picture: av.VideoFrame | None = None
+        self._picture_end: Fraction | None = None  # the end of the last picture on the source's clock
+        self._retry_at = 0.0
+        self._problem: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._audio_pending: deque[AudioChunk] = deque()
+        self._audio_format: tuple[int, str] | None = None
+        self._audio_offset: int | None = None  # recording ticks minus the sound's source ticks
+
+    def check(self) -> None:
+        """Raise :class:`OutputError` unless the segments' folder can be created and written to (it writes
+        and removes a nameless temporary file there)."""
+        folder = self.names.folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise OutputError(f"cannot record to {folder}: {exc.strerror or exc}") from None
+
+    def add_audio(self, chunk: AudioChunk) -> None:
+        """From the event loop: the source's sound, written beside the frames by the recorder's thread."""
+        if self._audio_format is None:
+            self._audio_format = (chunk.rate, chunk.layout)
+        if len(self._audio_pending) >= MAX_PENDING_AUDIO:
+            self._audio_pending.popleft()
+            self.audio_dropped += 1
+        self._audio_pending.append(chunk)
+
+    async def run(self, frames: AsyncIterator[OutputFrame]) -> None:
+        """Record every frame ``frames`` yields; finish the last segment when it ends (or fails, or the
+        task is cancelled: what was recorded stays)."""
+        self._loop = asyncio.get_running_loop()
+        worker = _Worker(f"record-{self.stream_id}")
+        try:
+            async for frame in frames:
+                await worker.call(self._write, frame)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(worker.call(self._finish))
+            raise
+        else:
+            await worker.call(self._finish)
+        finally:
+            worker.shutdown()
+
+    # --- in the recorder's thread ------------------------------------------------------------------
+
+    def _write(self, frame: OutputFrame) -> None:
+        if self._utc0 is None:
+            self._utc0 = datetime.now(UTC) - timedelta(seconds=max(0.0, time.monotonic() - frame.ingest_time))
+        last_index = self._last_index
+        steps = frame.index - last_index if last_index is not None and frame.index > last_index else 1
+        source = None if frame.pts is None else frame.pts * frame.time_base
+        at = self.clock.place(source, frame.ingest_time, steps)
+        if steps > 1 and last_index is not None:
+            self._fill(last_index, steps - 1, at)
+        if self._segment is None or at - self._segment.start >= self._segment_ticks:
+            self._next_segment(at, frame)
+        if source is not None:
+            self._picture_end = source + Fraction(round(self.clock.interval), TICKS)
+            self._follow_picture_clock()
+        segment = self._segment
+        self._last_index, self._last_at = frame.index, at
+        if segment is None:
+            self.lost += 1
+            return
+        try:
+            if source is not None and self._picture_end is not None:
+                # Sound up to the end of this picture, no further: the sound of pictures still in the
+                # colorizer waits for them, so whenever the stream stops, both tracks end together.
+                self._write_sound(segment, self._picture_end)
+            picture = to_video_frame(frame, self._size)
+            segment.write_picture(picture, at, {**frame.metadata, "filled": False})
+        except OutputError as exc:
+            self.lost += 1
+            self._failed(exc)
+            return
+        self._last_picture = picture
+        self.frames += 1
+
+    def _fill(self, last_index: int, missing: int, at: int) -> None:
+        """Repeat the last picture for the ``missing`` frames between the last one and this one (at
+        ``at``): evenly spaced, or one frame interval apart just before ``at`` when the two frames are
+        further apart than that (an outage: the missing frames came with the camera's return)."""
+        segment, picture, last_at = self._segment, self._last_picture, self._last_at
+        if segment is None or picture is None or last_at is None:
+            self.lost += missing
+            return
+        step = min(self.clock.interval, (at - last_at) / (missing + 1))
+        k = 1
+        try:
+            for k in range(1, missing + 1):
+                metadata = {"stream": self.stream_id, "index": last_index + k, "filled": True}
+                metadata["repeats"] = last_index
+                segment.write_picture(picture, at - round((missing + 1 - k) * step), metadata)
+                self.filled += 1
+        except OutputError as exc:
+            self.lost += missing - k + 1
+            self._failed(exc)
+
+    def _next_segment(self, at: int, frame: OutputFrame) -> None:
+        """Close the current segment at ``at`` and start the next one with ``frame`` (unless the disk
+        failed less than :data:`RECORD_RETRY_S` ago)."""
+        old, self._segment = self._segment, None
+        if old is not None:
+            try:
+                old.close(end=at)
+            except OutputError as exc:
+                logger.error("stream %s: %s (it plays up to its last fragment)", self.stream_id, exc)
+            self.segments.append(old.path)
+        if time.monotonic() < self._retry_at:
+            return
+        assert self._utc0 is not None
+        self._size = (frame.y.shape[1], frame.y.shape[0])
+        self._full_range = frame.full_range
+        try:
+            path = self.names.claim(self._utc0 + timedelta(seconds=at / TICKS))
+        except OSError as exc:
+            self._failed(OutputError(f"cannot record to {self.names.folder}: {exc.strerror or exc}"))
+            return
+        try:
+            self._segment = _Segment(path, self.format, at, self._size, self._full_range, self._audio_format)
+        except OutputError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()  # only the empty file claimed above
+            self._failed(exc)
+            return
+        logger.info("stream %s: recording to %s", self.stream_id, path)
+        self._report(None)
+        self._prune(keep=path)
+
+    def _follow_picture_clock(self) -> None:
+        offset = self.clock.offset
+        if offset is None:
+            return
+        if self._audio_offset is None or abs(offset - self._audio_offset) > AUDIO_RESYNC_S * TICKS:
+            self._audio_offset = offset
+
+    def _write_sound(self, segment: _Segment, until: Fraction) -> None:
+        """Encode the pending sound that starts before ``until`` (seconds on the source's clock)."""
+        while self._audio_pending:
+            chunk = self._audio_pending[0]
+            if chunk.time >= until:
+                return
+            self._audio_pending.popleft()
+            if self._audio_offset is None:
+                self.audio_dropped += 1
+                continue
+            at = round(chunk.time * TICKS) + self._audio_offset - segment.start
+            written = segment.write_sound(chunk.samples, chunk.rate, round(Fraction(at * chunk.rate, TICKS)))
+            if written:
+                self.audio_samples += written
+            else:
+                self.audio_dropped += 1
+
+    def _failed(self, exc: OutputError) -> None:
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            segment.abandon()
+            self.segments.append(segment.path)
+        self._retry_at = time.monotonic() + RECORD_RETRY_S
+        logger.error(
+            "stream %s: recording stopped: %s; trying again in %g s", self.stream_id, exc, RECORD_RETRY_S
+        )
+        self._report(str(exc))
+
+    def _report(self, problem: str | None) -> None:
+        if problem == self._problem:
+            return
+        self._problem = problem
+        callback, loop = self.on_problem, self._loop
+        if callback is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: nobody is asking any more
+                loop.call_soon_threadsafe(callback, problem)
+
+    def _prune(self, keep: Path) -> None:
+        target = self.target
+        if target.retain_hours is None and target.retain_segments is None:
+            return
+        deleted = self.names.prune(datetime.now(UTC), target.retain_hours, target.retain_segments, keep)
+        if deleted:
+            logger.info("stream %s: deleted %d old segment(s) (retention)", self.stream_id, len(deleted))
+
+    def _finish(self) -> None:
+        segment, self._segment = self._segment, None
+        if segment is not None and self._picture_end is not None:
+            # Sound read ahead of the last picture stays out: both tracks end together.
+            with contextlib.suppress(OutputError):
+                self._write_sound(segment, self._picture_end)
+        self.audio_dropped += len(self._audio_pending)
+        self._audio_pending.clear()
+        if self._last_index is None:
+            logger.info("stream %s: no frames, no recording", self.stream_id)
+            return
+        if segment is not None:
+            assert self._last_at is not None
+            self.segments.append(segment.path)
+            segment.close(end=self._last_at + max(1, round(self.clock.interval)))
+        logger.info(
+            "stream %s: recorded %d frames (%d repeated for frames the recorder did not get, %d lost) "
+            "in %d segment(s)",
+            self.stream_id,
+            self.frames,
+            self.filled,
+            self.lost,
+            len(self.segments),
+        )
 
 
 # --- RTSP push -------------------------------------------------------------------------------------
@@ -420,11 +606,11 @@ class RtspPusher:
         """Log a failure and return when to try again; anything but a connection error is fatal."""
         if not is_connection_error(exc):
             # FFmpeg's errors carry the URL as their file name: report without it (credentials).
-            raise OutputError(f"push to {self.shown_url} failed: {_message(exc)}") from None
+            raise OutputError(f"push to {self.shown_url} failed: {av_message(exc)}") from None
         self.failures += 1
         delay = self.backoff.delay(attempt, self._rng)
         logger.warning(
-            "push %s to %s: %s; retrying in %.2f s", self.stream_id, self.shown_url, _message(exc), delay
+            "push %s to %s: %s; retrying in %.2f s", self.stream_id, self.shown_url, av_message(exc), delay
         )
         return time.monotonic() + delay
 

@@ -34,6 +34,7 @@ from chromastream.models.runtime.session import ColorizerSession
 from chromastream.stream.config import (
     ConfigError,
     PipelineConfig,
+    RecordConfig,
     ServeConfig,
     StreamConfig,
     load_config,
@@ -881,7 +882,7 @@ def test_load_config_full(tmp_path: Path) -> None:
     )
     gate, demo = cfg.streams
     assert gate.transport == "udp" and len(gate.hints) == 2 and gate.hints[1] == Hint(0.1, 0.9, 10, -20, 0.05)
-    assert demo.loop and not demo.realtime and demo.record == tmp_path / "out/demo.mp4"
+    assert demo.loop and not demo.realtime and demo.record == RecordConfig(tmp_path / "out/demo.mp4")
     assert demo.rtsp_push == "rtsp://127.0.0.1:8554/demo"
     assert isinstance(cfg.pipeline.max_wait_ms, float)
     assert load_config(_write(tmp_path, "")) == ServeConfig()

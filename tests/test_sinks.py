@@ -1,4 +1,4 @@
-"""The stream's sinks: a recorded file (lossless, atomic) and an RTSP push (live, reconnecting).
+"""The stream's sinks: a recording (segments that survive a crash) and an RTSP push (live, reconnecting).
 
 Frames come from an in-test source through a real :class:`~chromastream.stream.pipeline.Pipeline` with the
 shipped model at working size 64, so what is checked is what ``serve`` does with ``record:`` and
@@ -8,7 +8,9 @@ shipped model at working size 64, so what is checked is what ``serve`` does with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -24,11 +26,11 @@ import pytest
 
 from chromastream.models.runtime.base import Backend
 from chromastream.models.runtime.registry import create_backend
-from chromastream.stream.config import PipelineConfig, StreamConfig
+from chromastream.stream.config import PipelineConfig, RecordConfig, StreamConfig
 from chromastream.stream.errors import OutputError
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
 from chromastream.stream.pipeline import Pipeline
-from chromastream.stream.sinks import FileRecorder, RtspPusher, temporary_path
+from chromastream.stream.sinks import RECORD_KEYFRAME_S, FileRecorder, RtspPusher
 from chromastream.stream.sources import Backoff
 from tests.rtsp_fixtures import RtspServer
 
@@ -105,100 +107,121 @@ def output_frame(i: int) -> OutputFrame:
 # --- recording ---------------------------------------------------------------------------------------
 
 
-def test_recorder_writes_every_frame_with_its_pts_and_metadata(tmp_path: Path) -> None:
+def segments(folder: Path, suffix: str = ".mp4") -> list[Path]:
+    """The recording's segments in ``folder``, oldest first (their names sort by start time)."""
+    return sorted(folder.glob(f"*{suffix}"))
+
+
+def decode(path: Path) -> list[av.VideoFrame]:
+    with av.open(str(path)) as container:
+        return list(container.decode(video=0))
+
+
+def metadata_lines(segment: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in segment.with_suffix(".jsonl").read_text().splitlines()]
+
+
+def test_recorder_writes_every_frame_with_its_time_and_metadata(tmp_path: Path) -> None:
     out = tmp_path / "rec" / "gate.mp4"
     count = 20
 
     async def main() -> None:
         p = pipeline()
-        await p.add_stream(StreamConfig("gate", "synthetic:", record=out), TestSource("gate", count))
+        cfg = StreamConfig("gate", "synthetic:", record=RecordConfig(out))
+        await p.add_stream(cfg, TestSource("gate", count))
         await p.start()
         await until(lambda: p.info("gate").state == "ended", 20)
         await p.stop()
 
     run(main())
-    assert out.exists() and not temporary_path(out).exists()
-    with av.open(str(out)) as container:
+    (segment,) = segments(out.parent)
+    # Named after the stream's name in the config and the UTC time the segment started.
+    assert re.fullmatch(r"gate-\d{8}T\d{6}\.\d{3}Z\.mp4", segment.name), segment.name
+    with av.open(str(segment)) as container:
         video = container.streams.video[0]
         assert (video.codec_context.name, video.width, video.height) == ("h264", W, H)
         assert video.codec_context.colorspace == 6  # BT.601 matrix, as the file colorizer tags it
         decoded = list(container.decode(video))
-        pts = sorted(int(f.pts) for f in decoded if f.pts is not None)
-        assert video.time_base is not None
-        seconds = [float(p * video.time_base) for p in pts]
+    seconds = [float(f.pts * f.time_base) for f in decoded]
     assert len(decoded) == count
-    assert seconds == pytest.approx([float(pts_of(i) * TIME_BASE) for i in range(count)], abs=1e-3)
-    lines = out.with_suffix(".jsonl").read_text().splitlines()
-    assert len(lines) == count
-    records = [json.loads(line) for line in lines]
-    assert [r["pts"] for r in records] == [pts_of(i) for i in range(count)]
-    assert {r["stream"] for r in records} == {"gate"}
+    # The file's own timestamps, starting at zero in the segment: a file source's timeline is its own.
+    assert seconds == pytest.approx(
+        [float((pts_of(i) - pts_of(0)) * TIME_BASE) for i in range(count)], abs=1e-3
+    )
+    records = metadata_lines(segment)
+    assert [r["pts"] for r in records] == [pts_of(i) for i in range(count)]  # the source's, as in the API
+    assert [r["recording_time"] for r in records] == pytest.approx(seconds, abs=1e-3)
+    assert {r["stream"] for r in records} == {"gate"} and not any(r["filled"] for r in records)
     assert "colorizer" in records[0]
     # The luma went through untouched (up to the encoder's loss).
     first = np.asarray(decoded[0].to_ndarray(format="yuv420p")[:H], dtype=np.int16)
     assert np.abs(first - luma(0)).mean() < 3
 
 
-def test_recorder_failing_midway_leaves_no_file_under_the_final_name(tmp_path: Path) -> None:
-    out = tmp_path / "fail.mkv"
-
+def test_a_recording_whose_frames_stop_with_an_error_keeps_what_it_recorded(tmp_path: Path) -> None:
     async def frames() -> AsyncIterator[OutputFrame]:
         for i in range(5):
             yield output_frame(i)
         raise RuntimeError("source broke")
 
-    recorder = FileRecorder(out, "s")
+    recorder = FileRecorder(RecordConfig(tmp_path / "fail.mkv"), "s")
     with pytest.raises(RuntimeError):
         run(recorder.run(frames()))
-    assert recorder.frames == 5
-    assert sorted(tmp_path.iterdir()) == []  # the partial files were removed as well
+    (segment,) = segments(tmp_path, ".mkv")
+    assert len(decode(segment)) == 5 and len(metadata_lines(segment)) == 5
 
 
-def test_a_crash_midway_leaves_only_the_temporary_name(tmp_path: Path) -> None:
+def test_a_killed_recorder_leaves_its_segment_playable_up_to_the_last_fragment(tmp_path: Path) -> None:
     out = tmp_path / "crash.mp4"
     script = f"""
 import asyncio, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
+from chromastream.stream.config import RecordConfig
 from chromastream.stream.sinks import FileRecorder
 from tests.test_sinks import output_frame
 
 async def frames():
-    for i in range(8):
+    for i in range(90):
         yield output_frame(i)
     os._exit(3)  # a crash: no clean-up, no finally
 
-asyncio.run(FileRecorder(Path({str(out)!r}), "s").run(frames()))
+asyncio.run(FileRecorder(RecordConfig(Path({str(out)!r})), "s").run(frames()))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 3, result.stderr
-    assert not out.exists() and not out.with_suffix(".jsonl").exists()
-    assert temporary_path(out).exists()
+    (segment,) = segments(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing hidden left behind
+    # A fragment ends at each key frame (at least every two seconds, earlier at a scene cut): the fragments
+    # before the last one are complete and play; what the last fragment and the encoder held is lost.
+    decoded = decode(segment)
+    assert 90 - round(RECORD_KEYFRAME_S * 25) - 20 <= len(decoded) < 90
+    assert [float(f.pts * f.time_base) for f in decoded] == pytest.approx(
+        [i * 0.04 for i in range(len(decoded))]
+    )
+    assert len(metadata_lines(segment)) == 90  # the metadata is flushed line by line
 
 
 def test_a_timeline_that_jumps_back_keeps_going_forward_in_the_file(tmp_path: Path) -> None:
-    out = tmp_path / "loop.mkv"
-
     async def frames() -> AsyncIterator[OutputFrame]:
         for i in range(10):
             frame = output_frame(i % 5)  # a looped file: pts start over after five frames
-            yield frame
+            yield dataclasses.replace(frame, index=i)
 
-    recorder = FileRecorder(out, "s")
+    recorder = FileRecorder(RecordConfig(tmp_path / "loop.mkv"), "s")
     run(recorder.run(frames()))
-    assert recorder.frames == 10 and recorder.repaired == 1
-    with av.open(str(out)) as container:
-        video = container.streams.video[0]
-        assert video.time_base is not None
-        seconds = sorted(float(f.pts * video.time_base) for f in container.decode(video) if f.pts is not None)
-    assert seconds == pytest.approx([float(pts_of(i) * TIME_BASE) for i in range(10)], abs=2e-3)
+    assert recorder.frames == 10 and recorder.clock.rebased == 1
+    (segment,) = segments(tmp_path, ".mkv")
+    seconds = [float(f.pts * f.time_base) for f in decode(segment)]
+    assert seconds == pytest.approx([i * 0.04 for i in range(10)], abs=2e-3)
 
 
 def test_an_unsupported_record_path_is_refused_before_the_stream_starts(tmp_path: Path) -> None:
     async def main() -> None:
         p = pipeline()
         with pytest.raises(OutputError, match="record"):
-            await p.add_stream(StreamConfig("x", "synthetic:", record=tmp_path / "x.gif"), TestSource("x", 1))
+            cfg = StreamConfig("x", "synthetic:", record=RecordConfig(tmp_path / "x.gif"))
+            await p.add_stream(cfg, TestSource("x", 1))
         assert p.streams() == []
         await p.stop()
 
@@ -256,13 +279,13 @@ def test_recording_keeps_the_sources_sound_in_step_with_the_picture(tmp_path: Pa
     from tests.conftest import ClipSpec, make_clip
 
     clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=25, width=W, height=H, audio="aac"))
-    out = tmp_path / "rec.mkv"
+    out = tmp_path / "rec" / "rec.mkv"
     seconds = 2.0 if loop else 1.0
 
     async def main() -> None:
         p = pipeline()
         source = FileSource("cam", clip, loop=loop, realtime=not loop)
-        await p.add_stream(StreamConfig("cam", "synthetic:", record=out), source)
+        await p.add_stream(StreamConfig("cam", "synthetic:", record=RecordConfig(out)), source)
         await p.start()
         if loop:
             await until(lambda: p.info("cam").frames_out >= 50, 20)
@@ -272,6 +295,7 @@ def test_recording_keeps_the_sources_sound_in_step_with_the_picture(tmp_path: Pa
         await p.stop()
 
     run(main())
+    (out,) = segments(out.parent, ".mkv")
     with av.open(str(out)) as container:
         assert len(container.streams.audio) == 1
         audio = container.streams.audio[0]
