@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import types
 import inspect
 import re
 import sys
@@ -55,6 +56,9 @@ def sections(cls: type[Any] = ServeConfig, path: str = "") -> list[tuple[str, ty
         key = f"{path}.{f.name}" if path else f.name
         if typing.get_origin(annotation) is tuple:
             annotation, key = typing.get_args(annotation)[0], f"{key}[]"
+        optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if isinstance(annotation, types.UnionType) and len(optional) == 1:
+            annotation = optional[0]  # an optional section (``record``) is still a section
         if _is_section(annotation):
             found += sections(annotation, key)
     return found

@@ -21,6 +21,7 @@ from chromastream.stream.cli import SERVE_FLAGS, _serve_config, build_parser, ma
 from chromastream.stream.config import (
     ConfigError,
     EventsConfig,
+    RecordConfig,
     ServeConfig,
     StreamConfig,
     WebRTCConfig,
@@ -58,7 +59,7 @@ def test_example_file_lists_every_setting_at_its_default() -> None:
     assert load_config(EXAMPLE_FILE) == ServeConfig()  # what it shows are the real defaults
     raw = yaml.safe_load(text)
     for path, cls in sections():
-        if path.endswith("[]"):
+        if "[]" in path:
             continue  # list entries: the commented examples, checked below
         data = raw
         for part in filter(None, path.split(".")):
@@ -77,7 +78,10 @@ def test_example_streams_are_valid_and_use_every_stream_key() -> None:
     raw = yaml.safe_load(uncommented)
     config = parse_config(raw, DOCS)
     gate, lobby = config.streams
-    assert gate.url.startswith("rtsp://viewer:secret@") and gate.record == DOCS / "recordings/gate.mp4"
+    assert gate.url.startswith("rtsp://viewer:secret@") and gate.record is not None
+    assert gate.record.path == DOCS / "recordings/gate.mp4" and gate.record.retain_hours == 168
+    record_keys = re.findall(r"^#\s{7}(\w+):", block, re.MULTILINE)
+    assert set(record_keys) == {f.name for f in dataclasses.fields(RecordConfig)}
     assert len(gate.hints) == 1 and lobby.url == str(DOCS / "videos/lobby.mp4") and lobby.loops
     used = {key for stream in raw["streams"] for key in stream}
     (stream_path,) = [path for path, cls in sections() if cls is StreamConfig]
