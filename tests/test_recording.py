@@ -356,7 +356,8 @@ def test_frames_the_live_path_dropped_are_repeated_in_place_and_marked(tmp_path:
 
 # --- a camera outage -----------------------------------------------------------------------------------
 
-OUTAGE_S = 6.0
+#: As long as a camera's reboot: the recording must keep it as one gap of this length.
+OUTAGE_S = 20.0
 #: Reconnects within a second of the camera coming back: the outage is many times the backoff.
 FAST_BACKOFF = Backoff(initial=0.2, factor=2.0, maximum=1.0)
 
@@ -391,7 +392,7 @@ def test_a_camera_outage_is_a_gap_of_its_real_length_in_a_recording_as_long_as_t
         await p.stop()
         await noting
 
-    run(main(), timeout=60)
+    run(main(), timeout=90)
     paths = segments(folder)
     played = [Played(p) for p in paths]  # every segment opens and decodes
     assert len(paths) >= 3 and all(s.times and s.duration > 0 for s in played)
