@@ -1,8 +1,8 @@
 """File jobs of ``chromastream colorize``: one picture, a folder of pictures, a frame sequence, a video.
 
-Every job follows the full-resolution contract (GUIDE §3): the network sees a working-size lightness
-map, its ``ab`` is upsampled and combined with the input's own full-resolution luminance, so outputs
-keep the input's size, detail and brightness, and the model only contributes colour.
+Every job follows the full-resolution contract (docs/ARCHITECTURE.md, Contracts): the network sees a
+working-size lightness map, its ``ab`` is upsampled and combined with the input's own full-resolution
+luminance, so outputs keep the input's size, detail and brightness, and the model only contributes colour.
 
 Outputs are never half-written: a file goes to a temporary name beside its destination and is renamed
 into place when complete; a folder is built in a temporary sibling folder. Any failure, including an

@@ -27,7 +27,7 @@ from tests.test_server import HintEchoBackend, live_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-#: The flags of GUIDE §5: headless, no sandbox (root in containers), loopback ICE, autoplay.
+#: Headless Chromium as the tests need it: no sandbox (root in containers), loopback ICE, autoplay.
 FLAGS = (
     "--headless=new",
     "--no-sandbox",
