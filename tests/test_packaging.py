@@ -116,3 +116,25 @@ def test_code_imports_the_rooms_only_through_the_package() -> None:
         if bare.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_code_and_docs_cite_only_the_repository() -> None:
+    """Design references point to docs/ARCHITECTURE.md; a reader of a checkout or an installed copy never
+    meets a citation of a document the repository does not hold."""
+    outside = re.compile(r"\bGUIDE(\.md)?\s*§")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    offenders = [
+        name
+        for name in listed
+        if name.endswith((".py", ".md", ".yaml", ".toml", ".js", ".html", ".css"))
+        and (REPO / name).is_file()
+        and outside.search((REPO / name).read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
