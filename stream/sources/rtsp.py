@@ -320,7 +320,7 @@ class RtspSource(ThreadedSource):
             return
         self._reported_down = True
         logger.warning(
-            "%s: %s: %s; reconnect attempt %d in %.2f s (retrying at least every %g s until it is back; "
+            "%s: %s: %s; reconnect attempt %d in %.2f s (retrying at most %g s apart until it is back; "
             "attempts are counted in metrics, not logged)",
             self.stream_id,
             self.display_url,
