@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import math
 import re
 import secrets
@@ -37,6 +38,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from chromastream.errors import ChromastreamError
@@ -332,3 +334,30 @@ class HttpGuard:
 
 def _rate_limited(path: str) -> bool:
     return not (path == "/healthz" or path.startswith("/web/") or path == "/favicon.ico")
+
+
+# ------------------------------------------------------------------------------------------ logs
+
+
+class _OneLineProtocolErrors(logging.Filter):
+    """A request aiohttp cannot parse (bad headers, a TLS hello on the HTTP port) is the client's doing:
+    one line with the reason instead of aiohttp's traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            reason = (error.message or type(error).__name__).strip().splitlines()[0]
+            record.msg = f"{record.getMessage()}: malformed HTTP request ({error.code} {reason})"
+            record.args = None
+            record.exc_info = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def protocol_logger() -> logging.Logger:
+    """The logger for aiohttp's connection handler (``AppRunner(..., logger=...)``): tracebacks only
+    for what is not a malformed request."""
+    logger = logging.getLogger("chromastream.stream.http")
+    if not any(isinstance(f, _OneLineProtocolErrors) for f in logger.filters):
+        logger.addFilter(_OneLineProtocolErrors())
+    return logger

@@ -47,7 +47,13 @@ from prometheus_client.registry import Collector
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
 from chromastream.stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
-from chromastream.stream.http_guard import MAX_JSON_DEPTH, HttpGuard, Refusal, json_too_deep
+from chromastream.stream.http_guard import (
+    MAX_JSON_DEPTH,
+    HttpGuard,
+    Refusal,
+    json_too_deep,
+    protocol_logger,
+)
 from chromastream.stream.source_policy import SourcePolicy, SourceRefused
 from chromastream.stream.webrtc import (
     TooManyViewers,
@@ -762,7 +768,7 @@ async def serve(
     sampler = create_sampler(config.pipeline.detector_rate)
     pipeline = Pipeline(config.pipeline, backend, detector=sampler)
     app = create_app(pipeline, config, own_pipeline=True)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=protocol_logger())
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,12 +35,15 @@ from chromastream.stream.http_guard import json_too_deep
 from chromastream.stream.source_policy import REFUSED
 from chromastream.stream.sources import Backoff, RtspSource
 from chromastream.stream.webrtc import allow_loopback_candidates, peer_connection
+from tests import test_browser
 from tests.conftest import ClipSpec, make_clip
 from tests.rtsp_fixtures import RtspServer, free_port
+from tests.test_browser import ServerThread, poll
 from tests.test_server import TOKEN, live_server, make_pipeline, run, running, wait_for
 from tests.test_webrtc import SDP, PatternTrack, whep
 
 REPO = Path(__file__).resolve().parents[1]
+chromium = test_browser.browser  # the headless Chromium fixture of the browser tests, as ``chromium``
 
 
 async def post_stream(client: TestClient[Any, Any], stream_id: str, url: str) -> tuple[int, Any]:
@@ -250,9 +254,7 @@ def test_deeply_nested_json_is_a_400_not_a_500() -> None:
     async def body() -> None:
         async with running() as (client, _):
             for path in ("/api/streams", "/api/streams/cam1/hints"):
-                response = await client.post(
-                    path, data=deep, headers={"Content-Type": "application/json"}
-                )
+                response = await client.post(path, data=deep, headers={"Content-Type": "application/json"})
                 assert response.status == 400, path
                 assert "nested too deeply" in (await response.json())["error"]
             # Brackets inside a string are text, not nesting.
@@ -323,6 +325,36 @@ def test_the_page_keeps_no_token_in_the_browser() -> None:
     assert "Authorization" not in script
 
 
+def test_the_page_opened_once_with_the_token_works_on_its_cookie_alone(chromium: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    with ServerThread(ServeConfig(token=TOKEN)) as base:
+        chromium.get(f"{base}/?token={TOKEN}")
+        poll(lambda: chromium.current_url == f"{base}/", what="the token left the address bar")
+
+        def js(expr: str) -> Any:
+            return chromium.execute_script(f"return {expr}")
+
+        def frames_decoded() -> int:
+            return int(
+                chromium.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "window.chromastream.framesDecoded('cam1').then(done, () => done(0));"
+                )
+            )
+
+        poll(lambda: "cam1" in (js("window.chromastream.streams()") or []), what="stream listed")
+        poll(lambda: frames_decoded() > 3, what="video over WHEP")
+        form = chromium.find_element(By.ID, "add-stream")
+        form.find_element(By.NAME, "id").send_keys("cam5")
+        form.find_element(By.NAME, "url").send_keys("synthetic:")
+        form.find_element(By.TAG_NAME, "button").click()  # a POST on the cookie, from the page's origin
+        poll(lambda: "cam5" in (js("window.chromastream.streams()") or []), what="stream added")
+        assert js("localStorage.getItem('chromastream.token')") is None
+        assert js("document.cookie") == ""  # HttpOnly: no script on the page can read the session
+        assert TOKEN not in js("document.documentElement.outerHTML")
+
+
 def test_changes_from_another_origin_or_host_are_refused() -> None:
     async def body() -> None:
         config = ServeConfig(http=HttpConfig(allowed_hosts=("cams.example.org",)))
@@ -347,7 +379,10 @@ def test_changes_from_another_origin_or_host_are_refused() -> None:
     run(body)
 
 
-def test_serve_with_a_token_never_logs_it() -> None:
+SERVE_ARGS = ("--source", "synthetic:", "--token", TOKEN)
+
+
+def test_serve_logs_neither_the_token_nor_a_traceback_for_a_malformed_request() -> None:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -358,10 +393,7 @@ def test_serve_with_a_token_never_logs_it() -> None:
             "0",
             "--size",
             "64",
-            "--source",
-            "synthetic:",
-            "--token",
-            TOKEN,
+            *SERVE_ARGS,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -371,6 +403,10 @@ def test_serve_with_a_token_never_logs_it() -> None:
         assert process.stdout is not None
         line = process.stdout.readline()  # the server is up once it prints the viewer's address
         assert "viewer at http://127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+            assert connection.recv(100).startswith(b"HTTP/1.0 400")
         time.sleep(0.5)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -378,6 +414,8 @@ def test_serve_with_a_token_never_logs_it() -> None:
     everything = line + out + err
     assert TOKEN not in everything
     assert "?token=TOKEN" in err and "--token" in err  # where to find the token instead
+    assert "Traceback" not in err
+    assert "malformed HTTP request (400 Invalid character in Content-Length" in err
 
 
 # ------------------------------------------------------------------------------------------- logs
