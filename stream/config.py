@@ -319,12 +319,13 @@ class LimitsConfig:
     """Clients reading metadata events (``/api/streams/{id}/events``), all streams together."""
     sse_per_stream: int = 16
     """Clients reading one stream's metadata events."""
-    requests_per_s: float | None = 10.0
+    requests_per_s: float | None = 20.0
     """Sustained API and signalling requests per second from one client address (a token bucket);
     ``null`` turns the limit off, e.g. behind a proxy that limits already (behind a proxy every client
     shares the proxy's address)."""
-    request_burst: int = 50
-    """Requests one client address may make at once before ``requests_per_s`` applies."""
+    request_burst: int = 100
+    """Requests one client address may make at once before ``requests_per_s`` applies. The page asks
+    two per stream when it opens (its video and its hints), so this covers ``streams`` streams."""
 
     def __post_init__(self) -> None:
         _check_range(self.streams, MAX_STREAMS, "streams")

@@ -22,11 +22,12 @@ folders is refused before the file system is asked anything about it, so whether
 shows. The reason goes to the server's log, for the operator.
 
 Host names are resolved once and every address they resolve to must be allowed (numeric spellings such as
-``2852039166`` are resolved the same way, so they cannot slip past as names). Caveat: the source connects
-later and FFmpeg resolves the name again; a name whose answer changes between the two lookups (DNS
-rebinding, a very short TTL) can still lead to an address this check never saw. Where that matters, add
-cameras by address (``rtsp://10.0.0.7/...``), which is never looked up again, and list networks rather
-than ``*``.
+``2852039166`` are resolved the same way, so they cannot slip past as names). Caveats: the check sees the
+URL, not where the connection ends up. The source connects later and FFmpeg resolves the name again, so a
+name whose answer changes between the two lookups (DNS rebinding, a very short TTL) can still lead to an
+address this check never saw; and an RTSP server at an allowed address may answer with a redirect, which
+FFmpeg follows. Where that matters, list networks rather than ``*`` and add cameras by address
+(``rtsp://10.0.0.7/...``), which is never looked up again.
 """
 
 from __future__ import annotations
