@@ -118,11 +118,14 @@ class Capacity:
     pipeline, peers in the WebRTC hub); ``hold`` counts one held for as long as a request lasts (an event
     stream). Both count requests still on their way, so concurrent ones cannot overshoot the limit."""
 
-    def __init__(self, limit: int, what: str, key: str, per_key: int | None = None) -> None:
+    def __init__(
+        self, limit: int, what: str, key: str, per_key: int | None = None, per_key_setting: str = ""
+    ) -> None:
         self.limit = limit
         self.what = what
         self.key = key
         self.per_key = per_key
+        self.per_key_setting = per_key_setting
         self.pending = 0
         self.held: dict[str, int] = {}
 
@@ -130,15 +133,15 @@ class Capacity:
     def in_use(self) -> int:
         return sum(self.held.values())
 
-    def _refuse(self, limit: int, where: str = "") -> LimitReached:
+    def _refuse(self) -> LimitReached:
         return LimitReached(
-            f"too many {self.what}{where}: at most {limit} (limits.{self.key}); try again later"
+            f"too many {self.what}: at most {self.limit} (limits.{self.key}); try again later"
         )
 
     @contextmanager
     def reserve(self, in_use: int) -> Iterator[None]:
         if in_use + self.pending >= self.limit:
-            raise self._refuse(self.limit)
+            raise self._refuse()
         self.pending += 1
         try:
             yield
@@ -148,11 +151,11 @@ class Capacity:
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
         if self.in_use >= self.limit:
-            raise self._refuse(self.limit)
+            raise self._refuse()
         if self.per_key is not None and self.held.get(key, 0) >= self.per_key:
             raise LimitReached(
-                f"too many {self.what} of {key!r}: at most {self.per_key} per stream "
-                f"(limits.sse_per_stream); try again later"
+                f"too many {self.what} of {key!r}: at most {self.per_key} "
+                f"(limits.{self.per_key_setting}); try again later"
             )
         self.held[key] = self.held.get(key, 0) + 1
         try:
@@ -232,7 +235,11 @@ class HttpGuard:
         self.publishers = Capacity(limits.publishers, "WHIP publishers", "publishers")
         self.viewers = Capacity(limits.viewers, "WebRTC viewers in all", "viewers")
         self.sse = Capacity(
-            limits.sse_clients, "metadata event clients", "sse_clients", per_key=limits.sse_per_stream
+            limits.sse_clients,
+            "metadata event clients",
+            "sse_clients",
+            per_key=limits.sse_per_stream,
+            per_key_setting="sse_per_stream",
         )
         self._cookie_key = secrets.token_bytes(32)
         self.session = (
