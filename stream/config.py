@@ -45,6 +45,7 @@ import yaml
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hints
 from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
+from chromastream.stream.source_policy import ANY_HOST, DEFAULT_SCHEMES, KNOWN_SCHEMES, parse_host_entry
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSPORTS = ("tcp", "udp")
@@ -57,6 +58,10 @@ MAX_VIEWERS = (1, 1024)
 BITRATE = (50_000, 100_000_000)
 KEYFRAME_INTERVAL = (1, 1000)
 EVENTS_QUEUE = (1, 10_000)
+#: Ranges of the ``limits`` settings.
+MAX_STREAMS = (1, 10_000)
+MAX_CLIENTS = (1, 100_000)
+REQUEST_RATE = (0.1, 100_000.0)
 
 
 class ConfigError(ChromastreamError):
@@ -265,6 +270,99 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class SourcesConfig:
+    """What streams added through the API, and WHIP publishers, may read from (the source policy, see
+    :mod:`chromastream.stream.source_policy`). Streams of this file and of ``--source`` are the operator's
+    choice and are not checked. Anything else is refused with one 403 answer that never says why (the
+    server log does), so the API cannot be used to learn which files exist."""
+
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    """Kinds of source the API may add: ``rtsp``, ``rtsps``, ``whip`` (a publisher sending a stream in
+    through ``POST /whip/{id}``) and ``synthetic`` (test pattern). Files are allowed by ``folders``."""
+    hosts: tuple[str, ...] = (ANY_HOST,)
+    """Hosts an RTSP source may connect to: ``*`` (any), CIDR networks (``10.0.0.0/8``), addresses or
+    host names. Link-local addresses (169.254.0.0/16, fe80::/10) and cloud metadata services are refused
+    even under ``*`` unless an entry here covers them. Host names are resolved once and every address must
+    be allowed."""
+    folders: tuple[Path, ...] = ()
+    """Folders whose video files the API may open (symlinks and ``..`` resolved first); none by default,
+    so files can only be named in this file or with ``--source``."""
+
+    def __post_init__(self) -> None:
+        for scheme in self.schemes:
+            _check(
+                scheme in KNOWN_SCHEMES,
+                "schemes",
+                f"unknown scheme {scheme!r}; expected some of {', '.join(KNOWN_SCHEMES)} "
+                "(files are allowed with 'folders')",
+            )
+        for i, entry in enumerate(self.hosts):
+            try:
+                parse_host_entry(entry)
+            except ValueError as exc:
+                raise ConfigError(f"hosts[{i}]: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """The most of each resource clients may take, so that no client (or many) can exhaust the server.
+    A request beyond a limit is answered 503 with ``Retry-After`` (429 for the request rate); the viewers
+    of one stream are limited by ``webrtc.max_viewers``."""
+
+    streams: int = 32
+    """Streams in all, those of this file included; adding one more through the API is refused."""
+    publishers: int = 4
+    """WHIP publishers sending streams in at once."""
+    viewers: int = 64
+    """WebRTC viewers of all streams together."""
+    sse_clients: int = 64
+    """Clients reading metadata events (``/api/streams/{id}/events``), all streams together."""
+    sse_per_stream: int = 16
+    """Clients reading one stream's metadata events."""
+    requests_per_s: float | None = 20.0
+    """Sustained API and signalling requests per second from one client address (a token bucket);
+    ``null`` turns the limit off, e.g. behind a proxy that limits already (behind a proxy every client
+    shares the proxy's address)."""
+    request_burst: int = 100
+    """Requests one client address may make at once before ``requests_per_s`` applies. The page asks
+    two per stream when it opens (its video and its hints), so this covers ``streams`` streams."""
+
+    def __post_init__(self) -> None:
+        _check_range(self.streams, MAX_STREAMS, "streams")
+        for name in ("publishers", "viewers", "sse_clients", "sse_per_stream", "request_burst"):
+            _check_range(getattr(self, name), MAX_CLIENTS, name)
+        if self.requests_per_s is not None:
+            lo, hi = REQUEST_RATE
+            _check(
+                math.isfinite(self.requests_per_s) and lo <= self.requests_per_s <= hi,
+                "requests_per_s",
+                f"must be in {lo}..{hi:g} requests per second or null, got {self.requests_per_s}",
+            )
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """How the server treats browsers: the host names it may be reached under, and its cookie."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (``host`` or ``host:port``) under which pages may change things (POST, PUT, DELETE),
+    besides the listen address, ``localhost`` and IP addresses. A request that names another host, or
+    comes from a page of another origin, is refused with 403: this stops DNS rebinding and other sites'
+    pages. Add the names people type to reach the server, e.g. ``cams.example.org``."""
+    secure_cookie: bool = False
+    """Mark the session cookie ``Secure`` (sent over HTTPS only). Set it when a TLS proxy serves the
+    page; a request that arrives with ``X-Forwarded-Proto: https`` gets a Secure cookie anyway."""
+
+    def __post_init__(self) -> None:
+        for i, entry in enumerate(self.allowed_hosts):
+            _check(
+                isinstance(entry, str) and bool(entry.strip()) and "/" not in entry,
+                f"allowed_hosts[{i}]",
+                f"must be a host name or host:port, got {entry!r}",
+            )
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything ``chromastream serve`` needs: where to listen, how to colorize, what to ingest."""
 
@@ -281,6 +379,12 @@ class ServeConfig:
     """WebRTC viewers: how many per stream, encoder bitrate and keyframes, loopback."""
     events: EventsConfig = field(default_factory=EventsConfig)
     """Per-frame metadata events sent to HTTP clients."""
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    """Which sources the API may add: schemes, hosts and folders."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """The most streams, publishers, viewers, event clients and requests the server takes."""
+    http: HttpConfig = field(default_factory=HttpConfig)
+    """Host names browsers may use and the session cookie."""
     streams: tuple[StreamConfig, ...] = ()
     """Streams started with the server; more can be added through the API."""
 
@@ -331,6 +435,10 @@ def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
         )
         path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
+    if annotation in (tuple[str, ...], tuple[Path, ...]):
+        _check(isinstance(value, list), key, f"must be a list, got {_type_name(value)} {value!r}")
+        (inner,) = typing.get_args(annotation)[:1]
+        return tuple(_convert(item, inner, f"{key}[{i}]", base) for i, item in enumerate(value))
     if annotation == tuple[Hint, ...]:
         _check(isinstance(value, list), key, f"must be a list of hints, got {_type_name(value)}")
         try:

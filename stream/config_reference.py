@@ -99,14 +99,16 @@ def _type(annotation: Any) -> str:
     if origin is types.UnionType or origin is typing.Union:
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         return " or ".join(_type(a) for a in inner) + " or null"
+    names = {bool: "true/false", int: "integer", float: "number", str: "string", Path: "path"}
     if origin is tuple:
         inner = typing.get_args(annotation)[0]
-        return (
-            "list of hints" if inner is Hint else f"list of {inner.__name__.removesuffix('Config').lower()}s"
-        )
+        if inner is Hint:
+            return "list of hints"
+        if inner in names:
+            return f"list of {names[inner]}s"
+        return f"list of {inner.__name__.removesuffix('Config').lower()}s"
     if _is_section(annotation):
         return "section"
-    names = {bool: "true/false", int: "integer", float: "number", str: "string", Path: "path"}
     return names[annotation]
 
 

@@ -68,6 +68,13 @@ class PipelineMetrics:
         self.reconnects = Counter(
             "chromastream_reconnects", "Times the stream's source reconnected", ["stream"], registry=r
         )
+        self.connect_attempts = Counter(
+            "chromastream_connect_attempts",
+            "Connections the stream's source tried (a camera that is down retries with backoff; the log "
+            "says only when it goes down and comes back)",
+            ["stream"],
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "chromastream_stage_seconds",
             "Time a frame spends in each stage of the pipeline",
@@ -100,7 +107,14 @@ class PipelineMetrics:
 
     def forget(self, stream_id: str) -> None:
         """Remove every series of a stream that has gone."""
-        for metric in (self.frames_in, self.frames_out, self.reconnects, self.latency_seconds, self.viewers):
+        for metric in (
+            self.frames_in,
+            self.frames_out,
+            self.reconnects,
+            self.connect_attempts,
+            self.latency_seconds,
+            self.viewers,
+        ):
             _remove(metric, stream_id)
         for stage in DROP_STAGES:
             _remove(self.dropped, stream_id, stage)

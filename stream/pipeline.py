@@ -308,6 +308,7 @@ class _Stream:
         self.sinks: list[asyncio.Task[None]] = []  # recorder / RTSP push of StreamConfig, if asked for
         self.audio_sinks: list[FileRecorder] = []  # recorders, which also keep the source's sound
         self.reconnects_seen = 0
+        self.connect_attempts_seen = 0
         self.source_drops = 0
         dropped = metrics.dropped.labels(cfg.id, "input")
 
@@ -334,6 +335,7 @@ class _Stream:
 class _SourceReport:
     reconnects: int | None
     dropped: int | None
+    connect_attempts: int | None
     reconnecting: bool
 
 
@@ -353,7 +355,7 @@ def _source_report(source: Source) -> _SourceReport:
     reconnecting = any(
         get(obj, "state") == "reconnecting" or get(obj, "connected") is False for obj in (source, stats)
     )
-    return _SourceReport(counter("reconnects"), counter("dropped"), reconnecting)
+    return _SourceReport(counter("reconnects"), counter("dropped"), counter("connect_attempts"), reconnecting)
 
 
 #: Frames a recorder of a live stream may fall behind before its oldest are dropped (and repeated).
@@ -594,6 +596,9 @@ class Pipeline:
         if report.reconnects is not None and report.reconnects > s.reconnects_seen:
             self.metrics.reconnects.labels(s.id).inc(report.reconnects - s.reconnects_seen)
             s.reconnects_seen = report.reconnects
+        if report.connect_attempts is not None and report.connect_attempts > s.connect_attempts_seen:
+            self.metrics.connect_attempts.labels(s.id).inc(report.connect_attempts - s.connect_attempts_seen)
+            s.connect_attempts_seen = report.connect_attempts
         if report.dropped is not None and report.dropped > s.source_drops:
             self.metrics.dropped.labels(s.id, "source").inc(report.dropped - s.source_drops)
             s.source_drops = report.dropped
@@ -687,7 +692,10 @@ class Pipeline:
                     exc = failed[0].exception()
                     assert exc is not None
                     s.state, s.error = "failed", f"{type(exc).__name__}: {exc}"
-                    logger.error("stream %s failed", s.id, exc_info=exc)
+                    if isinstance(exc, ChromastreamError):  # the input's fault (a file, a camera): one line
+                        logger.error("stream %s failed: %s", s.id, exc)
+                    else:  # a bug: the traceback is what finds it
+                        logger.error("stream %s failed", s.id, exc_info=exc)
                     break
         except asyncio.CancelledError:
             pass

@@ -4,10 +4,16 @@ Every failure a client can cause is answered with a 4xx and a JSON ``{"error": .
 fix; nothing a request sends can stop the server or the pipeline. Request bodies are capped at 64 KiB
 (JSON and SDP alike): anything larger is refused before it is read into memory.
 
-Authentication is one optional bearer token. API calls and signalling send ``Authorization: Bearer``;
-GET requests may instead carry ``?token=`` (``EventSource`` cannot set headers) or the cookie the page
-sets when it is first opened with ``?token=``. The cookie is ``SameSite=Strict`` and never accepted for
-requests that change anything, so another site cannot act with it. ``/healthz`` stays open for probes.
+Authentication is one optional bearer token. API clients and signalling send ``Authorization: Bearer``;
+GET requests may instead carry ``?token=``. The page is opened once with ``?token=`` and gets a session
+cookie derived from the token (never the token itself), which it uses from then on; the cookie changes
+things only from the server's own origin (:mod:`chromastream.stream.http_guard`). ``/healthz`` stays open
+for probes.
+
+Around every request :class:`~chromastream.stream.http_guard.HttpGuard` adds the security headers, checks
+the Host and Origin of requests that change things and paces each client address; the handlers check the
+capacity limits (``limits.*``) and, for sources added through the API, the source policy
+(:mod:`chromastream.stream.source_policy`).
 
 Metadata events are bounded per client: each SSE client has its own queue that drops its oldest event
 when the client reads too slowly (policy DROP_OLDEST, counted in ``chromastream_sse_dropped_total``), and
@@ -41,6 +47,14 @@ from prometheus_client.registry import Collector
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
 from chromastream.stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
+from chromastream.stream.http_guard import (
+    MAX_JSON_DEPTH,
+    HttpGuard,
+    Refusal,
+    json_too_deep,
+    protocol_logger,
+)
+from chromastream.stream.source_policy import SourcePolicy, SourceRefused
 from chromastream.stream.webrtc import (
     TooManyViewers,
     UnknownSession,
@@ -55,7 +69,7 @@ from chromastream.stream.webrtc import (
 logger = logging.getLogger("chromastream.stream.server")
 
 MAX_BODY = 64 * 1024
-TOKEN_COOKIE = "chromastream_token"
+SESSION_COOKIE = "chromastream_session"
 
 
 class StreamsAPI(Protocol):
@@ -96,14 +110,8 @@ class StreamConfigFactory(Protocol):
 # --------------------------------------------------------------------------------------- utilities
 
 
-class ApiError(ChromastreamError):
+class ApiError(Refusal):
     """A request the server refuses: answered as ``status`` with ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, **headers: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 def _json(data: Any, status: int = 200, **headers: str) -> web.Response:
@@ -126,10 +134,14 @@ async def _read_json(request: web.Request) -> Any:
             f"send JSON with Content-Type application/json (got {request.content_type or 'none'})",
         )
     text = await _read_text(request)
+    if json_too_deep(text):
+        raise ApiError(400, f"JSON nested too deeply: at most {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(text)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:  # the scan above makes this unreachable; kept as the last line of defence
+        raise ApiError(400, f"JSON nested too deeply: at most {MAX_JSON_DEPTH} levels") from None
 
 
 async def _read_text(request: web.Request) -> str:
@@ -245,6 +257,8 @@ class _State:
 
 
 STATE: web.AppKey[_State] = web.AppKey("chromastream_state", _State)
+GUARD: web.AppKey[HttpGuard] = web.AppKey("chromastream_guard", HttpGuard)
+SOURCE_POLICY: web.AppKey[SourcePolicy] = web.AppKey("chromastream_source_policy", SourcePolicy)
 
 
 class _SseClient:
@@ -298,7 +312,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     try:
         response = await handler(request)
-    except ApiError as exc:
+    except Refusal as exc:
         state.http_errors.labels(str(exc.status)).inc()
         return _json({"error": exc.message}, status=exc.status, **exc.headers)
     except web.HTTPException as exc:
@@ -326,7 +340,7 @@ def _presented_token(request: web.Request) -> str | None:
         scheme, _, value = header.partition(" ")
         return value.strip() if scheme.lower() == "bearer" else None
     if request.method in ("GET", "HEAD"):
-        return request.query.get("token") or request.cookies.get(TOKEN_COOKIE)
+        return request.query.get("token")
     return None
 
 
@@ -339,6 +353,10 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[STATE].config.token
     if token and not _public(request.path):
         presented = _presented_token(request)
+        if presented is None and request.app[GUARD].cookie_authenticates(
+            request, request.cookies.get(SESSION_COOKIE)
+        ):
+            return await handler(request)
         if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
             reason = "missing" if presented is None else "wrong"
             raise ApiError(
@@ -357,11 +375,13 @@ def _web_dir() -> Path:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    response = web.FileResponse(_web_dir() / "index.html", headers={"Cache-Control": "no-cache"})
-    token = request.app[STATE].config.token
-    if token and request.query.get("token") == token:
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
-    return response
+    """The viewer page. Opened with ``?token=`` (checked by ``_auth``), it sets the session cookie and
+    sends the browser to the page without the token, so the token leaves the address bar at once."""
+    if request.app[STATE].config.token and "token" in request.query:
+        response = web.Response(status=303, headers={"Location": "/", "Cache-Control": "no-store"})
+        request.app[GUARD].set_session_cookie(request, response, SESSION_COOKIE)
+        return response
+    return web.FileResponse(_web_dir() / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -371,6 +391,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.pipeline.streams()  # brings the sources' own counters (connection attempts, ...) into the metrics
     body = generate_latest(state.pipeline.registry) + generate_latest(state.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -403,17 +424,28 @@ async def add_stream(request: web.Request) -> web.Response:
         raise ApiError(400, "'id' is required: 1-64 of A-Z a-z 0-9 _ -")
     if not isinstance(url, str) or not url.strip():
         raise ApiError(400, "'url' is required (rtsp://..., a file path, or synthetic://)")
-    try:
-        cfg = state.stream_config(body)
-    except (ChromastreamError, ValueError, TypeError) as exc:
-        raise ApiError(400, str(exc)) from None
-    try:
-        info = await state.pipeline.add_stream(cfg)
-    except state.duplicate:
-        raise ApiError(409, f"stream {stream_id!r} exists already") from None
-    except (ChromastreamError, ValueError) as exc:
-        raise ApiError(400, str(exc)) from None
+    with request.app[GUARD].streams.reserve(len(state.pipeline.streams())):
+        body = {**body, "url": await _allowed_source(request, stream_id, url)}
+        try:
+            cfg = state.stream_config(body)
+        except (ChromastreamError, ValueError, TypeError) as exc:
+            raise ApiError(400, str(exc)) from None
+        try:
+            info = await state.pipeline.add_stream(cfg)
+        except state.duplicate:
+            raise ApiError(409, f"stream {stream_id!r} exists already") from None
+        except (ChromastreamError, ValueError) as exc:
+            raise ApiError(400, str(exc)) from None
     return _json(_info_json(info), status=201, Location=f"/api/streams/{stream_id}")
+
+
+async def _allowed_source(request: web.Request, stream_id: str, url: str) -> str:
+    """``url`` as the source policy lets it be opened, or the policy's one 403 (the reason is logged)."""
+    try:
+        return await request.app[SOURCE_POLICY].check(url)
+    except SourceRefused as exc:
+        logger.info("refused source for stream %s from %s: %s", stream_id, request.remote, exc.reason)
+        raise ApiError(403, str(exc)) from None
 
 
 async def remove_stream(request: web.Request) -> web.Response:
@@ -492,6 +524,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     stream_id = _stream_id(request)
     state.require_stream(stream_id)
+    with request.app[GUARD].sse.hold(stream_id):
+        return await _send_events(request, state, stream_id)
+
+
+async def _send_events(request: web.Request, state: _State, stream_id: str) -> web.StreamResponse:
     client = _SseClient(
         state.pipeline.subscribe(stream_id, maxsize=2), state.config.events.queue_size, state.sse_dropped
     )
@@ -542,7 +579,8 @@ async def whep(request: web.Request) -> web.Response:
     offer = await _read_text(request)
     state.require_stream(stream_id)
     try:
-        viewer, answer = await state.hub.whep(stream_id, offer)
+        with request.app[GUARD].viewers.reserve(len(state.hub.viewers)):
+            viewer, answer = await state.hub.whep(stream_id, offer)
     except TooManyViewers as exc:
         raise ApiError(503, str(exc), **{"Retry-After": "5"}) from None
     except WebRTCError as exc:
@@ -565,11 +603,17 @@ async def whip(request: web.Request) -> web.Response:
     stream_id = _stream_id(request)
     _sdp_body_check(request)
     offer = await _read_text(request)
+    await _allowed_source(request, stream_id, f"whip://{stream_id}")  # publishing may be turned off
     with contextlib.suppress(*state.unknown):
         state.pipeline.info(stream_id)
         raise ApiError(409, f"stream {stream_id!r} exists already")
+    guard = request.app[GUARD]
     try:
-        publisher, answer = await state.hub.whip(stream_id, offer)
+        with (
+            guard.publishers.reserve(len(state.hub.publishers)),
+            guard.streams.reserve(len(state.pipeline.streams())),
+        ):
+            publisher, answer = await state.hub.whip(stream_id, offer)
     except state.duplicate:
         raise ApiError(409, f"stream {stream_id!r} exists already") from None
     except WebRTCError as exc:
@@ -632,7 +676,11 @@ def create_app(
     if config.webrtc.ice_loopback:
         allow_loopback_candidates()
     unknown, duplicate = _pipeline_errors()
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
+    guard = HttpGuard(config)
+    app = web.Application(middlewares=[_errors, *guard.middlewares, _auth], client_max_size=MAX_BODY)
+    app[GUARD] = guard
+    app[SOURCE_POLICY] = SourcePolicy(config.sources.schemes, config.sources.hosts, config.sources.folders)
+    app.on_response_prepare.append(guard.add_headers)
     app[STATE] = _State(
         pipeline,
         config,
@@ -695,13 +743,13 @@ class ServeError(ChromastreamError):
     """The server cannot start (the address is taken, a stream cannot be opened)."""
 
 
-def viewer_url(host: str, port: int, token: str | None) -> str:
-    """The address a person opens; a wildcard bind is shown as this machine's loopback name."""
+def viewer_url(host: str, port: int) -> str:
+    """The address a person opens; a wildcard bind is shown as this machine's loopback name. It never
+    carries the token: the log it is printed to is read by more people than should hold the token."""
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
-    suffix = f"?token={token}" if token else ""
-    return f"http://{shown}:{port}/{suffix}"
+    return f"http://{shown}:{port}/"
 
 
 async def serve(
@@ -720,7 +768,7 @@ async def serve(
     sampler = create_sampler(config.pipeline.detector_rate)
     pipeline = Pipeline(config.pipeline, backend, detector=sampler)
     app = create_app(pipeline, config, own_pipeline=True)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=protocol_logger())
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -740,8 +788,15 @@ async def serve(
         port = int(runner.addresses[0][1])
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        url = viewer_url(config.host, port)
         if announce is not None:
-            announce(viewer_url(config.host, port, config.token))
+            announce(url)
+        if config.token:
+            logger.info(
+                "a token is required: open %s?token=TOKEN once, with the token given by --token or the "
+                "config's 'token' (API clients send 'Authorization: Bearer TOKEN')",
+                url,
+            )
         ids = ", ".join(s.id for s in config.streams) or "none yet"
         logger.info("serving streams: %s", ids)
         await stop.wait()

@@ -441,7 +441,7 @@ def test_flood_of_bad_requests_leaves_server_serving() -> None:
                 junk.append(client.post("/whip/cam1", data="v=0", headers={"Content-Type": "text/plain"}))
             responses = await asyncio.gather(*junk)
             statuses = {r.status for r in responses}
-            assert statuses <= {400, 404, 409, 413, 415}, statuses
+            assert statuses <= {400, 404, 409, 413, 415, 429}, statuses  # 429: the per-address rate
             assert (await client.get("/healthz")).status == 200
             before = pipeline.info("cam1").frames_out
             await asyncio.sleep(0.5)
@@ -559,8 +559,8 @@ def _serve_process(*args: str) -> tuple[subprocess.Popen[str], str]:
 def test_serve_default_demo_runs_and_stops_cleanly_on_sigterm() -> None:
     process, url = _serve_process("--token", TOKEN)
     try:
-        assert url.endswith(f"/?token={TOKEN}")
-        base = url.split("/?", 1)[0]
+        assert TOKEN not in url  # the token is never printed (tests/test_security.py checks the log)
+        base = url.rstrip("/")
         headers = {"Authorization": f"Bearer {TOKEN}"}
 
         def frames_out() -> int:

@@ -90,7 +90,9 @@ class FileSource(ThreadedSource):
             pass
         except InputError as exc:
             self._fail(exc)
-        except Exception as exc:
+        except (av.error.FFmpegError, OSError) as exc:  # the file's fault, not ours: no traceback
+            self._fail(SourceError(f"cannot read video {self.path}: {av_reason(exc)}"))
+        except Exception as exc:  # a bug: the traceback is what finds it
             logger.exception("%s: reading %s failed", self.stream_id, self.path)
             self._fail(SourceError(f"cannot read video {self.path}: {av_reason(exc)}"))
 

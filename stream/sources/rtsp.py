@@ -217,6 +217,7 @@ class RtspSource(ThreadedSource):
         self._current: _Connection | None = None
         self._connected_before = False
         self._down_since: float | None = None
+        self._reported_down = False
         self._timeline: Timeline | None = None
         self._index = 0
 
@@ -280,7 +281,8 @@ class RtspSource(ThreadedSource):
                     raise SourceError(f"{self.stream_id}: {self.display_url}: {av_reason(error)}") from None
                 if connection.frames:
                     attempt = 0
-                    self._down_since = time.monotonic()
+                    # Down since its last frame, not since the watchdog noticed (stall_timeout later).
+                    self._down_since = connection.last_frame_at or time.monotonic()
                 elif self._down_since is None:
                     self._down_since = time.monotonic()
                 attempt += 1
@@ -289,14 +291,7 @@ class RtspSource(ThreadedSource):
                 ceiling = self.backoff.ceiling(attempt)
                 delay = self.backoff.delay(attempt, self._rng)
                 self.stats.retries.append(RetryRecord(attempt, ceiling, delay))
-                logger.warning(
-                    "%s: %s: %s; reconnect attempt %d in %.2f s",
-                    self.stream_id,
-                    self.display_url,
-                    reason,
-                    attempt,
-                    delay,
-                )
+                self._log_retry(reason, attempt, delay)
                 await asyncio.sleep(delay)
         except SourceError as exc:
             logger.error("%s", exc)
@@ -306,6 +301,34 @@ class RtspSource(ThreadedSource):
         except Exception as exc:  # a bug, not the network: report it instead of retrying forever
             logger.exception("%s: the RTSP supervisor failed", self.stream_id)
             await self._end_with(SourceError(f"{self.stream_id}: {type(exc).__name__}: {exc}"))
+
+    def _log_retry(self, reason: str, attempt: int, delay: float) -> None:
+        """One warning when the stream goes down, not one per attempt: a camera that stays down for a day
+        retries thousands of times, and thirty of them would bury everything else in the log. The
+        attempts go on at debug level and are counted (``stats.connect_attempts``, exported as
+        ``chromastream_connect_attempts_total``); the next state change is the reconnection, logged by
+        :meth:`_opened`."""
+        if self._reported_down:
+            logger.debug(
+                "%s: %s: %s; reconnect attempt %d in %.2f s",
+                self.stream_id,
+                self.display_url,
+                reason,
+                attempt,
+                delay,
+            )
+            return
+        self._reported_down = True
+        logger.warning(
+            "%s: %s: %s; reconnect attempt %d in %.2f s (retrying at most %g s apart until it is back; "
+            "attempts are counted in metrics, not logged)",
+            self.stream_id,
+            self.display_url,
+            reason,
+            attempt,
+            delay,
+            self.backoff.maximum,
+        )
 
     async def _watch(self, connection: _Connection) -> BaseException | None:
         """Wait for the connection to end; the watchdog ends it first when frames stop coming."""
@@ -348,6 +371,7 @@ class RtspSource(ThreadedSource):
             logger.info("%s: connected to %s", self.stream_id, self.display_url)
         self._connected_before = True
         self._down_since = None
+        self._reported_down = False
         return True
 
     async def _accept(self, connection: _Connection, raw_pts: int | None, y: U8, full_range: bool) -> None:

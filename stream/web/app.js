@@ -9,16 +9,10 @@
   const ICE_GATHER_MS = 2000;
   const RTP_KEEP = 600; // frame timestamps kept per stream for matching metadata to pictures
 
-  // The token is taken once from ?token= and kept for this browser; the URL is cleaned so it is not
-  // bookmarked or shared by accident.
-  const params = new URLSearchParams(location.search);
-  if (params.has("token")) {
-    localStorage.setItem("chromastream.token", params.get("token"));
-    params.delete("token");
-    const rest = params.toString();
-    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
-  }
-  const token = localStorage.getItem("chromastream.token") || "";
+  // Authentication is the server's session cookie (HttpOnly: this script never sees it), set when the
+  // page is opened once with ?token=; the browser sends it with every same-origin request. The token
+  // itself is kept nowhere in the browser; an older version of this page stored it, so remove that copy.
+  localStorage.removeItem("chromastream.token");
 
   const grid = document.getElementById("grid");
   const statusLine = document.getElementById("status");
@@ -32,14 +26,8 @@
   };
   const viewers = new Map(); // stream id -> Viewer
 
-  function authHeaders(extra) {
-    const headers = Object.assign({}, extra || {});
-    if (token) headers.Authorization = "Bearer " + token;
-    return headers;
-  }
-
   async function api(method, path, body) {
-    const init = { method, headers: authHeaders() };
+    const init = { method, headers: {} };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -311,7 +299,7 @@
         await waitForIce(pc);
         const response = await fetch("/whep/" + encodeURIComponent(this.id), {
           method: "POST",
-          headers: authHeaders({ "Content-Type": "application/sdp" }),
+          headers: { "Content-Type": "application/sdp" },
           body: pc.localDescription.sdp,
         });
         if (response.status !== 201) {
@@ -341,7 +329,7 @@
 
     teardown() {
       if (this.location) {
-        fetch(this.location, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
+        fetch(this.location, { method: "DELETE", keepalive: true }).catch(() => {});
         this.location = null;
       }
       if (this.pc) {
