@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
 from chromastream.stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
+from chromastream.stream.metrics import LoopLagMonitor, SessionMetrics
 from chromastream.stream.webrtc import (
     TooManyViewers,
     UnknownSession,
@@ -215,6 +216,7 @@ class _State:
             "Metadata events dropped because an SSE client read too slowly (oldest first)",
             registry=self.registry,
         )
+        self.loop_lag = LoopLagMonitor(self.registry)
         self.hub = WebRTCHub(
             pipeline,
             add_source=self._add_whip_source,
@@ -222,6 +224,9 @@ class _State:
             max_viewers=config.webrtc.max_viewers,
             bitrate=config.webrtc.bitrate,
             keyframe_interval=config.webrtc.keyframe_interval,
+            connect_timeout=config.webrtc.connect_timeout_s,
+            disconnect_grace=config.webrtc.disconnect_grace_s,
+            metrics=SessionMetrics(self.registry),
         )
         self.registry.register(_ServerCollector(self))
 
@@ -595,6 +600,7 @@ async def whip_delete(request: web.Request) -> web.Response:
 
 async def _on_startup(app: web.Application) -> None:
     state = app[STATE]
+    state.loop_lag.start()
     if state.own_pipeline:
         await state.pipeline.start()
 
@@ -602,6 +608,7 @@ async def _on_startup(app: web.Application) -> None:
 async def _on_shutdown(app: web.Application) -> None:
     """Runs before the server stops waiting for handlers: end the long-lived ones and every peer."""
     state = app[STATE]
+    await state.loop_lag.stop()
     for client in list(state.sse):
         client.close()
     await state.hub.close()
@@ -695,6 +702,13 @@ class ServeError(ChromastreamError):
     """The server cannot start (the address is taken, a stream cannot be opened)."""
 
 
+#: Seconds :func:`serve` gives its orderly shutdown (peers, event streams, the pipeline, recordings) before
+#: it stops waiting and returns; each part is bounded on its own too, this bounds them together.
+SHUTDOWN_TIMEOUT_S = 15.0
+#: Seconds requests still being answered get to finish once the server stops listening.
+REQUEST_GRACE_S = 3.0
+
+
 def viewer_url(host: str, port: int, token: str | None) -> str:
     """The address a person opens; a wildcard bind is shown as this machine's loopback name."""
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
@@ -709,9 +723,14 @@ async def serve(
     *,
     announce: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
 ) -> None:
     """Run the pipeline and its server until SIGINT/SIGTERM (or ``stop``), then shut down in order:
-    stop accepting, close every peer and event stream, stop the pipeline."""
+    stop accepting, close every peer and event stream, stop the pipeline.
+
+    The shutdown takes at most :data:`SHUTDOWN_TIMEOUT_S`; whatever has not finished by then is abandoned
+    (and logged). ``handle_signals=False`` leaves SIGINT/SIGTERM to the caller, which then sets ``stop``
+    (the command line does, so that it can also end a process whose threads never finish)."""
     from chromastream.models.runtime.registry import create_backend
     from chromastream.stream.deepfake import create_sampler
     from chromastream.stream.pipeline import Pipeline
@@ -720,11 +739,11 @@ async def serve(
     sampler = create_sampler(config.pipeline.detector_rate)
     pipeline = Pipeline(config.pipeline, backend, detector=sampler)
     app = create_app(pipeline, config, own_pipeline=True)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=REQUEST_GRACE_S)
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     try:
         site = web.TCPSite(runner, config.host, config.port)
         try:
@@ -749,6 +768,11 @@ async def serve(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        try:
+            await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning(
+                "the shutdown did not finish within %.0f s; stopping without it", SHUTDOWN_TIMEOUT_S
+            )
         if sampler is not None:
             sampler.close()
