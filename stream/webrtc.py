@@ -809,7 +809,10 @@ class WebRTCHub:
             except Exception:
                 logger.exception("%s session %s: closing it failed", kind, session_id)
 
-        return asyncio.get_running_loop().create_task(watch(), name=f"{kind} session {session_id}")
+        task = asyncio.get_running_loop().create_task(watch(), name=f"{kind} session {session_id}")
+        self._background.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _encoder(self, stream_id: str, codec: str) -> StreamEncoder:
         key = (stream_id, codec)
