@@ -43,8 +43,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 #: Seconds from SIGINT/SIGTERM to the forced end of ``serve``'s process when its orderly shutdown (itself
-#: bounded, see ``chromastream.stream.server.SHUTDOWN_TIMEOUT_S``) or a thread that never finishes keeps
-#: it alive.
+#: bounded, see ``chromastream.stream.server.SHUTDOWN_STEP_S``) or a thread that never finishes keeps it
+#: alive.
 SERVE_EXIT_GRACE_S = 25.0
 
 logger = logging.getLogger("chromastream.stream.cli")

@@ -57,8 +57,6 @@ MAX_VIEWERS = (1, 1024)
 BITRATE = (50_000, 100_000_000)
 KEYFRAME_INTERVAL = (1, 1000)
 EVENTS_QUEUE = (1, 10_000)
-CONNECT_TIMEOUT = (1.0, 600.0)
-DISCONNECT_GRACE = (0.0, 600.0)
 
 
 class ConfigError(ChromastreamError):
@@ -234,6 +232,11 @@ class PipelineConfig:
             "detector_rate",
             f"must be in 0..120 frames per second, got {self.detector_rate}",
         )
+
+
+#: Ranges of the WebRTC session timeouts, in seconds.
+CONNECT_TIMEOUT = (1.0, 600.0)
+DISCONNECT_GRACE = (0.0, 600.0)
 
 
 @dataclass(frozen=True)

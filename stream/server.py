@@ -40,8 +40,8 @@ from prometheus_client.registry import Collector
 
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
+from chromastream.stream import metrics as stream_metrics
 from chromastream.stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
-from chromastream.stream.metrics import LoopLagMonitor, SessionMetrics
 from chromastream.stream.webrtc import (
     TooManyViewers,
     UnknownSession,
@@ -216,7 +216,7 @@ class _State:
             "Metadata events dropped because an SSE client read too slowly (oldest first)",
             registry=self.registry,
         )
-        self.loop_lag = LoopLagMonitor(self.registry)
+        self.loop_lag = stream_metrics.LoopLagMonitor(self.registry)
         self.hub = WebRTCHub(
             pipeline,
             add_source=self._add_whip_source,
@@ -226,7 +226,7 @@ class _State:
             keyframe_interval=config.webrtc.keyframe_interval,
             connect_timeout=config.webrtc.connect_timeout_s,
             disconnect_grace=config.webrtc.disconnect_grace_s,
-            metrics=SessionMetrics(self.registry),
+            metrics=stream_metrics.SessionMetrics(self.registry),
         )
         self.registry.register(_ServerCollector(self))
 
@@ -697,16 +697,13 @@ def stream_config_from_json(body: dict[str, Any]) -> StreamConfig:
 
 # -------------------------------------------------------------------------------------------- serve
 
+#: Seconds each step of :func:`serve`'s shutdown may take (see there): two steps stay well within the
+#: command line's grace before it ends the process (``chromastream.stream.cli.SERVE_EXIT_GRACE_S``).
+SHUTDOWN_STEP_S = 10.0
+
 
 class ServeError(ChromastreamError):
     """The server cannot start (the address is taken, a stream cannot be opened)."""
-
-
-#: Seconds :func:`serve` gives its orderly shutdown (peers, event streams, the pipeline, recordings) before
-#: it stops waiting and returns; each part is bounded on its own too, this bounds them together.
-SHUTDOWN_TIMEOUT_S = 15.0
-#: Seconds requests still being answered get to finish once the server stops listening.
-REQUEST_GRACE_S = 3.0
 
 
 def viewer_url(host: str, port: int, token: str | None) -> str:
@@ -728,9 +725,11 @@ async def serve(
     """Run the pipeline and its server until SIGINT/SIGTERM (or ``stop``), then shut down in order:
     stop accepting, close every peer and event stream, stop the pipeline.
 
-    The shutdown takes at most :data:`SHUTDOWN_TIMEOUT_S`; whatever has not finished by then is abandoned
-    (and logged). ``handle_signals=False`` leaves SIGINT/SIGTERM to the caller, which then sets ``stop``
-    (the command line does, so that it can also end a process whose threads never finish)."""
+    Each of the two steps of the shutdown, the server's (requests, peers, event streams, then the
+    pipeline) and, if that did not finish, the pipeline's alone (so recordings are still closed), takes
+    at most :data:`SHUTDOWN_STEP_S`; whatever is still running then is abandoned.
+    ``handle_signals=False`` leaves SIGINT/SIGTERM to the caller, which then sets ``stop`` (the command
+    line does, so that it can also end a process whose threads never finish)."""
     from chromastream.models.runtime.registry import create_backend
     from chromastream.stream.deepfake import create_sampler
     from chromastream.stream.pipeline import Pipeline
@@ -739,7 +738,7 @@ async def serve(
     sampler = create_sampler(config.pipeline.detector_rate)
     pipeline = Pipeline(config.pipeline, backend, detector=sampler)
     app = create_app(pipeline, config, own_pipeline=True)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=REQUEST_GRACE_S)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -769,10 +768,12 @@ async def serve(
         for sig in signals:
             loop.remove_signal_handler(sig)
         try:
-            await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT_S)
+            await asyncio.wait_for(runner.cleanup(), SHUTDOWN_STEP_S)
         except TimeoutError:
-            logger.warning(
-                "the shutdown did not finish within %.0f s; stopping without it", SHUTDOWN_TIMEOUT_S
-            )
+            logger.warning("the server did not stop within %.0f s; stopping the streams", SHUTDOWN_STEP_S)
+            try:
+                await asyncio.wait_for(pipeline.stop(), SHUTDOWN_STEP_S)
+            except TimeoutError:
+                logger.warning("the streams did not stop within %.0f s; leaving them", SHUTDOWN_STEP_S)
         if sampler is not None:
             sampler.close()

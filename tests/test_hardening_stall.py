@@ -180,6 +180,33 @@ def test_healthz_stays_fast_under_the_heaviest_stream_and_sigterm_stops_serve() 
             process.wait()
 
 
+def test_a_process_that_cannot_finish_its_shutdown_is_ended_after_the_grace_period() -> None:
+    """What ``serve`` arms on SIGTERM, in a process whose main thread never returns: it still ends, with
+    a message and an error status, and a second signal ends it at once."""
+    hang = (
+        "import sys, threading\n"
+        "from chromastream.stream.cli import _ExitDeadline\n"
+        "deadline = _ExitDeadline(0.5)\n"
+        "deadline.arm('SIGTERM')\n"
+        "if sys.argv[1] == 'twice':\n"
+        "    deadline.arm('SIGTERM')\n"
+        "threading.Event().wait()\n"
+    )
+    for mode, at_least, at_most in (("once", 0.5, 10.0), ("twice", 0.0, 0.5)):
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", hang, mode], capture_output=True, text=True, timeout=30, check=False
+        )
+        elapsed = time.monotonic() - started
+        assert done.returncode == 1, done
+        if mode == "once":
+            assert "shutdown did not finish within 0.5 s" in done.stderr
+        else:
+            assert "SIGTERM again: stopped without finishing the shutdown" in done.stderr
+        # (the interpreter's own start-up is not timed by the deadline, hence the margin)
+        assert at_least <= elapsed < at_most + 5.0, (mode, elapsed)
+
+
 # --------------------------------------------------------------------------------- WebRTC sessions
 
 
