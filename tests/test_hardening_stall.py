@@ -119,7 +119,8 @@ def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
         process.kill()
         _, err = process.communicate()
         raise AssertionError(f"serve did not start: {line!r} {err}")
-    return process, line.split("viewer at", 1)[1].strip().split("/?", 1)[0]
+    url = line.split("viewer at", 1)[1].strip()
+    return process, url.split("?", 1)[0].rstrip("/")  # the base URL, whether the token is shown or not
 
 
 def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None, timeout: float = 5) -> Any:
