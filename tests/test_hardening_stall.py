@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,19 +107,22 @@ def test_a_blocked_event_loop_shows_in_the_lag_metric_and_the_log(caplog: pytest
     run(body)
 
 
-def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chromastream.stream.cli", "serve", "--port", "0", "--size", "64", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _serve(log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``serve`` in a process of its own; its log goes to ``log`` (a pipe nobody reads could fill up and
+    block the server mid-test)."""
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chromastream.stream.cli", "serve", "--port", "0", "--size", "64", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     assert process.stdout is not None
     line = process.stdout.readline()  # blocks until the server is up (or the process ends)
     if "viewer at" not in line:
         process.kill()
-        _, err = process.communicate()
-        raise AssertionError(f"serve did not start: {line!r} {err}")
+        process.wait()
+        raise AssertionError(f"serve did not start: {line!r} {log.read_text()}")
     url = line.split("viewer at", 1)[1].strip()
     return process, url.split("?", 1)[0].rstrip("/")  # the base URL, whether the token is shown or not
 
@@ -135,8 +139,9 @@ def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None, 
         return json.loads(data) if response.headers.get_content_type() == "application/json" else data
 
 
-def test_healthz_stays_fast_under_the_heaviest_stream_and_sigterm_stops_serve() -> None:
-    process, base = _serve("--token", TOKEN, "--source", "synthetic:?width=64&height=48&fps=15")
+def test_healthz_stays_fast_under_the_heaviest_stream_and_sigterm_stops_serve(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    process, base = _serve(log, "--token", TOKEN, "--source", "synthetic:?width=64&height=48&fps=15")
     try:
         created = _request(f"{base}/api/streams", "POST", {"id": "huge", "url": HEAVIEST})
         assert created["id"] == "huge"
@@ -171,7 +176,7 @@ def test_healthz_stays_fast_under_the_heaviest_stream_and_sigterm_stops_serve() 
         process.send_signal(signal.SIGTERM)
         status = process.wait(timeout=SERVE_EXIT_GRACE_S + 10)
         stopped_in = time.monotonic() - started
-        _, err = process.communicate()
+        err = log.read_text()
         assert status == 0, err
         assert stopped_in < SERVE_EXIT_GRACE_S, f"SIGTERM took {stopped_in:.1f} s"
         assert "Traceback" not in err
