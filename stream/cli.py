@@ -10,7 +10,9 @@ the environment's fault.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,6 +42,10 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
+#: Seconds from SIGINT/SIGTERM to the forced end of ``serve``'s process when its orderly shutdown (itself
+#: bounded, see ``chromastream.stream.server.SHUTDOWN_STEP_S``) or a thread that never finishes keeps it
+#: alive.
+SERVE_EXIT_GRACE_S = 25.0
 
 logger = logging.getLogger("chromastream.stream.cli")
 #: Libraries that log routine steps at INFO (aioice and aiortc: about nine lines per WebRTC viewer);
@@ -185,7 +191,8 @@ recording, RTSP push and hints): docs/CONFIG.md describes every key, and docs/se
 them all with their defaults, ready to copy. Flags given beside --config override the file's values;
 --source streams are added to the file's. The viewer page is at the printed URL; with --token, open it
 once as URL?token=TOKEN. Stop with Ctrl-C (or SIGTERM): viewers are disconnected and the pipeline is
-stopped cleanly."""
+stopped cleanly. A second signal, or a shutdown still running after {SERVE_EXIT_GRACE_S:g} s, ends
+the process at once."""
 
 
 def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -299,11 +306,72 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 def _run_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    config = _serve_config(args)
+    asyncio.run(_serve_until_signalled(config))
+    return 0
+
+
+async def _serve_until_signalled(config: ServeConfig) -> None:
+    """Run the server until SIGINT/SIGTERM, which starts its orderly shutdown and arms a
+    :class:`_ExitDeadline`; a second signal ends the process at once.
+
+    The handler is a plain signal handler rather than the event loop's: Python runs it in the main thread
+    even while the loop is busy, so a stop is never lost behind whatever holds the loop.
+    """
+    import asyncio
+
     from chromastream.stream.server import serve
 
-    config = _serve_config(args)
-    asyncio.run(serve(config, announce=lambda url: print(f"chromastream: viewer at {url}", flush=True)))
-    return 0
+    def announce(url: str) -> None:
+        print(f"chromastream: viewer at {url}", flush=True)
+
+    if threading.current_thread() is not threading.main_thread():  # embedded: the loop's own handlers
+        await serve(config, announce=announce)
+        return
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    deadline = _ExitDeadline(SERVE_EXIT_GRACE_S)
+
+    def on_signal(signum: int, frame: object) -> None:
+        deadline.arm(signal.Signals(signum).name)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: it has stopped already
+            loop.call_soon_threadsafe(stop.set)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        await serve(config, announce=announce, stop=stop, handle_signals=False)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _ExitDeadline:
+    """Ends the process ``grace`` seconds after the first stop signal, if it is still running then.
+
+    The orderly shutdown is bounded, but the process only exits once every non-daemon thread has finished
+    (executor threads among them), and a thread stuck in a blocking call never does. A timer thread (a
+    daemon: it never keeps the process alive) ends it with a message instead of letting it hang until
+    someone sends SIGKILL. A second signal ends it at once.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._timer: threading.Timer | None = None
+
+    def arm(self, signal_name: str) -> None:
+        if self._timer is not None:
+            _exit_now(f"{signal_name} again: stopped without finishing the shutdown")
+        message = f"the shutdown did not finish within {self.grace:g} s; stopped without it"
+        self._timer = threading.Timer(self.grace, _exit_now, args=(message,))
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def _exit_now(message: str) -> None:
+    """End the process from any thread, skipping clean-up that may be what hangs (the CLI's last resort)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    os._exit(EXIT_ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,9 +435,9 @@ class Terminated(KeyboardInterrupt):
 def _sigterm_unwinds() -> Iterator[None]:
     """SIGTERM raises :class:`Terminated` for the duration of one command (the previous handler after).
 
-    ``serve`` installs its own handler on its event loop for a clean shutdown, which takes precedence
-    while it runs. Only the main thread may set handlers; elsewhere (an embedding program) this does
-    nothing."""
+    ``serve`` installs its own handler for a clean shutdown (:func:`_serve_until_signalled`), which
+    takes precedence while it runs. Only the main thread may set handlers; elsewhere (an embedding
+    program) this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -79,6 +79,12 @@ def _check_range(value: int, bounds: tuple[int, int], key: str, unit: str = "") 
     _check(lo <= value <= hi, key, f"must be in {lo}..{hi}{suffix}, got {value}")
 
 
+def _check_seconds(value: float, bounds: tuple[float, float], key: str) -> None:
+    lo, hi = bounds
+    ok = math.isfinite(value) and lo <= value <= hi
+    _check(ok, key, f"must be in {lo:g}..{hi:g} seconds, got {value}")
+
+
 @dataclass(frozen=True)
 class RecordConfig:
     """Where a stream is recorded: ``record: /rec/gate.mp4``, or the mapping form
@@ -233,9 +239,15 @@ class PipelineConfig:
         )
 
 
+#: Ranges of the WebRTC session timeouts, in seconds.
+CONNECT_TIMEOUT = (1.0, 600.0)
+DISCONNECT_GRACE = (0.0, 600.0)
+
+
 @dataclass(frozen=True)
 class WebRTCConfig:
-    """How colorized streams reach browsers over WebRTC (WHEP viewers)."""
+    """How colorized streams reach browsers over WebRTC (WHEP viewers), and how long WebRTC sessions
+    (viewers and WHIP publishers) may take to connect."""
 
     max_viewers: int = 8
     """WebRTC viewers per stream. Each stream is encoded once whatever the number of viewers, but
@@ -250,11 +262,21 @@ class WebRTCConfig:
     """Offer 127.0.0.1 as an ICE candidate, so a browser on the server's own machine can connect (the
     WebRTC library leaves loopback out by itself). It only adds a candidate; remote viewers are unaffected.
     It is process-wide: once one server in a process has enabled it, it stays."""
+    connect_timeout_s: float = 15.0
+    """Seconds a viewer (WHEP) or publisher (WHIP) has, from the answer to its offer, to connect (ICE and
+    DTLS). One that does not is closed and its slot freed, and a publisher's stream is removed: a client
+    that sends an offer and goes away without ``DELETE`` cannot hold a viewer slot or a stream for ever."""
+    disconnect_grace_s: float = 10.0
+    """Seconds a connected session may stay out of the connected state before it is closed. A connection
+    that fails or that its peer closes is closed at once (the WebRTC library reports a peer that vanished
+    as failed once its connectivity checks go unanswered, about 30 s)."""
 
     def __post_init__(self) -> None:
         _check_range(self.max_viewers, MAX_VIEWERS, "max_viewers")
         _check_range(self.bitrate, BITRATE, "bitrate", "bits per second")
         _check_range(self.keyframe_interval, KEYFRAME_INTERVAL, "keyframe_interval", "frames")
+        _check_seconds(self.connect_timeout_s, CONNECT_TIMEOUT, "connect_timeout_s")
+        _check_seconds(self.disconnect_grace_s, DISCONNECT_GRACE, "disconnect_grace_s")
 
 
 @dataclass(frozen=True)
@@ -376,7 +398,7 @@ class ServeConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """Colorizer and queue settings shared by all streams."""
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
-    """WebRTC viewers: how many per stream, encoder bitrate and keyframes, loopback."""
+    """WebRTC viewers: how many per stream, encoder bitrate and keyframes, loopback, session timeouts."""
     events: EventsConfig = field(default_factory=EventsConfig)
     """Per-frame metadata events sent to HTTP clients."""
     sources: SourcesConfig = field(default_factory=SourcesConfig)

@@ -69,14 +69,15 @@ class DeepfakeSampler:
             self._detectors[stream_id] = detector
         return detector
 
-    def _sample(self, stream_id: str, grey: U8, pts: int | None) -> dict[str, Any]:
-        verdict = self._detector(stream_id).sample(grey, pts)
+    def _sample(self, frame: Frame) -> dict[str, Any]:
+        # The grey conversion too is per pixel of the frame: in this thread, never on the event loop.
+        grey = luma_to_grey(frame.y, frame.full_range)
+        verdict = self._detector(frame.stream_id).sample(grey, frame.pts)
         return dict(verdict.to_json())
 
     async def detect(self, frame: Frame) -> dict[str, Any]:
-        grey = luma_to_grey(frame.y, frame.full_range)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._sample, frame.stream_id, grey, frame.pts)
+        return await loop.run_in_executor(self._executor, self._sample, frame)
 
     def forget(self, stream_id: str) -> None:
         self._detectors.pop(stream_id, None)

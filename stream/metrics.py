@@ -7,13 +7,22 @@ stream where the value belongs to a stream; when a stream is removed its series 
 server that sees many short-lived streams does not grow its metrics without bound.
 
 Latencies are in seconds (the Prometheus convention); the per-frame metadata carries milliseconds.
+
+The server has two more sets of its own, in its registry: :class:`SessionMetrics` (WebRTC sessions opened,
+closed and expired) and :class:`LoopLagMonitor` (how late the event loop runs, the one number that shows
+whether anything blocks it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+logger = logging.getLogger("chromastream.stream.metrics")
 
 #: Stages of a frame's path, as used for the ``stage`` label of ``chromastream_stage_seconds``:
 #: waiting in the stream's input queue, preparing the network input, waiting for a batch to fill,
@@ -127,3 +136,115 @@ class PipelineMetrics:
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):  # the series was never created
         metric.remove(*labels)
+
+
+# ------------------------------------------------------------------------------------ WebRTC sessions
+
+SESSION_KINDS = ("whep", "whip")
+"""``whep``: a viewer; ``whip``: a publisher."""
+SESSION_EXPIRY_REASONS = ("connect_timeout", "failed", "closed", "disconnected")
+"""Why the server ends a session on its own: it did not connect (ICE and DTLS) within
+``webrtc.connect_timeout_s``, its transport failed, the peer closed it, or it stayed disconnected longer
+than ``webrtc.disconnect_grace_s``."""
+SESSION_CLOSE_REASONS = ("client", "stream_ended", "shutdown", *SESSION_EXPIRY_REASONS)
+"""Every reason a session ends: the client's ``DELETE``, the end or removal of its stream, the server
+stopping, or an expiry."""
+
+
+class SessionMetrics:
+    """Counters of the server's WebRTC sessions, by kind (:data:`SESSION_KINDS`) and reason.
+
+    ``opened - closed`` is the number of sessions open now; ``expired`` counts the closes that the server
+    decided by itself (a subset of ``closed``, with the same reasons), which is where abandoned clients
+    show up.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.opened = Counter(
+            "chromastream_webrtc_sessions_opened",
+            "WebRTC sessions answered, by kind (whep: viewers, whip: publishers)",
+            ["kind"],
+            registry=registry,
+        )
+        self.closed = Counter(
+            "chromastream_webrtc_sessions_closed",
+            "WebRTC sessions ended, by kind and reason (expiries included)",
+            ["kind", "reason"],
+            registry=registry,
+        )
+        self.expired = Counter(
+            "chromastream_webrtc_sessions_expired",
+            "WebRTC sessions the server ended because they did not connect in time or lost their transport",
+            ["kind", "reason"],
+            registry=registry,
+        )
+        for kind in SESSION_KINDS:
+            self.opened.labels(kind)
+
+    def count_open(self, kind: str) -> None:
+        self.opened.labels(kind).inc()
+
+    def count_close(self, kind: str, reason: str) -> None:
+        self.closed.labels(kind, reason).inc()
+        if reason in SESSION_EXPIRY_REASONS:
+            self.expired.labels(kind, reason).inc()
+
+
+# ------------------------------------------------------------------------------------ event-loop lag
+
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LoopLagMonitor:
+    """Measures how late the event loop wakes a task that sleeps ``interval`` seconds, over and over.
+
+    Everything the server does (HTTP, signalling, every stream's plumbing) shares one event loop, so a
+    single step that runs long on it delays all of them; the lag is that delay, seen from outside. It is
+    exported as the histogram ``chromastream_event_loop_lag_seconds``, and a lag of ``warn_s`` or more is
+    logged as a warning (at most once every ``warn_every_s``), since it means requests were refused time.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        interval: float = 0.05,
+        warn_s: float = 0.5,
+        warn_every_s: float = 10.0,
+    ) -> None:
+        self.interval = interval
+        self.warn_s = warn_s
+        self.warn_every_s = warn_every_s
+        self.lag_seconds = Histogram(
+            "chromastream_event_loop_lag_seconds",
+            "How late the server's event loop woke a periodic timer: time every request and stream waited",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.worst = 0.0
+        """The largest lag seen so far, in seconds."""
+        self._task: asyncio.Task[None] | None = None
+        self._warned_at = -float("inf")
+
+    def start(self) -> None:
+        """Start measuring on the running loop (once; later calls do nothing)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-loop lag")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(self.interval)
+            lag = max(0.0, time.monotonic() - start - self.interval)
+            self.lag_seconds.observe(lag)
+            self.worst = max(self.worst, lag)
+            now = time.monotonic()
+            if lag >= self.warn_s and now - self._warned_at >= self.warn_every_s:
+                self._warned_at = now
+                logger.warning("the event loop was blocked for %.2f s: requests and streams waited", lag)

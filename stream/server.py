@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hint, parse_hints
+from chromastream.stream import metrics as stream_metrics
 from chromastream.stream.config import STREAM_ID, ConfigError, ServeConfig, StreamConfig, parse_config
 from chromastream.stream.http_guard import (
     MAX_JSON_DEPTH,
@@ -227,6 +228,7 @@ class _State:
             "Metadata events dropped because an SSE client read too slowly (oldest first)",
             registry=self.registry,
         )
+        self.loop_lag = stream_metrics.LoopLagMonitor(self.registry)
         self.hub = WebRTCHub(
             pipeline,
             add_source=self._add_whip_source,
@@ -234,6 +236,9 @@ class _State:
             max_viewers=config.webrtc.max_viewers,
             bitrate=config.webrtc.bitrate,
             keyframe_interval=config.webrtc.keyframe_interval,
+            connect_timeout=config.webrtc.connect_timeout_s,
+            disconnect_grace=config.webrtc.disconnect_grace_s,
+            metrics=stream_metrics.SessionMetrics(self.registry),
         )
         self.registry.register(_ServerCollector(self))
 
@@ -639,6 +644,7 @@ async def whip_delete(request: web.Request) -> web.Response:
 
 async def _on_startup(app: web.Application) -> None:
     state = app[STATE]
+    state.loop_lag.start()
     if state.own_pipeline:
         await state.pipeline.start()
 
@@ -646,6 +652,7 @@ async def _on_startup(app: web.Application) -> None:
 async def _on_shutdown(app: web.Application) -> None:
     """Runs before the server stops waiting for handlers: end the long-lived ones and every peer."""
     state = app[STATE]
+    await state.loop_lag.stop()
     for client in list(state.sse):
         client.close()
     await state.hub.close()
@@ -738,6 +745,10 @@ def stream_config_from_json(body: dict[str, Any]) -> StreamConfig:
 
 # -------------------------------------------------------------------------------------------- serve
 
+#: Seconds each step of :func:`serve`'s shutdown may take (see there): two steps stay well within the
+#: command line's grace before it ends the process (``chromastream.stream.cli.SERVE_EXIT_GRACE_S``).
+SHUTDOWN_STEP_S = 10.0
+
 
 class ServeError(ChromastreamError):
     """The server cannot start (the address is taken, a stream cannot be opened)."""
@@ -757,9 +768,16 @@ async def serve(
     *,
     announce: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
 ) -> None:
     """Run the pipeline and its server until SIGINT/SIGTERM (or ``stop``), then shut down in order:
-    stop accepting, close every peer and event stream, stop the pipeline."""
+    stop accepting, close every peer and event stream, stop the pipeline.
+
+    Each of the two steps of the shutdown, the server's (requests, peers, event streams, then the
+    pipeline) and, if that did not finish, the pipeline's alone (so recordings are still closed), takes
+    at most :data:`SHUTDOWN_STEP_S`; whatever is still running then is abandoned.
+    ``handle_signals=False`` leaves SIGINT/SIGTERM to the caller, which then sets ``stop`` (the command
+    line does, so that it can also end a process whose threads never finish)."""
     from chromastream.models.runtime.registry import create_backend
     from chromastream.stream.deepfake import create_sampler
     from chromastream.stream.pipeline import Pipeline
@@ -772,7 +790,7 @@ async def serve(
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     try:
         site = web.TCPSite(runner, config.host, config.port)
         try:
@@ -804,6 +822,13 @@ async def serve(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        try:
+            await asyncio.wait_for(runner.cleanup(), SHUTDOWN_STEP_S)
+        except TimeoutError:
+            logger.warning("the server did not stop within %.0f s; stopping the streams", SHUTDOWN_STEP_S)
+            try:
+                await asyncio.wait_for(pipeline.stop(), SHUTDOWN_STEP_S)
+            except TimeoutError:
+                logger.warning("the streams did not stop within %.0f s; leaving them", SHUTDOWN_STEP_S)
         if sampler is not None:
             sampler.close()

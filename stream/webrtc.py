@@ -45,6 +45,26 @@ pipeline's metadata) plus ``rtp_time``, the 90 kHz timestamp of its frame before
 origin: a receiver matches metadata to pictures by a constant offset (``RTCRtpReceiver`` frame pts in
 aiortc, ``requestVideoFrameCallback``'s ``rtpTimestamp`` in a browser).
 
+Session lifetimes
+-----------------
+A WHEP or WHIP session holds a slot (a viewer of the stream's ``max_viewers``, a publisher's stream in the
+pipeline) from the moment its offer is answered. A client that posts an offer and goes away without
+``DELETE`` would hold it for ever: ICE may even succeed, but DTLS never completes and nothing in the
+WebRTC library times such a peer out. Each session is therefore watched (:func:`transport_lost`): one
+that does not reach ``connected`` (ICE and DTLS) within ``connect_timeout_s``, whose connection fails or is
+closed by the peer, or that leaves ``connected`` for longer than ``disconnect_grace_s``, is closed and its
+slot freed; a publisher's stream is removed with it. Each close is counted with its reason
+(:class:`~chromastream.stream.metrics.SessionMetrics`). aiortc has no ``disconnected`` state of its own:
+a peer that vanishes after connecting is reported ``failed``/``closed`` once its ICE consent checks fail
+(about 30 s); the grace covers any other way of leaving ``connected``.
+
+Nothing per frame on the event loop
+-----------------------------------
+Turning an output frame into an ``av.VideoFrame``, drawing the "reconnecting" card, encoding, and taking
+the luma of a publisher's decoded picture all cost time in proportion to the picture's size, which a
+client chooses (the size of the stream it adds or publishes). They run in executor threads; the loop only
+passes packets along.
+
 Loopback
 --------
 aioice leaves 127.0.0.1 out of its host candidates (``aioice.ice.get_host_addresses``) and has no
@@ -64,6 +84,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from typing import Any, Protocol
 
 import av
@@ -81,6 +102,7 @@ from aiortc.sdp import SessionDescription
 from chromastream.errors import ChromastreamError
 from chromastream.stream.av_glue import to_video_frame
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
+from chromastream.stream.metrics import SessionMetrics
 from chromastream.stream.sources._common import frame_luma
 
 logger = logging.getLogger("chromastream.stream.webrtc")
@@ -96,6 +118,10 @@ IDLE_CARD_S = 1.0
 CARD_PERIOD_S = 0.25
 #: Packets a viewer may hold before it is considered behind and resynchronized on a keyframe.
 VIEWER_QUEUE = 30
+#: Seconds a session has to connect (ICE and DTLS), and a connected one may stay disconnected, before it
+#: is closed (the defaults of ``webrtc.connect_timeout_s`` and ``webrtc.disconnect_grace_s``).
+CONNECT_TIMEOUT_S = 15.0
+DISCONNECT_GRACE_S = 10.0
 
 
 class WebRTCError(ChromastreamError):
@@ -232,6 +258,57 @@ def _wrap_keyframe_requests(sender: RTCRtpSender, request: Callable[[], None]) -
         request()
 
     sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+
+
+async def transport_lost(pc: RTCPeerConnection, connect_timeout: float, disconnect_grace: float) -> str:
+    """Wait until ``pc``'s session should end and say why (one of
+    :data:`~chromastream.stream.metrics.SESSION_EXPIRY_REASONS`): ``connect_timeout`` when it is not
+    ``connected`` within ``connect_timeout`` seconds of the call, ``failed`` or ``closed`` when its
+    connection state becomes that, ``disconnected`` when, once connected, it stays in any other state for
+    ``disconnect_grace`` seconds. Returns only then; the caller closes the session."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def on_change() -> None:
+        changed.set()
+
+    pc.on("connectionstatechange", on_change)
+    try:
+        deadline: float | None = loop.time() + connect_timeout
+        connected_once = False
+        while True:
+            changed.clear()
+            state = pc.connectionState
+            if state in ("failed", "closed"):
+                return state
+            if state == "connected":
+                connected_once, deadline = True, None
+            elif deadline is None:  # it was connected and is not any more
+                deadline = loop.time() + disconnect_grace
+            if deadline is None:
+                await changed.wait()
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return "disconnected" if connected_once else "connect_timeout"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+    finally:
+        pc.remove_listener("connectionstatechange", on_change)
+
+
+_EXPIRY_TEXT = {
+    "connect_timeout": "it did not connect (ICE and DTLS) in time",
+    "failed": "its connection failed",
+    "closed": "its peer closed the connection",
+    "disconnected": "it stayed disconnected past the grace period",
+}
+
+
+def _stop_watching(task: asyncio.Task[None] | None) -> None:
+    """Cancel a session's watcher, unless it is the caller (a watcher closing its own session)."""
+    if task is not None and task is not asyncio.current_task():
+        task.cancel()
 
 
 def _parse_offer(sdp: str) -> RTCSessionDescription:
@@ -397,7 +474,7 @@ class StreamEncoder:
                 idle_since = time.monotonic()
                 last = frame
                 event = frame_event(frame)
-                await self._send(loop, to_video_frame(frame), self._rtp_time(frame), event)
+                await self._send(loop, partial(to_video_frame, frame), self._rtp_time(frame), event)
             self.ended = self._subscription is subscription  # not closed by the last viewer leaving
         except asyncio.CancelledError:
             pass
@@ -421,21 +498,27 @@ class StreamEncoder:
 
     async def _send_card(self, loop: asyncio.AbstractEventLoop, last: OutputFrame | None) -> None:
         """One "reconnecting" card, timed on from the last picture so receivers keep playing."""
-        video = reconnecting_card(last, self.stream_id)
         step = round(CARD_PERIOD_S * RTP_CLOCK)
         rtp_time = (
             (self._last_rtp + step) if self._last_rtp is not None else round(time.monotonic() * RTP_CLOCK)
         )
         self._last_rtp = rtp_time
         self.cards_sent += 1
-        await self._send(loop, video, rtp_time, {"stream": self.stream_id, "card": "reconnecting"})
+        card = partial(reconnecting_card, last, self.stream_id)
+        await self._send(loop, card, rtp_time, {"stream": self.stream_id, "card": "reconnecting"})
 
     async def _send(
-        self, loop: asyncio.AbstractEventLoop, video: av.VideoFrame, rtp_time: int, event: dict[str, Any]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        picture: Callable[[], av.VideoFrame],
+        rtp_time: int,
+        event: dict[str, Any],
     ) -> None:
+        """Make the picture and encode it in an executor (both cost time in proportion to its size),
+        then hand the packet to every viewer."""
         force = self._force_keyframe or self._since_keyframe + 1 >= self._keyframe_interval
         self._force_keyframe = False
-        packet = await loop.run_in_executor(None, self._encode, video, force)
+        packet = await loop.run_in_executor(None, self._encode_picture, picture, force)
         if packet is None:
             return
         packet.pts = rtp_time
@@ -461,6 +544,9 @@ class StreamEncoder:
             ts = self._last_rtp + step
         self._last_rtp = ts
         return ts
+
+    def _encode_picture(self, picture: Callable[[], av.VideoFrame], keyframe: bool) -> av.Packet[Any] | None:
+        return self._encode(picture(), keyframe)
 
     def _encode(self, video: av.VideoFrame, keyframe: bool) -> av.Packet[Any] | None:
         """Runs in an executor: one frame in, at most one packet out (no lag, no B-frames)."""
@@ -560,6 +646,8 @@ class Viewer:
     channel: RTCDataChannel | None = None
     created: float = field(default_factory=time.monotonic)
     messages_sent: int = 0
+    watcher: asyncio.Task[None] | None = None
+    """Closes the session when it does not connect in time or loses its transport."""
 
     def send_event(self, event: dict[str, Any]) -> None:
         channel = self.channel
@@ -610,7 +698,7 @@ class WhipSource:
                 break
             if not isinstance(received, av.VideoFrame):
                 continue
-            y, full_range = frame_luma(received)
+            y, full_range = await asyncio.to_thread(frame_luma, received)
             self.frames_received += 1
             yield Frame(
                 stream_id=self.stream_id,
@@ -634,10 +722,15 @@ class WhipSource:
 
 @dataclass(eq=False)
 class Publisher:
+    """One WHIP session: its peer and the source its video feeds."""
+
     id: str
     stream_id: str
     pc: RTCPeerConnection
     source: WhipSource
+    watcher: asyncio.Task[None] | None = None
+    """Closes the session (and removes its stream) when it does not connect in time or loses its
+    transport."""
 
 
 # -------------------------------------------------------------------------------------------- hub
@@ -648,6 +741,8 @@ class WebRTCHub:
 
     ``add_source`` is how a publisher's stream enters the pipeline (the server passes a function that
     builds the stream's config and calls ``pipeline.add_stream``); ``remove_source`` takes it out again.
+    Sessions that do not connect within ``connect_timeout`` seconds or lose their transport (see the
+    module docstring) are closed by the hub itself; ``metrics`` counts every session opened and closed.
     """
 
     def __init__(
@@ -659,12 +754,18 @@ class WebRTCHub:
         max_viewers: int = 8,
         bitrate: int = DEFAULT_BITRATE,
         keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        disconnect_grace: float = DISCONNECT_GRACE_S,
+        metrics: SessionMetrics | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self._feed = feed
         self._add_source = add_source
         self._remove_source = remove_source
         self.max_viewers = max_viewers
+        self.connect_timeout = connect_timeout
+        self.disconnect_grace = disconnect_grace
+        self._metrics = metrics
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
         self._on_change = on_change
@@ -683,6 +784,35 @@ class WebRTCHub:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
+
+    def _opened(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count_open(kind)
+
+    def _closed(self, kind: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count_close(kind, reason)
+
+    def _watch(self, kind: str, session_id: str, pc: RTCPeerConnection) -> asyncio.Task[None]:
+        """Start the task that closes a session once :func:`transport_lost` says it should end."""
+
+        async def watch() -> None:
+            reason = await transport_lost(pc, self.connect_timeout, self.disconnect_grace)
+            logger.info("%s session %s ended by the server: %s", kind, session_id, _EXPIRY_TEXT[reason])
+            try:
+                if kind == "whep":
+                    await self.close_viewer(session_id, reason)
+                else:
+                    await self.close_publisher(session_id, reason)
+            except UnknownSession:
+                pass  # closed meanwhile by its client or its stream
+            except Exception:
+                logger.exception("%s session %s: closing it failed", kind, session_id)
+
+        task = asyncio.get_running_loop().create_task(watch(), name=f"{kind} session {session_id}")
+        self._background.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _encoder(self, stream_id: str, codec: str) -> StreamEncoder:
         key = (stream_id, codec)
@@ -708,7 +838,9 @@ class WebRTCHub:
     def _encoder_ended(self, encoder: StreamEncoder) -> None:
         """The stream ended or was removed: hang up its viewers rather than leave them on a still picture."""
         if not self._closing:
-            task = asyncio.get_running_loop().create_task(self.close_viewers_of(encoder.stream_id))
+            task = asyncio.get_running_loop().create_task(
+                self.close_viewers_of(encoder.stream_id, "stream_ended")
+            )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -738,13 +870,6 @@ class WebRTCHub:
                     except Exception:
                         logger.warning("viewer %s: message handler failed", viewer.id, exc_info=True)
 
-            @pc.on("connectionstatechange")
-            async def on_state() -> None:
-                if pc.connectionState in ("failed", "closed"):
-                    # Closing a viewer closes its peer, which lands here again: already gone is fine.
-                    with contextlib.suppress(UnknownSession):
-                        await self.close_viewer(viewer.id)
-
             await pc.setRemoteDescription(offer)
             track = EncodedVideoTrack(self._encoder(stream_id, codec), viewer.send_event)
             viewer.track = track
@@ -752,26 +877,35 @@ class WebRTCHub:
             _wrap_keyframe_requests(sender, track.request_keyframe)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
-            await self.close_viewer(viewer.id)
+            self.viewers.pop(viewer.id, None)  # never opened: not counted
+            if viewer.track is not None:
+                viewer.track.stop()
+            await pc.close()
             if isinstance(exc, WebRTCError):
                 raise
             raise WebRTCError(f"the offer cannot be answered: {exc}") from exc
+        viewer.watcher = self._watch("whep", viewer.id, pc)
+        self._opened("whep")
         self._changed()
         return viewer, pc.localDescription.sdp
 
-    async def close_viewer(self, viewer_id: str) -> None:
+    async def close_viewer(self, viewer_id: str, reason: str = "client") -> None:
+        """End a viewer's session and free its slot; ``reason`` is counted (see
+        :data:`~chromastream.stream.metrics.SESSION_CLOSE_REASONS`)."""
         viewer = self.viewers.pop(viewer_id, None)
         if viewer is None:
             raise UnknownSession(f"no viewer {viewer_id!r}")
+        _stop_watching(viewer.watcher)
         if viewer.track is not None:
             viewer.track.stop()
+        self._closed("whep", reason)
         await viewer.pc.close()
         self._changed()
 
-    async def close_viewers_of(self, stream_id: str) -> None:
+    async def close_viewers_of(self, stream_id: str, reason: str = "stream_ended") -> None:
         for viewer in [v for v in self.viewers.values() if v.stream_id == stream_id]:
             with contextlib.suppress(UnknownSession):
-                await self.close_viewer(viewer.id)
+                await self.close_viewer(viewer.id, reason)
 
     async def whip(self, stream_id: str, offer_sdp: str) -> tuple[Publisher, str]:
         """Accept a publisher: its video becomes a live source named ``stream_id`` in the pipeline."""
@@ -787,11 +921,6 @@ class WebRTCHub:
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             source.set_track(track)
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState == "failed":
-                await pc.close()
 
         try:
             await pc.setRemoteDescription(offer)
@@ -811,13 +940,18 @@ class WebRTCHub:
                 await pc.close()
                 raise
         self.publishers[publisher.id] = publisher
+        publisher.watcher = self._watch("whip", publisher.id, pc)
+        self._opened("whip")
         self._changed()
         return publisher, pc.localDescription.sdp
 
-    async def close_publisher(self, publisher_id: str) -> None:
+    async def close_publisher(self, publisher_id: str, reason: str = "client") -> None:
+        """End a publisher's session and remove its stream; ``reason`` is counted as for viewers."""
         publisher = self.publishers.pop(publisher_id, None)
         if publisher is None:
             raise UnknownSession(f"no publisher {publisher_id!r}")
+        _stop_watching(publisher.watcher)
+        self._closed("whip", reason)
         await publisher.source.close()
         if self._remove_source is not None:
             result = self._remove_source(publisher.stream_id)
@@ -831,9 +965,9 @@ class WebRTCHub:
         self._closing = True
         for viewer_id in list(self.viewers):
             with contextlib.suppress(UnknownSession):
-                await self.close_viewer(viewer_id)
+                await self.close_viewer(viewer_id, "shutdown")
         for encoder in list(self._encoders.values()):
             await encoder.close()
         for publisher_id in list(self.publishers):
             with contextlib.suppress(UnknownSession):
-                await self.close_publisher(publisher_id)
+                await self.close_publisher(publisher_id, "shutdown")

@@ -4,26 +4,35 @@ The picture has what a colorizer and an encoder react to: a diagonal gradient dr
 motion), a box bouncing off the edges (local motion, sharp edges) and the frame number drawn in the
 corner (so a viewer or a test can tell which frame it is looking at, and see drops).
 
-Frames are made on demand, paced to the frame rate. A consumer that falls behind does not build a
-backlog: the next frame it asks for is the *current* one on the clock, and the ticks it missed count as
-drops, which is what a live camera behind a bounded queue looks like. The pts is the tick number, so the
-gaps are visible downstream too.
+Frames are rendered in a worker thread, never on the event loop: an 8192x8192 picture takes a large part
+of a second to draw, and whoever may add a stream must not be able to freeze the server with one. The
+thread hands each frame over like the decoding sources do (the one-frame handover of
+:mod:`chromastream.stream.sources._common`), under back-pressure: it waits while the consumer has not
+taken the previous frame, so it never renders more than the consumer takes. A consumer (or a renderer)
+that falls behind builds no backlog: the next frame rendered is the *current* one on the clock, and the
+ticks it missed count as drops, which is what a live camera behind a bounded queue looks like. The pts is
+the tick number, so the gaps are visible downstream too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import logging
+import threading
 import time
-from collections.abc import AsyncIterator
 from fractions import Fraction
 
 import numpy as np
 
-from chromastream.stream.frames import U8, EndOfStream, Frame, SourceEvent
-from chromastream.stream.sources._common import InvalidSourceError, SourceStats
+from chromastream.stream.frames import U8, Frame
+from chromastream.stream.queues import DropPolicy
+from chromastream.stream.sources._common import InvalidSourceError, SourceError, Stopped, ThreadedSource
+
+logger = logging.getLogger("chromastream.stream.sources")
 
 PATTERNS = ("moving", "still")
+#: The gradient's levels repeat every this many columns (limited range: 16 + 0..219).
+_RAMP_PERIOD = 220
 
 # 3x5 bitmaps of the digits 0-9, one string of 15 cells per digit, row by row.
 _DIGITS = (
@@ -41,7 +50,7 @@ _DIGITS = (
 _GLYPHS = np.array([[c == "1" for c in d] for d in _DIGITS], dtype=bool).reshape(10, 5, 3)
 
 
-class SyntheticSource:
+class SyntheticSource(ThreadedSource):
     """A live, paced test pattern of ``width`` x ``height`` (cropped to even) at ``fps``.
 
     ``pattern``: ``moving`` (gradient, bouncing box and counter all move) or ``still`` (only the counter
@@ -59,42 +68,59 @@ class SyntheticSource:
             raise InvalidSourceError(f"synthetic frame rate {fps} is out of range (0..1000]")
         if pattern not in PATTERNS:
             raise InvalidSourceError(f"unknown synthetic pattern {pattern!r}; expected one of {PATTERNS}")
-        self.stream_id = stream_id
+        super().__init__(stream_id, DropPolicy.WAIT)
         self.width, self.height = width & ~1, height & ~1
         self.rate = Fraction(fps).limit_denominator(1001)
         self.pattern = pattern
-        self.stats = SourceStats()
-        self._closed = asyncio.Event()
-        xx = np.arange(self.width, dtype=np.int32)
-        yy = np.arange(self.height, dtype=np.int32)
-        self._ramp = xx[None, :] + yy[:, None] // 2  # the diagonal gradient before it moves
+        self._thread: threading.Thread | None = None
+        # Row r of the gradient is the row of levels that starts at column (r // 2 + shift) % period: a
+        # frame is one copy of rows of uint8, not int32 arithmetic over every pixel (8192x8192 would
+        # take a second and three quarters of a gigabyte of temporaries).
+        levels = (16 + np.arange(self.width + _RAMP_PERIOD) % _RAMP_PERIOD).astype(np.uint8)
+        self._rows = np.lib.stride_tricks.sliding_window_view(levels, self.width)
+        self._row_offsets = np.arange(self.height, dtype=np.intp) // 2
         self._box = max(4, min(self.width, self.height) // 6)
         self._scale = max(1, self.height // 60)
 
     def __repr__(self) -> str:
         return f"SyntheticSource({self.stream_id!r}, {self.width}x{self.height}@{float(self.rate):g}fps)"
 
-    async def events(self) -> AsyncIterator[SourceEvent]:
+    def _begin(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"synthetic-{self.stream_id}", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        await super().close()
+        await self._join(self._thread, self.close_grace)
+
+    def _run(self) -> None:
+        try:
+            self._play()
+        except Stopped:
+            pass
+        except Exception as exc:  # a bug or no memory for the picture: end the stream with the reason
+            logger.exception("%s: rendering the test pattern failed", self.stream_id)
+            with contextlib.suppress(Stopped):
+                self._call(self._end_with(SourceError(f"the test pattern failed: {type(exc).__name__}")))
+
+    def _play(self) -> None:
+        """In the worker thread: render at the clock's current tick, hand over, wait for the next tick."""
         period = 1 / self.rate
         start = time.monotonic()
         tick = 0
         index = 0
-        while not self._closed.is_set():
-            due = start + float(tick * period)
-            delay = due - time.monotonic()
+        while True:
+            delay = start + float(tick * period) - time.monotonic()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closed.wait(), delay)
-                if self._closed.is_set():
-                    break
+                self._wait(delay)
             else:
                 behind = int(-delay / float(period))
-                if behind > 0:  # the consumer was late: skip to the current tick
+                if behind > 0:  # the consumer or the rendering was late: skip to the current tick
                     tick += behind
                     self.stats.dropped += behind
                     self.stats.frames += behind
             y = self.render(tick)
-            yield Frame(
+            frame = Frame(
                 stream_id=self.stream_id,
                 index=index,
                 pts=tick,
@@ -104,18 +130,16 @@ class SyntheticSource:
                 ingest_time=time.monotonic(),
             )
             self.stats.frames += 1
+            # Waits while the previous frame is still in the handover: the back-pressure.
+            self._call(self._handover.put(frame))
             index += 1
             tick += 1
-        yield EndOfStream(self.stream_id)
-
-    async def close(self) -> None:
-        self._closed.set()
 
     def render(self, tick: int) -> U8:
         """The limited-range luma of frame ``tick`` (a pure function of ``tick``: reproducible)."""
         moving = self.pattern == "moving"
         shift = 4 * tick if moving else 0
-        y = (16 + (self._ramp + shift) % 220).astype(np.uint8)
+        y: U8 = self._rows[(self._row_offsets + shift % _RAMP_PERIOD) % _RAMP_PERIOD]
         size = self._box
         travel_x, travel_y = max(1, self.width - size), max(1, self.height - size)
         t = 3 * tick if moving else 0
