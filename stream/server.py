@@ -130,6 +130,8 @@ async def _read_json(request: web.Request) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:  # 64 KiB of '[' is within the size cap
+        raise ApiError(400, "malformed JSON: lists or objects nested too deeply") from None
 
 
 async def _read_text(request: web.Request) -> str:
@@ -653,7 +655,7 @@ def create_app(
     for method in ("POST", "PUT", "DELETE"):
         app.router.add_route(method, "/api/streams/{id}/hints", change_hints)
     app.router.add_post("/api/streams/{id}/reset", reset_stream)
-    app.router.add_get("/api/streams/{id}/events", events)
+    app.router.add_get("/api/streams/{id}/events", events, allow_head=False)  # an endless body: GET only
     app.router.add_post("/whep/{id}", whep)
     app.router.add_delete("/whep/{id}/{session}", whep_delete)
     app.router.add_post("/whip/{id}", whip)
