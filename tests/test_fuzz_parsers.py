@@ -54,6 +54,8 @@ from chromastream.stream.server import API_STREAM_KEYS, MAX_BODY, create_app
 from chromastream.stream.webrtc import CODECS, WebRTCError, offered_codec
 from tests.fuzzing import (
     HINT_KEYS,
+    WHEP_OFFER,
+    WHIP_OFFER,
     bounded,
     fuzz,
     hint_like,
@@ -61,6 +63,7 @@ from tests.fuzzing import (
     json_values,
     keys_from,
     numbers,
+    offers,
     scalars,
 )
 from tests.test_server import add_pattern, make_pipeline
@@ -346,152 +349,6 @@ def test_a_config_file_that_is_not_text_fails_naming_the_file(tmp_path: Path, da
 
 
 # -------------------------------------------------------------------------------------------------- SDP
-
-#: A browser-like WHEP offer (receive video, a data channel) and a WHIP offer (send video). Neither has
-#: ICE candidates, and no mutation adds one, so the server never sends a connectivity check anywhere.
-FINGERPRINT = "sha-256 " + ":".join(f"{i * 7 % 256:02X}" for i in range(32))
-WHEP_OFFER = f"""v=0
-o=- 4005599615 4005599615 IN IP4 0.0.0.0
-s=-
-t=0 0
-a=group:BUNDLE 0 1
-a=msid-semantic:WMS *
-m=video 9 UDP/TLS/RTP/SAVPF 97 98 99 100
-c=IN IP4 0.0.0.0
-a=recvonly
-a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid
-a=mid:0
-a=rtcp:9 IN IP4 0.0.0.0
-a=rtcp-mux
-a=rtpmap:97 VP8/90000
-a=rtcp-fb:97 nack
-a=rtcp-fb:97 nack pli
-a=rtpmap:98 rtx/90000
-a=fmtp:98 apt=97
-a=rtpmap:99 H264/90000
-a=rtcp-fb:99 nack pli
-a=fmtp:99 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f
-a=rtpmap:100 rtx/90000
-a=fmtp:100 apt=99
-a=ice-ufrag:496p
-a=ice-pwd:Y0gbh418NJWgORBkypJeYM
-a=fingerprint:{FINGERPRINT}
-a=setup:actpass
-m=application 9 UDP/DTLS/SCTP webrtc-datachannel
-c=IN IP4 0.0.0.0
-a=mid:1
-a=sctp-port:5000
-a=max-message-size:262144
-a=ice-ufrag:496p
-a=ice-pwd:Y0gbh418NJWgORBkypJeYM
-a=fingerprint:{FINGERPRINT}
-a=setup:actpass
-"""
-WHIP_OFFER = f"""v=0
-o=- 3912 3912 IN IP4 0.0.0.0
-s=-
-t=0 0
-a=group:BUNDLE 0
-a=msid-semantic:WMS *
-m=video 9 UDP/TLS/RTP/SAVPF 96 97
-c=IN IP4 0.0.0.0
-a=sendonly
-a=mid:0
-a=msid:obs video0
-a=rtcp:9 IN IP4 0.0.0.0
-a=rtcp-mux
-a=ssrc:1234 cname:obs
-a=rtpmap:96 VP8/90000
-a=rtcp-fb:96 nack pli
-a=rtpmap:97 H264/90000
-a=fmtp:97 packetization-mode=1;profile-level-id=42e01f
-a=ice-ufrag:w1p0
-a=ice-pwd:4Zk0bTAnNlmkFKzkhLLyDq
-a=fingerprint:{FINGERPRINT}
-a=setup:actpass
-"""
-SDP_LINES = [
-    "m=video 9 UDP/TLS/RTP/SAVPF 96",
-    "m=video",
-    "m=audio 9 UDP/TLS/RTP/SAVPF 111",
-    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
-    "a=rtpmap:96 VP8/90000",
-    "a=rtpmap:96 H264/90000",
-    "a=rtpmap:111 opus/48000/2",
-    "a=rtpmap:x",
-    "a=rtpmap:96",
-    "a=fmtp:96 apt=",
-    "a=fmtp:x",
-    "a=rtcp-fb:96",
-    "a=setup:active",
-    "a=setup:bogus",
-    "a=mid:",
-    "a=group:BUNDLE 0 9",
-    "a=ice-ufrag:",
-    "a=ice-pwd:",
-    "a=fingerprint:sha-256 zz",
-    "a=fingerprint:",
-    "a=sendrecv",
-    "a=inactive",
-    "a=sctp-port:abc",
-    "a=max-message-size:-1",
-    "c=IN IP6 ::1",
-    "c=IN",
-    "a=ssrc:1 cname:x",
-    "a=ssrc:x",
-    "a=ssrc-group:FID 1",
-    "a=extmap:1 urn:x",
-    "a=extmap:x",
-    "a=msid:",
-    "a=rtcp:x",
-    "o=- 0 0 IN IP4 127.0.0.1",
-    "o=",
-    "t=x",
-    "v=1",
-    "v=0",
-]
-_index = st.integers(min_value=0, max_value=200)
-sdp_edits = st.one_of(
-    st.tuples(st.just("delete"), _index),
-    st.tuples(st.just("duplicate"), _index),
-    st.tuples(st.just("insert"), _index, st.sampled_from(SDP_LINES) | st.text(max_size=40)),
-    st.tuples(st.just("replace"), _index, st.sampled_from(SDP_LINES) | st.text(max_size=40)),
-    st.tuples(st.just("cut"), _index, st.integers(min_value=0, max_value=30)),
-    st.tuples(st.just("swap"), _index, _index),
-)
-
-
-def _no_candidates(text: str) -> str:
-    """Drop every line that could carry an ICE candidate: an offer under test names no address to check."""
-    return "\n".join(line for line in text.split("\n") if "candidate" not in line.lower())
-
-
-def _edit(base: str, edits: list[tuple[Any, ...]], newline: str) -> str:
-    lines = base.strip("\n").split("\n")
-    for op, at, *rest in edits:
-        i = at % max(len(lines), 1)
-        if op == "delete" and lines:
-            del lines[i]
-        elif op == "duplicate" and lines:
-            lines.insert(i, lines[i])
-        elif op == "insert":
-            lines.insert(i, rest[0])
-        elif op == "replace" and lines:
-            lines[i] = rest[0]
-        elif op == "cut" and lines:
-            lines[i] = lines[i][: rest[0]]
-        elif op == "swap" and lines:
-            j = rest[0] % len(lines)
-            lines[i], lines[j] = lines[j], lines[i]
-    return _no_candidates("\n".join(lines)).replace("\n", newline) + newline
-
-
-def offers(*bases: str) -> st.SearchStrategy[str]:
-    """Offers a few edits away from a real one (most still parse, many then fail later) and any text."""
-    edited = st.builds(
-        _edit, st.sampled_from(bases), st.lists(sdp_edits, max_size=3), st.sampled_from(["\r\n", "\n"])
-    )
-    return st.one_of(edited, edited, edited, st.text(max_size=300).map(_no_candidates))
 
 
 @fuzz(200)
