@@ -1,8 +1,9 @@
 """What the fuzz tests share: how many examples they run, a time bound per example, and input strategies.
 
 Two hypothesis profiles: ``chromastream`` (the default: a few dozen examples per property, so each test
-takes seconds and the suite stays fast) and ``chromastream-long`` (``CHROMASTREAM_FUZZ=long``: many
-times more, for a deliberate fuzzing session). Example deadlines are off because a shared two-core machine
+takes seconds and the suite stays fast; under ``CI=true`` the examples are the same every run, as
+hypothesis's own CI profile has it) and ``chromastream-long`` (``CHROMASTREAM_FUZZ=long``: many times
+more, for a deliberate fuzzing session). Example deadlines are off because a shared two-core machine
 makes timings noisy; :func:`bounded` catches a real hang instead, and fails the example that hung.
 """
 
@@ -25,10 +26,12 @@ LONG_FACTOR = 25
 
 settings.register_profile(
     "chromastream",
+    settings.default,  # hypothesis's own choice: its "ci" profile (derandomized, no database) under CI=true
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.register_profile("chromastream-long", parent=settings.get_profile("chromastream"))
+# A long session is for finding new inputs, so it never replays CI's fixed ones.
+settings.register_profile("chromastream-long", settings.get_profile("chromastream"), derandomize=False)
 PROFILE = "chromastream-long" if LONG else "chromastream"
 
 F = TypeVar("F", bound=Callable[..., Any])
