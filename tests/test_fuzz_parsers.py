@@ -69,6 +69,10 @@ from tests.fuzzing import (
 from tests.test_server import add_pattern, make_pipeline
 
 JSON = {"Content-Type": "application/json"}
+#: The data channel's m= line lost: its attributes fall into the video section, and the BUNDLE group names
+#: a section that is not there (aiortc then fails to answer, and failed to close the peer: a 500).
+BUNDLE_WITHOUT_SECTION = WHEP_OFFER.replace("m=application 9 UDP/DTLS/SCTP webrtc-datachannel\n", "")
+NO_FINGERPRINT = "".join(line for line in WHEP_OFFER.splitlines(True) if not line.startswith("a=fingerprint"))
 DEEP_JSON = "[" * 60_000  # within the 64 KiB body cap, far past Python's recursion limit
 HUGE = 10**400  # a JSON integer no float can hold
 
@@ -595,6 +599,8 @@ def test_any_raw_json_body_gets_a_json_answer_and_never_5xx(
 @example("/whep/cam1", WHEP_OFFER, "application/sdp")
 @example("/whip/pub1", WHIP_OFFER, "application/sdp")
 @example("/whep/cam1", "v=0\r\nm=video", "application/sdp")
+@example("/whep/cam1", BUNDLE_WITHOUT_SECTION, "application/sdp")
+@example("/whip/pub1", BUNDLE_WITHOUT_SECTION, "application/sdp")
 def test_any_offer_is_answered_or_refused_with_4xx_and_leaves_no_session(
     app: LiveApp, path: str, sdp: str, content_type: str
 ) -> None:
@@ -623,6 +629,24 @@ def test_any_offer_is_answered_or_refused_with_4xx_and_leaves_no_session(
             await app.restore()
 
     app.run(attempt, 30.0)
+
+
+@pytest.mark.parametrize("path", ["/whep/cam1", "/whip/pub2"])
+def test_an_offer_without_a_dtls_fingerprint_is_refused_not_answered(app: LiveApp, path: str) -> None:
+    """aiortc would answer it and then fail in the background when connecting: a viewer that waits for
+    nothing, and an error in the log. The client hears why at once instead."""
+
+    async def attempt() -> None:
+        try:
+            status, answer, _ = await app.request(
+                "POST", path, data=NO_FINGERPRINT.encode(), headers={"Content-Type": "application/sdp"}
+            )
+            assert status == 400
+            assert "fingerprint" in answer["error"]
+        finally:
+            await app.restore()
+
+    app.run(attempt)
 
 
 path_segments = st.one_of(
