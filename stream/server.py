@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -131,8 +130,6 @@ async def _read_json(request: web.Request) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
-    except RecursionError:  # 64 KiB of '[' is within the size cap
-        raise ApiError(400, "malformed JSON: lists or objects nested too deeply") from None
 
 
 async def _read_text(request: web.Request) -> str:
@@ -698,25 +695,6 @@ class ServeError(ChromastreamError):
     """The server cannot start (the address is taken, a stream cannot be opened)."""
 
 
-class _ClientFailuresInOneLine(logging.Filter):
-    """aiohttp logs each request it cannot parse (a scanner, garbage bytes, a header past its limit) and
-    each client that hangs up mid-body with a traceback at ERROR. Those are the client's failures, already
-    answered 400 or gone: one DEBUG line each (``--verbose`` shows them), so nobody can fill the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError | ConnectionResetError):
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-            record.msg, record.args = f"{record.getMessage()}: {detail[:200]}", ()
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
-
-
-_http_logger = logging.getLogger("chromastream.stream.server.http")
-_http_logger.addFilter(_ClientFailuresInOneLine())
-
-
 def viewer_url(host: str, port: int, token: str | None) -> str:
     """The address a person opens; a wildcard bind is shown as this machine's loopback name."""
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
@@ -742,7 +720,7 @@ async def serve(
     sampler = create_sampler(config.pipeline.detector_rate)
     pipeline = Pipeline(config.pipeline, backend, detector=sampler)
     app = create_app(pipeline, config, own_pipeline=True)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=_http_logger)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
