@@ -230,8 +230,10 @@ def _value_for(annotation: Any, depth: int) -> st.SearchStrategy[Any]:
             right = right | paths
     elif annotation is str:
         right = st.one_of(stream_ids, urls, st.sampled_from(["auto", "onnx", "tcp", "udp", "127.0.0.1"]))
-    else:
-        raise AssertionError(f"no strategy for {annotation!r}")
+    elif typing.get_origin(annotation) is tuple:  # a list in the file, e.g. of host names or folders
+        right = st.lists(_value_for(typing.get_args(annotation)[0], depth), max_size=3)
+    else:  # a type this strategy does not know yet: still fuzzed, with any JSON value
+        right = json_values(max_leaves=6)
     return st.one_of(right, right, right, scalars)
 
 
