@@ -10,6 +10,7 @@ makes timings noisy; :func:`bounded` catches a real hang instead, and fails the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import string
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from chromastream.stream.config import ServeConfig
 
 LONG = os.environ.get("CHROMASTREAM_FUZZ", "").strip().lower() == "long"
 #: Examples in the long profile per example in the default one.
@@ -40,6 +43,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 def fuzz(examples: int) -> Callable[[F], F]:
     """Hypothesis settings for one property: ``examples`` by default, ``LONG_FACTOR`` times more when long."""
     return settings(settings.get_profile(PROFILE), max_examples=examples * (LONG_FACTOR if LONG else 1))
+
+
+def unlimited_requests() -> dict[str, Any]:
+    """Config data that turns the per-client request-rate limit off, where the config has one.
+
+    A fuzz run sends requests far faster than any person does; with the limit on, most would be answered
+    429 before they reached the parsers under test.
+    """
+    has_limits = "limits" in {f.name for f in dataclasses.fields(ServeConfig)}
+    return {"limits": {"requests_per_s": None}} if has_limits else {}
 
 
 class Hang(AssertionError):

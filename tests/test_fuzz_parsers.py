@@ -65,6 +65,7 @@ from tests.fuzzing import (
     numbers,
     offers,
     scalars,
+    unlimited_requests,
 )
 from tests.test_server import add_pattern, make_pipeline
 
@@ -390,7 +391,8 @@ class LiveApp:
         self.pipeline = make_pipeline()
         await self.pipeline.start()
         await add_pattern(self.pipeline, "cam1")
-        self.client = TestClient(TestServer(create_app(self.pipeline)))
+        config = parse_config(unlimited_requests())
+        self.client = TestClient(TestServer(create_app(self.pipeline, config)))
         await self.client.start_server()
 
     def run(self, work: Callable[[], Awaitable[Any]], seconds: float = 20.0) -> Any:
@@ -516,7 +518,7 @@ def test_any_stream_body_adds_a_running_stream_or_is_refused_with_4xx(app: LiveA
             status, answer, response = await app.request(
                 "POST", "/api/streams", data=json.dumps(body), headers=JSON
             )
-            _assert_client_error(status, answer, {201, 400, 409})
+            _assert_client_error(status, answer, {201, 400, 403, 409, 503})
             if status != 201:
                 return
             # Accepted: the stream exists under its id, runs (a synthetic source is never "failed"), and goes.
@@ -585,7 +587,7 @@ def test_any_raw_json_body_gets_a_json_answer_and_never_5xx(
         try:
             headers = {"Content-Type": content_type} if content_type else {}
             status, answer, _ = await app.request(method, path, data=data, headers=headers)
-            _assert_client_error(status, answer, {200, 201, 400, 405, 409, 413, 415})
+            _assert_client_error(status, answer, {200, 201, 400, 403, 405, 409, 413, 415, 503})
         finally:
             await app.restore()
 
@@ -622,7 +624,7 @@ def test_any_offer_is_answered_or_refused_with_4xx_and_leaves_no_session(
                 status, closed, _ = await app.request("DELETE", location)
                 assert status == 200, closed
             else:
-                _assert_client_error(status, answer, {400, 404, 409, 415})
+                _assert_client_error(status, answer, {400, 403, 404, 409, 415, 503})
             _, info, _ = await app.request("GET", "/api/streams/cam1")
             assert info["viewers"] == 0
             _, streams, _ = await app.request("GET", "/api/streams")

@@ -32,8 +32,9 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+import yaml
 
-from tests.fuzzing import LONG, SDP_LINES, WHEP_OFFER, WHIP_OFFER, edit_sdp
+from tests.fuzzing import LONG, SDP_LINES, WHEP_OFFER, WHIP_OFFER, edit_sdp, unlimited_requests
 
 REQUESTS = 2000 if LONG else 300
 SECONDS = 600.0 if LONG else 90.0
@@ -53,6 +54,8 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     log = tmp_path / "serve.log"
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(unlimited_requests()), encoding="utf-8")
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [
@@ -60,6 +63,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
                 "-m",
                 "chromastream.stream.cli",
                 "serve",
+                "--config",
+                str(config),
                 "--host",
                 "127.0.0.1",
                 "--port",
