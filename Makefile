@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve demo test lint typecheck unit setup setup-dev system-deps train bench soak gpu-check results clean
+.PHONY: serve demo test lint typecheck unit setup setup-dev system-deps train bench soak gpu-check results lock audit clean
 
 ## serve: set up the light runtime and serve the bundled CCTV clip live (viewer URL printed)
 serve: $(VENV)/.core
@@ -36,10 +36,14 @@ system-deps:
 setup: $(VENV)/.core
 setup-dev: $(VENV)/.dev
 
-$(VENV)/.core: pyproject.toml
+# Every install is held to the exact versions in constraints.txt (-c only caps versions, it adds nothing), so
+# two setups a month apart get the same packages. `make lock` renews them (docs/DEPENDENCIES.md).
+CONSTRAINTS := constraints.txt
+
+$(VENV)/.core: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --upgrade pip -c $(CONSTRAINTS)
+	$(BIN)/pip install -q -e . -c $(CONSTRAINTS)
 	touch $@
 
 # torch: which build is a choice made here, not left to pip. A plain `pip install torch` on Linux takes
@@ -57,13 +61,73 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRITON ?= triton==3.8.0
 
 $(VENV)/.dev: $(VENV)/.core
-	$(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH)'
-	$(BIN)/pip install -q -e '.[train,bench,dev]'
+	$(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH)' -c $(CONSTRAINTS)
+	$(BIN)/pip install -q -e '.[train,bench,dev]' -c $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.triton: $(VENV)/.dev
-	$(BIN)/pip install -q '$(TRITON)'
+	$(BIN)/pip install -q '$(TRITON)' -c $(CONSTRAINTS)
 	touch $@
+
+## lock: renew constraints.txt: resolve every extra afresh in a throwaway venv (.venv-lock), pin what it installed
+# torch's build label (+cpu, +cu128) is cut from its pin, so one file serves the CPU and the CUDA setups.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH)'
+	$(LOCK_VENV)/bin/pip install -q -e '.[train,bench,dev]' '$(TRITON)'
+	{ sed -n '/^#/p' $(CONSTRAINTS); \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | grep -v -e '^#' -e '^-e ' -e '^chromastream==' \
+	    | sed -E 's/^([^=]+==[^+]+)[+].*$$/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
+	@echo "constraints.txt renewed: review 'git diff constraints.txt', then run make test"
+
+## audit: check the pinned versions against known vulnerabilities (pip-audit, its own venv .venv-audit)
+# pip-audit asks a vulnerability service (AUDIT_SERVICE: pypi or osv) about each pin in constraints.txt. Where
+# that service cannot be reached, the audit says so in one line and passes with a warning; AUDIT_STRICT=1
+# makes that a failure. Known vulnerabilities always fail.
+AUDIT_VENV := .venv-audit
+PIP_AUDIT ?= pip-audit==2.10.1
+AUDIT_SERVICE ?= pypi
+AUDIT_STRICT ?= 0
+define AUDIT_SUMMARY
+import json, os, sys
+strict = os.environ.get("AUDIT_STRICT", "0") not in ("", "0")
+service, report, log = sys.argv[1:4]
+def unchecked(why):
+    print(f"audit: WARNING: {why}; see {log}", file=sys.stderr)
+    sys.exit(1 if strict else 0)
+try:
+    with open(report) as f:
+        deps = json.load(f)["dependencies"]
+except (OSError, ValueError, KeyError):
+    unchecked(f"the vulnerability database ({service}) could not be reached: nothing was checked")
+found = [d for d in deps if d.get("vulns")]
+skipped = [d for d in deps if "skip_reason" in d]
+for d in found:
+    for v in d["vulns"]:
+        fix = ", ".join(v.get("fix_versions") or []) or "none yet"
+        print(f"audit: {d['name']} {d['version']}: {v['id']} (fixed in: {fix})")
+if found:
+    sys.exit(1)
+if deps and len(skipped) == len(deps):
+    unchecked(f"the vulnerability database ({service}) answered for none of the {len(deps)} pinned packages (offline, or a mirror without vulnerability data): nothing was checked")
+if skipped:
+    unchecked(f"{len(skipped)} of {len(deps)} pinned packages could not be checked ({', '.join(d['name'] for d in skipped)})")
+print(f"audit: {len(deps)} pinned packages checked against {service}: no known vulnerabilities")
+endef
+export AUDIT_SUMMARY
+audit:
+	test -x $(AUDIT_VENV)/bin/pip-audit || { $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install -q '$(PIP_AUDIT)'; }
+	@rm -f $(AUDIT_VENV)/report.json
+	@$(AUDIT_VENV)/bin/pip-audit --requirement $(CONSTRAINTS) --no-deps --disable-pip --progress-spinner off \
+		--vulnerability-service $(AUDIT_SERVICE) --format json --output $(AUDIT_VENV)/report.json \
+		> $(AUDIT_VENV)/audit.log 2>&1 || true
+	@AUDIT_STRICT=$(AUDIT_STRICT) $(AUDIT_VENV)/bin/python -c "$$AUDIT_SUMMARY" $(AUDIT_SERVICE) \
+		$(AUDIT_VENV)/report.json $(AUDIT_VENV)/audit.log
 
 ## train: stage 1 of the colorizer (resumable; run it again to continue)
 train: $(VENV)/.dev
@@ -97,4 +161,4 @@ results: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.report
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(AUDIT_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

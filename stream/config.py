@@ -447,7 +447,10 @@ def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
     if annotation is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         _check(ok, key, f"must be a number, got {_type_name(value)} {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float: out of every range the config has
+            raise ConfigError(f"{key}: must be a number in range, got an integer too large for one") from None
     if annotation is str:
         _check(isinstance(value, str), key, f"must be a string, got {_type_name(value)} {value!r}")
         return value
@@ -455,7 +458,7 @@ def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
         _check(
             isinstance(value, str) and bool(value), key, f"must be a path, got {_type_name(value)} {value!r}"
         )
-        path = Path(value).expanduser()
+        path = _expand_user(value, key)
         return path if path.is_absolute() else base / path
     if annotation in (tuple[str, ...], tuple[Path, ...]):
         _check(isinstance(value, list), key, f"must be a list, got {_type_name(value)} {value!r}")
@@ -485,8 +488,16 @@ def _file_url_from(stream: StreamConfig, base: Path) -> StreamConfig:
     url = stream.url
     if not stream.names_file or "://" in url or url.lower().startswith("file:"):
         return stream
-    path = Path(url).expanduser()
+    path = _expand_user(url, "url")
     return stream if path.is_absolute() else dataclasses.replace(stream, url=str(base / path))
+
+
+def _expand_user(value: str, key: str) -> Path:
+    """``value`` as a path with a leading ``~`` or ``~user`` expanded; an unknown user is the file's error."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # pathlib's answer when the home folder cannot be found
+        raise ConfigError(f"{key}: cannot expand {value!r}: no such user or home folder") from None
 
 
 def _build(cls: type[Any], data: Any, where: str, base: Path) -> Any:
@@ -533,10 +544,14 @@ def load_config(path: Path | str) -> ServeConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date like 2024-13-45, a 5000-digit number
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests lists or mappings too deeply") from None
     try:
         return parse_config(data, path.resolve().parent)
     except ConfigError as exc:

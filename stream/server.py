@@ -708,7 +708,7 @@ def create_app(
     for method in ("POST", "PUT", "DELETE"):
         app.router.add_route(method, "/api/streams/{id}/hints", change_hints)
     app.router.add_post("/api/streams/{id}/reset", reset_stream)
-    app.router.add_get("/api/streams/{id}/events", events)
+    app.router.add_get("/api/streams/{id}/events", events, allow_head=False)  # an endless body: GET only
     app.router.add_post("/whep/{id}", whep)
     app.router.add_delete("/whep/{id}/{session}", whep_delete)
     app.router.add_post("/whip/{id}", whip)

@@ -222,12 +222,16 @@ def reconnecting_card(last: OutputFrame | None, stream_id: str) -> av.VideoFrame
     return to_video_frame(card)
 
 
-def offered_codec(sdp: str) -> str:
-    """The codec the shared encoders should use for this offer: the first of :data:`CODECS` it has."""
+def _parse_sdp(sdp: str) -> SessionDescription:
     try:
-        description = SessionDescription.parse(sdp)
+        return SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises whatever the malformed line triggers
         raise WebRTCError(f"the SDP offer cannot be parsed: {exc}") from exc
+
+
+def offered_codec(sdp: str) -> str:
+    """The codec the shared encoders should use for this offer: the first of :data:`CODECS` it has."""
+    description = _parse_sdp(sdp)
     video = [m for m in description.media if m.kind == "video"]
     if not video:
         raise WebRTCError("the SDP offer has no video section")
@@ -314,7 +318,21 @@ def _stop_watching(task: asyncio.Task[None] | None) -> None:
 def _parse_offer(sdp: str) -> RTCSessionDescription:
     if "v=0" not in sdp[:64] or "m=" not in sdp:
         raise WebRTCError("the body is not an SDP offer (it must start with 'v=0' and have media)")
+    # aiortc answers an offer without a DTLS fingerprint, then fails in the background when it connects.
+    for media in _parse_sdp(sdp).media:
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise WebRTCError(f"the offer's {media.kind} section has no DTLS fingerprint (a=fingerprint)")
     return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+async def _close_peer(pc: RTCPeerConnection) -> None:
+    """Close ``pc`` whatever state an offer left it in: aiortc's ``close`` fails on a transceiver that
+    never got a transport (an offer whose BUNDLE group names a missing section), and the caller is
+    reporting the offer's own error."""
+    try:
+        await pc.close()
+    except Exception:
+        logger.debug("closing a peer after a failed offer", exc_info=True)
 
 
 # ------------------------------------------------------------------------------------ shared encoding
@@ -880,7 +898,7 @@ class WebRTCHub:
             self.viewers.pop(viewer.id, None)  # never opened: not counted
             if viewer.track is not None:
                 viewer.track.stop()
-            await pc.close()
+            await _close_peer(pc)
             if isinstance(exc, WebRTCError):
                 raise
             raise WebRTCError(f"the offer cannot be answered: {exc}") from exc
@@ -899,7 +917,7 @@ class WebRTCHub:
         if viewer.track is not None:
             viewer.track.stop()
         self._closed("whep", reason)
-        await viewer.pc.close()
+        await _close_peer(viewer.pc)
         self._changed()
 
     async def close_viewers_of(self, stream_id: str, reason: str = "stream_ended") -> None:
@@ -928,7 +946,7 @@ class WebRTCHub:
                 raise WebRTCError("the offer publishes no video track")
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
-            await pc.close()
+            await _close_peer(pc)
             if isinstance(exc, WebRTCError):
                 raise
             raise WebRTCError(f"the offer cannot be answered: {exc}") from exc

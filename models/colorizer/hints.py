@@ -49,9 +49,13 @@ class Hint:
 
 def _number(obj: dict[str, Any], key: str, where: str) -> float:
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    try:  # an integer too large for a float (JSON allows any length) is no finite number either
+        number = None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
+    except OverflowError:
+        number = None
+    if number is None or not math.isfinite(number):
         raise HintError(f"{where}: '{key}' must be a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def _parse_rgb(value: Any, where: str) -> tuple[float, float]:
@@ -115,10 +119,14 @@ def load_hints_file(path: Path) -> list[Hint]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise HintError(f"cannot read hints file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise HintError(f"hints file {path} is not UTF-8 text") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and numbers longer than Python converts
         raise HintError(f"hints file {path} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise HintError(f"hints file {path} nests lists or objects too deeply") from None
     return parse_hints(data)
 
 

@@ -33,6 +33,8 @@ logger = logging.getLogger("chromastream.stream.sources")
 PATTERNS = ("moving", "still")
 #: The gradient's levels repeat every this many columns (limited range: 16 + 0..219).
 _RAMP_PERIOD = 220
+#: Slowest frame rate: one frame in 1000 s.
+MIN_FPS = 0.001
 
 # 3x5 bitmaps of the digits 0-9, one string of 15 cells per digit, row by row.
 _DIGITS = (
@@ -64,8 +66,8 @@ class SyntheticSource(ThreadedSource):
     ) -> None:
         if width < 2 or height < 2 or width > 8192 or height > 8192:
             raise InvalidSourceError(f"synthetic size {width}x{height} is out of range (2..8192)")
-        if not 0 < fps <= 1000:
-            raise InvalidSourceError(f"synthetic frame rate {fps} is out of range (0..1000]")
+        if not MIN_FPS <= fps <= 1000:  # below MIN_FPS the rate, kept to denominators <= 1001, would be 0
+            raise InvalidSourceError(f"synthetic frame rate {fps} is out of range ({MIN_FPS}..1000)")
         if pattern not in PATTERNS:
             raise InvalidSourceError(f"unknown synthetic pattern {pattern!r}; expected one of {PATTERNS}")
         super().__init__(stream_id, DropPolicy.WAIT)
