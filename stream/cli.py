@@ -248,8 +248,26 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"frames between keyframes: how soon a viewer that lost packets recovers "
         f"(default {webrtc.keyframe_interval})",
     )
+    parser.add_argument(
+        "--workers",
+        type=_worker_setting,
+        metavar="N",
+        help="processes serving the streams, each owning its share end to end: a number, or auto "
+        "(default: one per GPU, else one per two cores); 1 serves everything from this process",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
+
+
+def _worker_setting(text: str) -> int | str:
+    from chromastream.stream.config import WORKERS
+
+    if text == "auto":
+        return text
+    try:
+        return whole_number(*WORKERS)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
 
 
 #: Each ``serve`` flag that sets a key of the config tree, and that key (``docs/CONFIG.md`` shows them
@@ -265,6 +283,7 @@ SERVE_FLAGS = {
     "--max-viewers": "webrtc.max_viewers",
     "--bitrate": "webrtc.bitrate",
     "--keyframe-interval": "webrtc.keyframe_interval",
+    "--workers": "workers",
 }
 
 
@@ -300,10 +319,22 @@ def _run_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from chromastream.stream.server import serve
+    from chromastream.stream.workers import WorkerPool, visible_gpus, worker_count
 
     config = _serve_config(args)
-    asyncio.run(serve(config, announce=lambda url: print(f"chromastream: viewer at {url}", flush=True)))
+    count, why = worker_count(config.workers)
+    pool = None
+    if count > 1:
+        logger.info("%d worker processes (%s)", count, why)
+        pool = WorkerPool(config, count, gpus=visible_gpus())
+    elif config.workers != 1:
+        logger.info("serving from this process (%s)", why)
+    asyncio.run(serve(config, announce=_announce, streams=pool))
     return 0
+
+
+def _announce(url: str) -> None:
+    print(f"chromastream: viewer at {url}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

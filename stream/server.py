@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -51,6 +51,10 @@ from chromastream.stream.webrtc import (
     frame_event,
     to_json,
 )
+
+if TYPE_CHECKING:
+    from chromastream.stream.deepfake import DeepfakeSampler
+    from chromastream.stream.pipeline import Pipeline
 
 logger = logging.getLogger("chromastream.stream.server")
 
@@ -87,6 +91,23 @@ class StreamsAPI(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class StreamRouter(Protocol):
+    """Streams that live in other processes: ``serve --workers N``'s
+    :class:`chromastream.stream.workers.WorkerPool`.
+
+    A server whose :class:`StreamsAPI` is also one of these forwards WHEP/WHIP signalling to the process
+    that owns the stream (the peer connection lives there) and asks for fresh figures before it answers
+    the stream list, a stream, ``/healthz`` or ``/metrics``; its viewer counts are the owners'.
+    """
+
+    async def forward(self, request: web.Request, stream_id: str) -> web.StreamResponse: ...
+
+    async def refresh(self, *, metrics: bool = False) -> None: ...
+
+    def viewer_count(self, stream_id: str) -> int: ...
 
 
 class StreamConfigFactory(Protocol):
@@ -157,6 +178,13 @@ class _ServerCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterable[Metric]:
+        if self._state.router is None:  # routed streams: the workers report their own peers
+            yield from self._peers()
+        yield GaugeMetricFamily(
+            "chromastream_sse_clients", "Clients reading metadata events", value=len(self._state.sse)
+        )
+
+    def _peers(self) -> Iterable[Metric]:
         hub = self._state.hub
         viewers = GaugeMetricFamily(
             "chromastream_webrtc_viewers", "WebRTC viewers connected, per stream", labels=["stream"]
@@ -178,9 +206,6 @@ class _ServerCollector(Collector):
         for encoder in hub.encoders():
             encoders.add_metric([encoder.stream_id, encoder.codec], 1)
         yield encoders
-        yield GaugeMetricFamily(
-            "chromastream_sse_clients", "Clients reading metadata events", value=len(self._state.sse)
-        )
 
 
 class _State:
@@ -196,6 +221,7 @@ class _State:
         own_pipeline: bool,
     ) -> None:
         self.pipeline = pipeline
+        self.router = pipeline if isinstance(pipeline, StreamRouter) else None
         self.config = config
         self.stream_config = stream_config
         self.unknown = unknown
@@ -241,6 +267,8 @@ class _State:
             raise ApiError(404, f"no stream {stream_id!r}") from None
 
     def viewers(self, stream_id: str) -> int:
+        if self.router is not None:
+            return self.router.viewer_count(stream_id)
         return self.hub.viewer_count(stream_id)
 
 
@@ -346,6 +374,31 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
                 f"{reason} token: send 'Authorization: Bearer <token>' (or open the page once with ?token=)",
                 **{"WWW-Authenticate": 'Bearer realm="chromastream"'},
             )
+    return await handler(request)
+
+
+@web.middleware
+async def _route(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With a :class:`StreamRouter`: signalling goes to the stream's owner, figures are fetched first."""
+    state = request.app[STATE]
+    router = state.router
+    assert router is not None  # the middleware is only installed with a router
+    target = request.match_info.handler
+    if target in (whep, whep_delete, whip, whip_delete):
+        stream_id = _stream_id(request)
+        try:
+            response = await router.forward(request, stream_id)
+        except state.unknown:
+            raise ApiError(404, f"no stream {stream_id!r}") from None
+        except state.duplicate:
+            raise ApiError(409, f"stream {stream_id!r} exists already") from None
+        except ChromastreamError as exc:  # its worker is restarting
+            raise ApiError(503, str(exc), **{"Retry-After": "2"}) from None
+        if response.status >= 400:
+            state.http_errors.labels(str(response.status)).inc()
+        return response
+    if target in (list_streams, get_stream, healthz, metrics):
+        await router.refresh(metrics=target is metrics)
     return await handler(request)
 
 
@@ -632,7 +685,8 @@ def create_app(
     if config.webrtc.ice_loopback:
         allow_loopback_candidates()
     unknown, duplicate = _pipeline_errors()
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
+    routed = [_route] if isinstance(pipeline, StreamRouter) else []
+    app = web.Application(middlewares=[_errors, _auth, *routed], client_max_size=MAX_BODY)
     app[STATE] = _State(
         pipeline,
         config,
@@ -704,21 +758,36 @@ def viewer_url(host: str, port: int, token: str | None) -> str:
     return f"http://{shown}:{port}/{suffix}"
 
 
+def pipeline_for(config: ServeConfig) -> tuple[Pipeline, DeepfakeSampler | None]:
+    """The pipeline ``config`` describes (backend, model, deepfake sampler), not yet started, and its
+    sampler, which the caller closes after the pipeline has stopped."""
+    from chromastream.stream.deepfake import create_sampler
+    from chromastream.stream.passthrough import create_serve_backend
+    from chromastream.stream.pipeline import Pipeline
+
+    backend = create_serve_backend(config.pipeline)
+    sampler = create_sampler(config.pipeline.detector_rate)
+    return Pipeline(config.pipeline, backend, detector=sampler), sampler
+
+
 async def serve(
     config: ServeConfig,
     *,
     announce: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    streams: StreamsAPI | None = None,
 ) -> None:
     """Run the pipeline and its server until SIGINT/SIGTERM (or ``stop``), then shut down in order:
-    stop accepting, close every peer and event stream, stop the pipeline."""
-    from chromastream.models.runtime.registry import create_backend
-    from chromastream.stream.deepfake import create_sampler
-    from chromastream.stream.pipeline import Pipeline
+    stop accepting, close every peer and event stream, stop the pipeline.
 
-    backend = create_backend(config.pipeline.backend, config.pipeline.model)
-    sampler = create_sampler(config.pipeline.detector_rate)
-    pipeline = Pipeline(config.pipeline, backend, detector=sampler)
+    ``streams`` runs the streams instead of a pipeline in this process (``serve --workers N`` passes a
+    :class:`chromastream.stream.workers.WorkerPool`); the server starts and stops it."""
+    sampler = None
+    pipeline: StreamsAPI
+    if streams is not None:
+        pipeline = streams
+    else:
+        pipeline, sampler = pipeline_for(config)
     app = create_app(pipeline, config, own_pipeline=True)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

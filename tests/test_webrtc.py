@@ -14,10 +14,12 @@ import json
 from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import av
 import numpy as np
+import pytest
 from aiohttp import ClientSession
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -97,10 +99,13 @@ def chroma(frame: av.VideoFrame, box: tuple[slice, slice]) -> tuple[float, float
     return float(u[box].mean() - 128), float(v[box].mean() - 128)
 
 
-def test_whep_viewer_gets_coloured_frames_and_matching_metadata() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_whep_viewer_gets_coloured_frames_and_matching_metadata(workers: int) -> None:
+    """With workers, the viewer's peer connection is the owning worker's, signalled through the front."""
+
     async def body() -> None:
         async with (
-            live_server() as (base, _),
+            live_server(workers=workers) as (base, _),
             ClientSession() as session,
             whep(session, base, "cam1") as viewer,
         ):
@@ -118,9 +123,9 @@ def test_whep_viewer_gets_coloured_frames_and_matching_metadata() -> None:
             await wait_for(messages)
             assert {m["stream"] for m in viewer.messages} == {"cam1"}
             assert all(isinstance(m["pts"], int) and "rtp_time" in m for m in viewer.messages)
-            assert all(m["time_base"] == "1/30" for m in viewer.messages)
-            for m in viewer.messages:  # the 90 kHz time is the source's pts, 1/30 s each
-                assert m["rtp_time"] == m["pts"] * 3000
+            (time_base,) = {Fraction(m["time_base"]) for m in viewer.messages}  # the source's: 1/30, 1/15
+            for m in viewer.messages:  # the 90 kHz time is the source's pts in its time base
+                assert m["rtp_time"] == m["pts"] * 90_000 * time_base
             frame_times = [f.pts for f in viewer.frames]
             offsets = Tally((ft - m["rtp_time"]) % (1 << 32) for ft in frame_times for m in viewer.messages)
             _, matched = offsets.most_common(1)[0]
