@@ -432,9 +432,8 @@ class WorkerPool:
             slot.watcher = asyncio.get_running_loop().create_task(
                 self._watch(slot), name=f"worker {slot.index}"
             )
-        logger.info(
-            "%d workers serving (pids %s)", len(self._slots), ", ".join(str(s.pid) for s in self._slots)
-        )
+        running = ", ".join(f"worker {s.index} pid {s.pid}" for s in self._slots)
+        logger.info("%d workers running: %s", len(self._slots), running)
 
     async def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT_S`). Idempotent."""
