@@ -1,7 +1,8 @@
 """Throughput of the real ``chromastream serve`` with one and with two worker processes, beside its limit.
 
 Each row starts ``chromastream serve`` as a person would (a child process, ``--workers 1`` or ``2``) with N
-paced 30 fps synthetic cameras at 640x480 or 1920x1080, and gives every stream one WHEP viewer (an aiortc
+streams at 640x480 or 1920x1080, each a grey H.264 clip (made here, 30 fps) played live and looped: paced
+like a camera, decoded in a thread as a camera's stream is. Every stream gets one WHEP viewer (an aiortc
 client on loopback, in this process), which is what makes the server encode it. A viewer counts the
 frames it is sent by their per-frame metadata messages on the data channel (one per encoded frame) and
 does not decode the video (its decoder is replaced by one that drops the packets), so the viewers take
@@ -114,11 +115,23 @@ class Server:
     log: Path
 
 
-def _serve_config(res: Resolution, mode: str, workers: int, size: int) -> dict[str, Any]:
+CLIP_SECONDS = 4.0
+
+
+def make_clip(res: Resolution, folder: Path) -> Path:
+    """The stream's source: a grey H.264 clip at ``res``, 30 fps (``benchmarks.video_speed``'s pattern)."""
+    from benchmarks.video_speed import ClipSpec
+    from benchmarks.video_speed import make_clip as write_clip
+
+    spec = ClipSpec(res.name, res.width, res.height, FPS, CLIP_SECONDS)
+    return write_clip(folder / f"{res.name}.mp4", spec, audio=False)
+
+
+def _serve_config(res: Resolution, clip: Path, mode: str, workers: int, size: int) -> dict[str, Any]:
     pipeline: dict[str, Any] = {"size": size, "detector_rate": 0}
     if mode == "limit":
         pipeline["backend"] = "pass-through"
-    url = f"synthetic:?width={res.width}&height={res.height}&fps={FPS}"
+    url = str(clip)  # a file plays live (paced) and loops by default
     return {
         "port": 0,
         "workers": workers,
@@ -339,8 +352,8 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def run_row(res: Resolution, mode: str, workers: int, plan: Plan) -> dict[str, Any]:
-    config = _serve_config(res, mode, workers, plan.size)
+def run_row(res: Resolution, clip: Path, mode: str, workers: int, plan: Plan) -> dict[str, Any]:
+    config = _serve_config(res, clip, mode, workers, plan.size)
     ids = [s["id"] for s in config["streams"]]
     with (
         tempfile.TemporaryDirectory(prefix="serve-throughput-") as folder,
@@ -436,10 +449,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     del backend
     _skip_decoding()
     rows = []
-    for res in plan.resolutions:
-        for mode in plan.modes:
-            for workers in plan.workers:
-                rows.append(run_row(res, mode, workers, plan))
+    with tempfile.TemporaryDirectory(prefix="serve-throughput-clips-") as clips:
+        for res in plan.resolutions:
+            clip = make_clip(res, Path(clips))
+            for mode in plan.modes:
+                for workers in plan.workers:
+                    rows.append(run_row(res, clip, mode, workers, plan))
     result["rows"] = rows
     result["summary"] = summarize(rows, plan)
     result["loadavg_end"] = load_average()
@@ -506,9 +521,9 @@ def report_section(data: dict[str, Any]) -> list[str]:
     fps, codec = data.get("fps_per_source", "?"), data.get("codec", "?")
     window, warmup = num(data.get("window_s"), 0), num(data.get("warmup_s"), 0)
     lines += [
-        "`chromastream serve --workers 1` and `--workers 2` in a child process, each stream a paced "
-        f"{fps} fps synthetic camera with one WHEP viewer ({codec}; the viewers count frames by their "
-        "metadata messages and do not decode). fps is frames delivered per second; latency: "
+        "`chromastream serve --workers 1` and `--workers 2` in a child process, each stream a "
+        f"{fps} fps H.264 clip played live and looped, with one WHEP viewer ({codec}; the viewers count "
+        "frames by their metadata messages and do not decode). fps is frames delivered per second; latency: "
         f"{data.get('latency_definition', '?')}. The limit, in the same run: "
         f"{data.get('limit_definition', '?')}. Cores busy: CPU time of the server's processes (front and "
         f"workers) and of the viewers over wall time. Windows of {window} s after {warmup} s of warm-up.",

@@ -186,7 +186,9 @@ class PipelineConfig:
     ``benchmarks.live_latency``); colour is low-frequency, so the picture loses little. Raise it (256,
     as ``colorize`` uses) on a machine with more cores or a GPU."""
     backend: str = "auto"
-    """Inference backend name (``auto`` picks the fastest available here)."""
+    """Inference backend name (``auto`` picks the fastest available here). ``pass-through`` runs no network
+    and sends grey pictures: what a server does with it is its limit on the machine whatever the model
+    costs (``benchmarks.serve_throughput`` measures it)."""
     model: Path | None = None
     """Colorizer ONNX file; ``null`` uses the shipped model."""
     max_batch: int = 8

@@ -47,6 +47,10 @@ class WorkerSpec:
     """Level of the front's stderr handler."""
     gpu: str | None = None
     """The one GPU this worker may use (``CUDA_VISIBLE_DEVICES``); ``None`` leaves the variable as it is."""
+    cpus: tuple[int, ...] = ()
+    """The cores this worker runs on; empty leaves it all of the front's. Each process sizes its thread
+    pools (ONNX Runtime's, the frame pool) from the cores it may use, so a worker given its share starts
+    threads for its share rather than every worker starting threads for every core."""
 
 
 def to_wire(cfg: StreamConfig) -> dict[str, Any]:
@@ -71,6 +75,8 @@ def run_worker(spec: WorkerSpec) -> None:
     """The worker process's entry point: serve until SIGTERM or the front's death. A configuration the
     worker cannot run with (the model file, the backend) is logged in one line and the exit status is 1."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.cpus:
+        os.sched_setaffinity(0, spec.cpus)
     if spec.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.gpu
     _log_like_the_front(spec)

@@ -138,6 +138,28 @@ def worker_count(setting: int | str, cores: int | None = None, gpus: int | None 
     return count, f"auto: one per two usable cores ({cores} usable, no GPU)"
 
 
+MIN_SHARE = 2
+"""Fewest cores a worker is pinned to. A worker on one core queues its decoding, inference and encoding
+behind each other there while the other cores idle whenever it waits, so below two each worker may use
+every core."""
+
+
+def core_shares(count: int) -> list[tuple[int, ...]]:
+    """Each of ``count`` workers' cores: an equal share of the usable cores (the last takes what is left
+    over), or no pinning at all (empty) where a share would be under :data:`MIN_SHARE` cores."""
+    if not hasattr(os, "sched_getaffinity"):
+        return [()] * count
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // count
+    if share < MIN_SHARE:
+        return [()] * count
+    return [tuple(cores[i * share : (i + 1) * share if i < count - 1 else None]) for i in range(count)]
+
+
+def _on_cores(cpus: tuple[int, ...]) -> str:
+    return f" on core{'s' if len(cpus) > 1 else ''} {','.join(map(str, cpus))}" if cpus else ""
+
+
 # ---------------------------------------------------------------------------------- control channel
 
 
@@ -338,9 +360,10 @@ class RemoteFrame:
 class _Slot:
     """One worker position: its current process (replaced on restart) and how to reach it."""
 
-    def __init__(self, index: int, gpu: str | None) -> None:
+    def __init__(self, index: int, gpu: str | None, cpus: tuple[int, ...]) -> None:
         self.index = index
         self.gpu = gpu
+        self.cpus = cpus
         self.process: multiprocessing.process.BaseProcess | None = None
         self.client: Worker | None = None
         self.ready = asyncio.Event()
@@ -402,7 +425,8 @@ class WorkerPool:
             if isinstance(logger_, logging.Logger) and logger_.level != logging.NOTSET
         } | {"": root.level}
         self._handler_level = min((h.level for h in root.handlers), default=logging.WARNING)
-        self._slots = [_Slot(i, gpus[i % len(gpus)] if gpus else None) for i in range(count)]
+        shares = core_shares(count)
+        self._slots = [_Slot(i, gpus[i % len(gpus)] if gpus else None, shares[i]) for i in range(count)]
         self._streams: dict[str, _Placement] = {}
         self._context = multiprocessing.get_context("spawn")
         self._folder: Path | None = None
@@ -432,7 +456,7 @@ class WorkerPool:
             slot.watcher = asyncio.get_running_loop().create_task(
                 self._watch(slot), name=f"worker {slot.index}"
             )
-        running = ", ".join(f"worker {s.index} pid {s.pid}" for s in self._slots)
+        running = ", ".join(f"worker {s.index} pid {s.pid}{_on_cores(s.cpus)}" for s in self._slots)
         logger.info("%d workers running: %s", len(self._slots), running)
 
     async def stop(self) -> None:
@@ -469,7 +493,7 @@ class WorkerPool:
         socket = self._folder / f"worker-{slot.index}.sock"
         socket.unlink(missing_ok=True)
         spec = WorkerSpec(
-            slot.index, self._config, str(socket), self._log_levels, self._handler_level, slot.gpu
+            slot.index, self._config, str(socket), self._log_levels, self._handler_level, slot.gpu, slot.cpus
         )
         process = self._context.Process(
             target=run_worker, args=(spec,), name=f"chromastream-worker-{slot.index}", daemon=True
