@@ -205,6 +205,16 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(times.get(pid, 0.0) for pid in tree)
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every process of the machine has used (``/proc/stat``), to show what others took."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def own_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -305,7 +315,9 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
         await asyncio.sleep(plan.warmup_s)
         before = await _streams(session, server.base)
         frames0 = {i: t.frames for i, t in tallies.items()}
+        load0 = load_average()
         cpu0, own0, t0 = tree_cpu_seconds(server.process.pid), own_cpu_seconds(), time.monotonic()
+        busy0 = machine_busy_seconds()
         for t in tallies.values():
             t.recording = True
         await asyncio.sleep(plan.seconds)
@@ -313,6 +325,7 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
             t.recording = False
         elapsed = time.monotonic() - t0
         cpu, own = tree_cpu_seconds(server.process.pid) - cpu0, own_cpu_seconds() - own0
+        busy = machine_busy_seconds() - busy0
         after = await _streams(session, server.base)
     per_stream = []
     for i in ids:
@@ -338,6 +351,8 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
         "latency_ms": _percentiles(everything),
         "server_cores_busy": cpu / elapsed,
         "viewer_cores_busy": own / elapsed,
+        "other_cores_busy": max(0.0, busy - cpu - own) / elapsed,
+        "loadavg": [load0, load_average()],
         "per_stream": per_stream,
     }
 
@@ -526,11 +541,12 @@ def report_section(data: dict[str, Any]) -> list[str]:
         "frames by their metadata messages and do not decode). fps is frames delivered per second; latency: "
         f"{data.get('latency_definition', '?')}. The limit, in the same run: "
         f"{data.get('limit_definition', '?')}. Cores busy: CPU time of the server's processes (front and "
-        f"workers) and of the viewers over wall time. Windows of {window} s after {warmup} s of warm-up.",
+        "workers), of the viewers, and of every other process of the machine (other people's jobs on a "
+        f"shared machine) over wall time. Windows of {window} s after {warmup} s of warm-up.",
         "",
         "| resolution | streams | run | workers | fps total | fps per stream (min) | p50 ms | p95 ms "
-        "| drops | server cores | viewer cores |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| drops | server cores | viewer cores | others' cores |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in data.get("rows") or []:
         lat = row.get("latency_ms") or {}
@@ -538,7 +554,8 @@ def report_section(data: dict[str, Any]) -> list[str]:
             f"| {row.get('resolution')} | {row.get('streams')} | {row.get('mode')} | {row.get('workers')} | "
             f"{num(row.get('fps_total'), 1)} | {num(row.get('fps_per_stream_min'), 1)} | "
             f"{num(lat.get('p50'), 0)} | {num(lat.get('p95'), 0)} | {row.get('drops', '–')} | "
-            f"{num(row.get('server_cores_busy'))} | {num(row.get('viewer_cores_busy'))} |"
+            f"{num(row.get('server_cores_busy'))} | {num(row.get('viewer_cores_busy'))} | "
+            f"{num(row.get('other_cores_busy'))} |"
         )
     targets = data.get("targets") or {}
     lines += [

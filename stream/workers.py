@@ -395,6 +395,8 @@ class _Placement:
     info: dict[str, Any] = field(default_factory=dict)
     live: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while the stream exists on a running worker."""
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the stream is removed (or could not be added): its event readers end."""
     hints_dirty: bool = False
     pusher: asyncio.Task[None] | None = None
 
@@ -558,7 +560,7 @@ class WorkerPool:
         """Add ``slot``'s streams to its new worker, with their current hints; a WHIP stream is forgotten."""
         for placement in self._placed_on(slot):
             if not placement.restorable:
-                self._streams.pop(placement.cfg.id, None)
+                self._release(placement)
                 logger.warning("stream %s: its WebRTC publisher must publish again", placement.cfg.id)
         placements = self._placed_on(slot)
         results = await asyncio.gather(*(self._add_on_worker(p) for p in placements), return_exceptions=True)
@@ -594,14 +596,13 @@ class WorkerPool:
         try:
             await self._add_on_worker(placement)
         except BaseException:
-            if self._streams.get(cfg.id) is placement:
-                del self._streams[cfg.id]
+            self._release(placement)
             raise
         return self._info(placement)
 
     async def remove_stream(self, stream_id: str) -> None:
         placement = self._get(stream_id)
-        del self._streams[stream_id]
+        self._release(placement)
         if placement.pusher is not None:
             placement.pusher.cancel()
         if placement.live.is_set():
@@ -749,8 +750,10 @@ class WorkerPool:
         return placement
 
     def _release(self, placement: _Placement) -> None:
+        """Forget the stream here (its worker is told by the caller, where it still has it)."""
         if self._streams.get(placement.cfg.id) is placement:
             del self._streams[placement.cfg.id]
+        placement.gone.set()
 
     def _push_hints(self, placement: _Placement) -> None:
         """Send the stream's current hints to its worker once the pushes in flight are done; a worker
@@ -801,8 +804,7 @@ class _RemoteSubscription:
     async def _frames(self) -> AsyncIterator[RemoteFrame]:
         placement = self._placement
         stream_id = placement.cfg.id
-        while not self._closed and self._pool._streams.get(stream_id) is placement:
-            await placement.live.wait()
+        while not self._closed and await _until_live(placement):
             try:
                 async for event in placement.slot.worker().events(stream_id):
                     yield RemoteFrame.from_event(event)
@@ -860,6 +862,18 @@ def _families(text: str) -> list[Metric]:
     except ValueError:
         logger.warning("a worker's metrics text could not be read; its series are left out this time")
         return []
+
+
+async def _until_live(placement: _Placement) -> bool:
+    """Wait until the stream runs on a worker (True) or is removed (False)."""
+    if not placement.live.is_set() and not placement.gone.is_set():
+        waits = {asyncio.ensure_future(placement.live.wait()), asyncio.ensure_future(placement.gone.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+    return not placement.gone.is_set()
 
 
 async def _nothing() -> None:

@@ -610,20 +610,27 @@ def test_serve_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err[0].startswith("chromastream: error:") and "port" in err[0], err
 
 
-def test_serve_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str], workers: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        status = main(["serve", "--port", str(port), "--source", "synthetic:", "--size", "64"])
+        status = main(
+            ["serve", "--port", str(port), "--source", "synthetic:", "--size", "64", "--workers", workers]
+        )
     assert status == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("chromastream: error")]
     assert len(err) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err[0]
 
 
-def test_serve_bad_source_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["serve", "--port", "0", "--source", "/no/such/clip.mp4", "--size", "64"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_bad_source_url_is_one_line(capsys: pytest.CaptureFixture[str], workers: str) -> None:
+    """With workers, the worker refuses the stream and the front says so, in the same one line."""
+    status = main(
+        ["serve", "--port", "0", "--source", "/no/such/clip.mp4", "--size", "64", "--workers", workers]
+    )
     assert status == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("chromastream: error")]
     assert len(err) == 1 and "cam1" in err[0], err
