@@ -181,28 +181,32 @@ def _first_line(process: subprocess.Popen[str], timeout: float) -> str:
     return lines[0] if lines else ""
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU time of ``root`` and every process below it (the front and its workers)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
+def _tree_stats(root: int) -> list[list[str]]:
+    """``/proc/<pid>/stat`` fields (after the name) of ``root`` and every process below it."""
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        times[pid] = (int(fields[11]) + int(fields[12])) / tick
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
     tree = {root}
     grew = True
     while grew:
-        below = {pid for pid, parent in parents.items() if parent in tree} - tree
+        below = {pid for pid, fields in stats.items() if int(fields[1]) in tree} - tree
         tree |= below
         grew = bool(below)
-    return sum(times.get(pid, 0.0) for pid in tree)
+    return [stats[pid] for pid in tree if pid in stats]
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU time of ``root`` and every process below it (the front and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum((int(f[11]) + int(f[12])) / tick for f in _tree_stats(root))
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of ``root`` and every process below it."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(int(f[21]) * page for f in _tree_stats(root)) / 2**20
 
 
 def machine_busy_seconds() -> float:
@@ -326,6 +330,7 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         cpu, own = tree_cpu_seconds(server.process.pid) - cpu0, own_cpu_seconds() - own0
         busy = machine_busy_seconds() - busy0
+        rss = tree_rss_mb(server.process.pid)
         after = await _streams(session, server.base)
     per_stream = []
     for i in ids:
@@ -350,6 +355,8 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
         "drops": sum(s["drops"] for s in per_stream),
         "latency_ms": _percentiles(everything),
         "server_cores_busy": cpu / elapsed,
+        "fps_per_server_core": sum(s["fps"] for s in per_stream) / max(cpu / elapsed, 1e-9),
+        "server_rss_mb": rss,
         "viewer_cores_busy": own / elapsed,
         "other_cores_busy": max(0.0, busy - cpu - own) / elapsed,
         "loadavg": [load0, load_average()],
@@ -542,11 +549,12 @@ def report_section(data: dict[str, Any]) -> list[str]:
         f"{data.get('latency_definition', '?')}. The limit, in the same run: "
         f"{data.get('limit_definition', '?')}. Cores busy: CPU time of the server's processes (front and "
         "workers), of the viewers, and of every other process of the machine (other people's jobs on a "
-        f"shared machine) over wall time. Windows of {window} s after {warmup} s of warm-up.",
+        "shared machine) over wall time; fps per server core is the figure that other jobs disturb least. "
+        f"Server RSS: front and workers together. Windows of {window} s after {warmup} s of warm-up.",
         "",
         "| resolution | streams | run | workers | fps total | fps per stream (min) | p50 ms | p95 ms "
-        "| drops | server cores | viewer cores | others' cores |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| drops | server cores | fps per server core | viewer cores | others' cores | server RSS MB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in data.get("rows") or []:
         lat = row.get("latency_ms") or {}
@@ -554,8 +562,9 @@ def report_section(data: dict[str, Any]) -> list[str]:
             f"| {row.get('resolution')} | {row.get('streams')} | {row.get('mode')} | {row.get('workers')} | "
             f"{num(row.get('fps_total'), 1)} | {num(row.get('fps_per_stream_min'), 1)} | "
             f"{num(lat.get('p50'), 0)} | {num(lat.get('p95'), 0)} | {row.get('drops', '–')} | "
-            f"{num(row.get('server_cores_busy'))} | {num(row.get('viewer_cores_busy'))} | "
-            f"{num(row.get('other_cores_busy'))} |"
+            f"{num(row.get('server_cores_busy'))} | {num(row.get('fps_per_server_core'), 1)} | "
+            f"{num(row.get('viewer_cores_busy'))} | {num(row.get('other_cores_busy'))} | "
+            f"{num(row.get('server_rss_mb'), 0)} |"
         )
     targets = data.get("targets") or {}
     lines += [
