@@ -464,11 +464,11 @@ class WorkerPool:
     async def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT_S`). Idempotent."""
         self._stopping = True
-        for task in [*(s.watcher for s in self._slots if s.watcher), *self._background]:
+        tasks = [*(s.watcher for s in self._slots if s.watcher), *self._background]
+        tasks += [p.pusher for p in self._streams.values() if p.pusher is not None]
+        for task in tasks:
             task.cancel()
-        for placement in self._streams.values():
-            if placement.pusher is not None:
-                placement.pusher.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # a watcher lets go of its process first
         running = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
         for process in running:
             process.terminate()
