@@ -895,4 +895,8 @@ async def _exited(process: multiprocessing.process.BaseProcess) -> None:
         await done
     finally:
         loop.remove_reader(sentinel)
-    process.join(timeout=0)
+    # The sentinel closes as the process exits, a moment before it can be reaped for its status.
+    for _ in range(100):
+        if process.exitcode is not None:
+            return
+        await asyncio.sleep(0.01)
