@@ -293,8 +293,9 @@ class ServeConfig:
     this process keeps the page, API and metrics and forwards each stream's requests to its worker. A
     worker that dies is restarted with its streams and their hints. ``1`` serves everything from this one
     process. ``auto`` picks from the usable cores and GPUs and logs why: one worker per GPU, else one per
-    two cores (so ``1`` on a two-core machine, where a second process measured no gain once the model
-    runs; see ``benchmarks.serve_throughput``)."""
+    two cores, about what one process keeps busy (so ``1`` on a two-core machine, where the second
+    worker's gain measured by ``benchmarks.serve_throughput`` did not clearly repay a second model's
+    memory)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "host", "must be a non-empty address")

@@ -124,9 +124,11 @@ def usable_cores() -> int:
 def worker_count(setting: int | str, cores: int | None = None, gpus: int | None = None) -> tuple[int, str]:
     """How many workers ``setting`` (a number or ``auto``) means here, and why (for the log).
 
-    ``auto``: one worker per GPU, each with its own; without a GPU, one per two usable cores, because a
-    worker keeps about two cores busy (the model's threads and the codec work beside them), and on two
-    cores a second process adds no colorized frames once the model runs.
+    ``auto``: one worker per GPU, each with its own; without a GPU, one per two usable cores. One process
+    keeps at most about one and a half cores busy (``benchmarks.serve_throughput``: its interpreter lock
+    binds the event loop, packetizing and the frame work between the codec threads), so a worker per two
+    cores lets each use what one process can; on two cores that is one worker, where a second one's gain
+    measured within the noise of a shared machine and costs a second model's memory (about 300 MB).
     """
     if setting != "auto":
         return int(setting), "as configured"
