@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import types
 import inspect
 import re
 import sys
