@@ -103,7 +103,7 @@ class StreamRouter(Protocol):
     the stream list, a stream, ``/healthz`` or ``/metrics``; its viewer counts are the owners'.
     """
 
-    async def forward(self, request: web.Request, stream_id: str) -> web.StreamResponse: ...
+    async def forward(self, request: web.Request, stream_id: str, body: bytes) -> web.Response: ...
 
     async def refresh(self, *, metrics: bool = False) -> None: ...
 
@@ -378,28 +378,32 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
-async def _route(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With a :class:`StreamRouter`: signalling goes to the stream's owner, figures are fetched first."""
-    state = request.app[STATE]
-    router = state.router
+async def _refresh(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With a :class:`StreamRouter`, the answers that show live figures fetch them first."""
+    router = request.app[STATE].router
     assert router is not None  # the middleware is only installed with a router
     target = request.match_info.handler
-    if target in (whep, whep_delete, whip, whip_delete):
-        stream_id = _stream_id(request)
-        try:
-            response = await router.forward(request, stream_id)
-        except state.unknown:
-            raise ApiError(404, f"no stream {stream_id!r}") from None
-        except state.duplicate:
-            raise ApiError(409, f"stream {stream_id!r} exists already") from None
-        except ChromastreamError as exc:  # its worker is restarting
-            raise ApiError(503, str(exc), **{"Retry-After": "2"}) from None
-        if response.status >= 400:
-            state.http_errors.labels(str(response.status)).inc()
-        return response
     if target in (list_streams, get_stream, healthz, metrics):
         await router.refresh(metrics=target is metrics)
     return await handler(request)
+
+
+async def _forward(request: web.Request, stream_id: str, body: str = "") -> web.Response:
+    """With a :class:`StreamRouter`: WebRTC signalling goes to the process that owns the stream (the peer
+    connection lives there) once this server's own checks have passed, and its answer comes back."""
+    state = request.app[STATE]
+    assert state.router is not None
+    try:
+        response = await state.router.forward(request, stream_id, body.encode())
+    except state.unknown:
+        raise ApiError(404, f"no stream {stream_id!r}") from None
+    except state.duplicate:
+        raise ApiError(409, f"stream {stream_id!r} exists already") from None
+    except ChromastreamError as exc:  # its worker is restarting
+        raise ApiError(503, str(exc), **{"Retry-After": "2"}) from None
+    if response.status >= 400:
+        state.http_errors.labels(str(response.status)).inc()
+    return response
 
 
 # ----------------------------------------------------------------------------------------- handlers
@@ -594,6 +598,8 @@ async def whep(request: web.Request) -> web.Response:
     _sdp_body_check(request)
     offer = await _read_text(request)
     state.require_stream(stream_id)
+    if state.router is not None:
+        return await _forward(request, stream_id, offer)
     try:
         viewer, answer = await state.hub.whep(stream_id, offer)
     except TooManyViewers as exc:
@@ -605,6 +611,8 @@ async def whep(request: web.Request) -> web.Response:
 
 async def whep_delete(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.router is not None:
+        return await _forward(request, _stream_id(request))
     session = request.match_info["session"]
     viewer = state.hub.viewers.get(session)
     if viewer is None or viewer.stream_id != request.match_info["id"]:
@@ -621,6 +629,8 @@ async def whip(request: web.Request) -> web.Response:
     with contextlib.suppress(*state.unknown):
         state.pipeline.info(stream_id)
         raise ApiError(409, f"stream {stream_id!r} exists already")
+    if state.router is not None:
+        return await _forward(request, stream_id, offer)
     try:
         publisher, answer = await state.hub.whip(stream_id, offer)
     except state.duplicate:
@@ -633,6 +643,8 @@ async def whip(request: web.Request) -> web.Response:
 
 async def whip_delete(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.router is not None:
+        return await _forward(request, _stream_id(request))
     session = request.match_info["session"]
     publisher = state.hub.publishers.get(session)
     if publisher is None or publisher.stream_id != request.match_info["id"]:
@@ -685,7 +697,7 @@ def create_app(
     if config.webrtc.ice_loopback:
         allow_loopback_candidates()
     unknown, duplicate = _pipeline_errors()
-    routed = [_route] if isinstance(pipeline, StreamRouter) else []
+    routed = [_refresh] if isinstance(pipeline, StreamRouter) else []
     app = web.Application(middlewares=[_errors, _auth, *routed], client_max_size=MAX_BODY)
     app[STATE] = _State(
         pipeline,

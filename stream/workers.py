@@ -218,8 +218,9 @@ class WorkerClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # ``localhost``: the name a server accepts in Host for requests that change things.
             self._session = aiohttp.ClientSession(
-                "http://worker", connector=aiohttp.UnixConnector(path=self.socket_path)
+                "http://localhost", connector=aiohttp.UnixConnector(path=self.socket_path)
             )
         return self._session
 
@@ -679,10 +680,10 @@ class WorkerPool:
     def viewer_count(self, stream_id: str) -> int:
         return int(self._get(stream_id).info.get("viewers") or 0)
 
-    async def forward(self, request: web.Request, stream_id: str) -> web.Response:
-        """Signalling for ``stream_id`` (WHEP/WHIP offers and DELETEs) to the worker that owns the stream,
-        and its answer back as it is; a WHIP offer for a new stream places it first."""
-        body = await request.read()
+    async def forward(self, request: web.Request, stream_id: str, body: bytes) -> web.Response:
+        """Signalling for ``stream_id`` (a WHEP/WHIP offer, already read as ``body``, or a DELETE) to the
+        worker that owns the stream, and its answer back as it is; a WHIP offer for a new stream places
+        it first."""
         whip = request.path.startswith("/whip/")
         creating = whip and request.method == "POST"
         if creating:

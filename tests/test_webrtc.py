@@ -209,9 +209,12 @@ class PatternTrack(VideoStreamTrack):
         return frame
 
 
-def test_whip_publisher_becomes_a_stream() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_whip_publisher_becomes_a_stream(workers: int) -> None:
+    """With workers, the publisher's peer connection and its stream are on the worker the front chose."""
+
     async def body() -> None:
-        async with live_server(streams=()) as (base, pipeline), ClientSession() as session:
+        async with live_server(streams=(), workers=workers) as (base, _), ClientSession() as session:
             allow_loopback_candidates()
             pc = peer_connection()
             pc.addTransceiver(PatternTrack(), direction="sendonly")
@@ -229,8 +232,10 @@ def test_whip_publisher_becomes_a_stream() -> None:
                     return "cam9" in streams and streams["cam9"]["frames_in"] > 3
 
                 await wait_for(receiving, 20)
-                info = pipeline.info("cam9")
-                assert (info.width, info.height) == (64, 48)
+                async with session.get(f"{base}/api/streams/cam9") as r:
+                    info = await r.json()
+                assert (info["width"], info["height"]) == (64, 48)
+                assert info.get("worker") == (None if workers == 1 else 0)
                 # The published stream is viewable like any other (colorized, over WHEP).
                 async with whep(session, base, "cam9") as viewer:
                     await frames_at_least(viewer, 3)
