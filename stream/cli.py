@@ -322,7 +322,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from chromastream.stream.workers import WorkerPool, visible_gpus, worker_count
 
     config = _serve_config(args)
-    count, why = worker_count(config.workers)
+    count, why = worker_count(config.workers, len(config.streams))
     pool = None
     if count > 1:
         logger.info("%d worker processes (%s)", count, why)

@@ -295,7 +295,7 @@ class ServeConfig:
     process. ``auto`` picks from the usable cores and GPUs and logs why: one worker per GPU, else one per
     two cores, about what one process keeps busy (so ``1`` on a two-core machine, where the second
     worker's gain measured by ``benchmarks.serve_throughput`` did not clearly repay a second model's
-    memory)."""
+    memory), and never more than the streams the server starts with."""
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "host", "must be a non-empty address")

@@ -121,23 +121,31 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def worker_count(setting: int | str, cores: int | None = None, gpus: int | None = None) -> tuple[int, str]:
-    """How many workers ``setting`` (a number or ``auto``) means here, and why (for the log).
+def worker_count(
+    setting: int | str, streams: int, cores: int | None = None, gpus: int | None = None
+) -> tuple[int, str]:
+    """How many workers ``setting`` (a number or ``auto``) means for a server that starts with
+    ``streams`` streams, and why (for the log).
 
     ``auto``: one worker per GPU, each with its own; without a GPU, one per two usable cores. One process
     keeps at most about one and a half cores busy (``benchmarks.serve_throughput``: its interpreter lock
     binds the event loop, packetizing and the frame work between the codec threads), so a worker per two
     cores lets each use what one process can; on two cores that is one worker, where a second one's gain
     measured within the noise of a shared machine and costs a second model's memory (about 300 MB).
+    Either way no more workers than the streams it starts with (at least one): a worker without a stream
+    only holds memory. A server fed through the API names its number.
     """
     if setting != "auto":
         return int(setting), "as configured"
     cores = usable_cores() if cores is None else cores
     gpus = len(visible_gpus()) if gpus is None else gpus
     if gpus:
-        return gpus, f"auto: one per GPU ({gpus} GPU{'s' if gpus != 1 else ''} visible)"
-    count = max(1, min(cores // 2, 64))
-    return count, f"auto: one per two usable cores ({cores} usable, no GPU)"
+        count, why = gpus, f"one per GPU ({gpus} GPU{'s' if gpus != 1 else ''} visible)"
+    else:
+        count, why = max(1, min(cores // 2, 64)), f"one per two usable cores ({cores} usable, no GPU)"
+    if count > max(1, streams):
+        count, why = max(1, streams), f"{why}, at most one per stream it starts with ({streams})"
+    return count, f"auto: {why}"
 
 
 MIN_SHARE = 2

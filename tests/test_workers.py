@@ -38,13 +38,16 @@ BLUE = {"x": 0.2, "y": 0.2, "rgb": "#0000ff"}
 # ------------------------------------------------------------------------------------------- settings
 
 
-def test_auto_is_one_worker_per_gpu_else_one_per_two_cores() -> None:
-    assert worker_count("auto", cores=2, gpus=0)[0] == 1
-    count, why = worker_count("auto", cores=16, gpus=0)
+def test_auto_is_one_worker_per_gpu_else_one_per_two_cores_and_at_most_one_per_stream() -> None:
+    assert worker_count("auto", 4, cores=2, gpus=0)[0] == 1
+    count, why = worker_count("auto", 10, cores=16, gpus=0)
     assert count == 8 and "16 usable" in why
-    count, why = worker_count("auto", cores=16, gpus=2)
+    count, why = worker_count("auto", 10, cores=16, gpus=2)
     assert count == 2 and "GPU" in why
-    assert worker_count(3, cores=2, gpus=0) == (3, "as configured")
+    count, why = worker_count("auto", 3, cores=16, gpus=0)
+    assert count == 3 and "at most one per stream it starts with (3)" in why
+    assert worker_count("auto", 0, cores=16, gpus=0)[0] == 1
+    assert worker_count(3, 0, cores=2, gpus=0) == (3, "as configured")
 
 
 def test_workers_setting_in_the_file_and_on_the_command_line(
