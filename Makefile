@@ -133,7 +133,7 @@ audit:
 train: $(VENV)/.dev
 	$(BIN)/python -m chromastream.models.colorizer.train generator --run runs/generator
 
-## bench: every benchmark (image quality, speed, video quality, hints, live latency, throughput per backend, deepfake), then RESULTS.md
+## bench: every benchmark (image quality, speed, video quality, hints, live latency, serve workers, throughput per backend, deepfake), then RESULTS.md
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.quality
 	$(BIN)/python -m benchmarks.model_speed
@@ -141,6 +141,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.video_quality
 	$(BIN)/python -m benchmarks.hints_curve
 	$(BIN)/python -m benchmarks.live_latency
+	$(BIN)/python -m benchmarks.serve_throughput
 	$(BIN)/python -m benchmarks.throughput
 	$(BIN)/python -m benchmarks.deepfake
 	$(BIN)/python -m benchmarks.report

@@ -35,6 +35,7 @@ from chromastream.stream.formats import FORMATS_HELP
 
 if TYPE_CHECKING:
     from chromastream.stream.config import ServeConfig
+    from chromastream.stream.server import StreamsAPI
 
 PROG = "chromastream"
 DEMO_OUTPUT = "chromastream-demo.mp4"
@@ -255,8 +256,26 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"frames between keyframes: how soon a viewer that lost packets recovers "
         f"(default {webrtc.keyframe_interval})",
     )
+    parser.add_argument(
+        "--workers",
+        type=_worker_setting,
+        metavar="N",
+        help="processes serving the streams, each owning its share end to end: a number, or auto "
+        "(default: one per GPU, else one per two cores); 1 serves everything from this process",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
+
+
+def _worker_setting(text: str) -> int | str:
+    from chromastream.stream.config import WORKERS
+
+    if text == "auto":
+        return text
+    try:
+        return whole_number(*WORKERS)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
 
 
 #: Each ``serve`` flag that sets a key of the config tree, and that key (``docs/CONFIG.md`` shows them
@@ -272,6 +291,7 @@ SERVE_FLAGS = {
     "--max-viewers": "webrtc.max_viewers",
     "--bitrate": "webrtc.bitrate",
     "--keyframe-interval": "webrtc.keyframe_interval",
+    "--workers": "workers",
 }
 
 
@@ -306,12 +326,21 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 def _run_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from chromastream.stream.workers import WorkerPool, visible_gpus, worker_count
+
     config = _serve_config(args)
-    asyncio.run(_serve_until_signalled(config))
+    count, why = worker_count(config.workers, len(config.streams))
+    pool = None
+    if count > 1:
+        logger.info("%d worker processes (%s)", count, why)
+        pool = WorkerPool(config, count, gpus=visible_gpus())
+    elif config.workers != 1:
+        logger.info("serving from this process (%s)", why)
+    asyncio.run(_serve_until_signalled(config, pool))
     return 0
 
 
-async def _serve_until_signalled(config: ServeConfig) -> None:
+async def _serve_until_signalled(config: ServeConfig, streams: StreamsAPI | None = None) -> None:
     """Run the server until SIGINT/SIGTERM, which starts its orderly shutdown and arms a
     :class:`_ExitDeadline`; a second signal ends the process at once.
 
@@ -326,7 +355,7 @@ async def _serve_until_signalled(config: ServeConfig) -> None:
         print(f"chromastream: viewer at {url}", flush=True)
 
     if threading.current_thread() is not threading.main_thread():  # embedded: the loop's own handlers
-        await serve(config, announce=announce)
+        await serve(config, announce=announce, streams=streams)
         return
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -340,7 +369,7 @@ async def _serve_until_signalled(config: ServeConfig) -> None:
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
-        await serve(config, announce=announce, stop=stop, handle_signals=False)
+        await serve(config, announce=announce, stop=stop, handle_signals=False, streams=streams)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -31,6 +31,7 @@ working directory, so a config means the same thing wherever the server is start
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -58,6 +59,7 @@ MAX_VIEWERS = (1, 1024)
 BITRATE = (50_000, 100_000_000)
 KEYFRAME_INTERVAL = (1, 1000)
 EVENTS_QUEUE = (1, 10_000)
+WORKERS = (1, 64)
 #: Ranges of the ``limits`` settings.
 MAX_STREAMS = (1, 10_000)
 MAX_CLIENTS = (1, 100_000)
@@ -195,7 +197,9 @@ class PipelineConfig:
     ``benchmarks.live_latency``); colour is low-frequency, so the picture loses little. Raise it (256,
     as ``colorize`` uses) on a machine with more cores or a GPU."""
     backend: str = "auto"
-    """Inference backend name (``auto`` picks the fastest available here)."""
+    """Inference backend name (``auto`` picks the fastest available here). ``pass-through`` runs no network
+    and sends grey pictures: what a server does with it is its limit on the machine whatever the model
+    costs (``benchmarks.serve_throughput`` measures it)."""
     model: Path | None = None
     """Colorizer ONNX file; ``null`` uses the shipped model."""
     max_batch: int = 8
@@ -409,9 +413,28 @@ class ServeConfig:
     """Host names browsers may use and the session cookie."""
     streams: tuple[StreamConfig, ...] = ()
     """Streams started with the server; more can be added through the API."""
+    workers: int | str = "auto"
+    """Processes that serve the streams, each owning its share of them end to end (decoding, its own
+    model and batcher, encoding, the WebRTC peers of its viewers), so their codec work runs in parallel;
+    this process keeps the page, API and metrics and forwards each stream's requests to its worker. A
+    worker that dies is restarted with its streams and their hints. ``1`` serves everything from this one
+    process. ``auto`` picks from the usable cores and GPUs and logs why: one worker per GPU, else one per
+    two cores, about what one process keeps busy (so ``1`` on a two-core machine, where the second
+    worker's gain measured by ``benchmarks.serve_throughput`` did not clearly repay a second model's
+    memory)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.host), "host", "must be a non-empty address")
+        _check(
+            self.workers == "auto"
+            or (
+                isinstance(self.workers, int)
+                and not isinstance(self.workers, bool)
+                and WORKERS[0] <= self.workers <= WORKERS[1]
+            ),
+            "workers",
+            f"must be auto or a whole number in {WORKERS[0]}..{WORKERS[1]}, got {self.workers!r}",
+        )
         _check(0 <= self.port <= 65535, "port", f"must be in 0..65535, got {self.port}")
         _check(self.token is None or bool(self.token), "token", "must be a non-empty string or absent")
         seen: set[str] = set()
@@ -427,6 +450,9 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_KINDS = {int: "an integer", str: "a string", float: "a number", bool: "true or false"}
+
+
 def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
     """``value`` as ``annotation`` (the subset of types the config uses), or a ConfigError naming ``key``."""
     origin = typing.get_origin(annotation)
@@ -435,8 +461,14 @@ def _convert(value: Any, annotation: Any, key: str, base: Path) -> Any:
         if value is None:
             _check(type(None) in options, key, "must not be null")
             return None
-        (inner,) = [a for a in options if a is not type(None)]
-        return _convert(value, inner, key, base)
+        inner = [a for a in options if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(value, inner[0], key, base)
+        for option in inner:  # ``int | str``: the first type the value is; the field checks the rest
+            with contextlib.suppress(ConfigError):
+                return _convert(value, option, key, base)
+        kinds = " or ".join(_KINDS.get(option, option.__name__) for option in inner)
+        raise ConfigError(f"{key}: must be {kinds}, got {_type_name(value)} {value!r}")
     if annotation is bool:
         _check(isinstance(value, bool), key, f"must be true or false, got {_type_name(value)} {value!r}")
         return value

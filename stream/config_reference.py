@@ -98,7 +98,8 @@ def _type(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is types.UnionType or origin is typing.Union:
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return " or ".join(_type(a) for a in inner) + " or null"
+        nullable = len(inner) < len(typing.get_args(annotation))
+        return " or ".join(_type(a) for a in inner) + (" or null" if nullable else "")
     names = {bool: "true/false", int: "integer", float: "number", str: "string", Path: "path"}
     if origin is tuple:
         inner = typing.get_args(annotation)[0]

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -66,6 +66,10 @@ from chromastream.stream.webrtc import (
     frame_event,
     to_json,
 )
+
+if TYPE_CHECKING:
+    from chromastream.stream.deepfake import DeepfakeSampler
+    from chromastream.stream.pipeline import Pipeline
 
 logger = logging.getLogger("chromastream.stream.server")
 
@@ -102,6 +106,23 @@ class StreamsAPI(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class StreamRouter(Protocol):
+    """Streams that live in other processes: ``serve --workers N``'s
+    :class:`chromastream.stream.workers.WorkerPool`.
+
+    A server whose :class:`StreamsAPI` is also one of these forwards WHEP/WHIP signalling to the process
+    that owns the stream (the peer connection lives there) and asks for fresh figures before it answers
+    the stream list, a stream, ``/healthz`` or ``/metrics``; its viewer counts are the owners'.
+    """
+
+    async def forward(self, request: web.Request, stream_id: str, body: bytes) -> web.Response: ...
+
+    async def refresh(self, *, metrics: bool = False) -> None: ...
+
+    def viewer_count(self, stream_id: str) -> int: ...
 
 
 class StreamConfigFactory(Protocol):
@@ -170,6 +191,13 @@ class _ServerCollector(Collector):
         self._state = state
 
     def collect(self) -> Iterable[Metric]:
+        if self._state.router is None:  # routed streams: the workers report their own peers
+            yield from self._peers()
+        yield GaugeMetricFamily(
+            "chromastream_sse_clients", "Clients reading metadata events", value=len(self._state.sse)
+        )
+
+    def _peers(self) -> Iterable[Metric]:
         hub = self._state.hub
         viewers = GaugeMetricFamily(
             "chromastream_webrtc_viewers", "WebRTC viewers connected, per stream", labels=["stream"]
@@ -191,9 +219,6 @@ class _ServerCollector(Collector):
         for encoder in hub.encoders():
             encoders.add_metric([encoder.stream_id, encoder.codec], 1)
         yield encoders
-        yield GaugeMetricFamily(
-            "chromastream_sse_clients", "Clients reading metadata events", value=len(self._state.sse)
-        )
 
 
 class _State:
@@ -209,6 +234,7 @@ class _State:
         own_pipeline: bool,
     ) -> None:
         self.pipeline = pipeline
+        self.router = pipeline if isinstance(pipeline, StreamRouter) else None
         self.config = config
         self.stream_config = stream_config
         self.unknown = unknown
@@ -258,6 +284,8 @@ class _State:
             raise ApiError(404, f"no stream {stream_id!r}") from None
 
     def viewers(self, stream_id: str) -> int:
+        if self.router is not None:
+            return self.router.viewer_count(stream_id)
         return self.hub.viewer_count(stream_id)
 
 
@@ -370,6 +398,35 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
                 **{"WWW-Authenticate": 'Bearer realm="chromastream"'},
             )
     return await handler(request)
+
+
+@web.middleware
+async def _refresh(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With a :class:`StreamRouter`, the answers that show live figures fetch them first."""
+    router = request.app[STATE].router
+    assert router is not None  # the middleware is only installed with a router
+    target = request.match_info.handler
+    if target in (list_streams, get_stream, healthz, metrics):
+        await router.refresh(metrics=target is metrics)
+    return await handler(request)
+
+
+async def _forward(request: web.Request, stream_id: str, body: str = "") -> web.Response:
+    """With a :class:`StreamRouter`: WebRTC signalling goes to the process that owns the stream (the peer
+    connection lives there) once this server's own checks have passed, and its answer comes back."""
+    state = request.app[STATE]
+    assert state.router is not None
+    try:
+        response = await state.router.forward(request, stream_id, body.encode())
+    except state.unknown:
+        raise ApiError(404, f"no stream {stream_id!r}") from None
+    except state.duplicate:
+        raise ApiError(409, f"stream {stream_id!r} exists already") from None
+    except ChromastreamError as exc:  # its worker is restarting
+        raise ApiError(503, str(exc), **{"Retry-After": "2"}) from None
+    if response.status >= 400:
+        state.http_errors.labels(str(response.status)).inc()
+    return response
 
 
 # ----------------------------------------------------------------------------------------- handlers
@@ -583,6 +640,8 @@ async def whep(request: web.Request) -> web.Response:
     _sdp_body_check(request)
     offer = await _read_text(request)
     state.require_stream(stream_id)
+    if state.router is not None:
+        return await _forward(request, stream_id, offer)
     try:
         with request.app[GUARD].viewers.reserve(len(state.hub.viewers)):
             viewer, answer = await state.hub.whep(stream_id, offer)
@@ -595,6 +654,8 @@ async def whep(request: web.Request) -> web.Response:
 
 async def whep_delete(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.router is not None:
+        return await _forward(request, _stream_id(request))
     session = request.match_info["session"]
     viewer = state.hub.viewers.get(session)
     if viewer is None or viewer.stream_id != request.match_info["id"]:
@@ -618,6 +679,8 @@ async def whip(request: web.Request) -> web.Response:
             guard.publishers.reserve(len(state.hub.publishers)),
             guard.streams.reserve(len(state.pipeline.streams())),
         ):
+            if state.router is not None:
+                return await _forward(request, stream_id, offer)
             publisher, answer = await state.hub.whip(stream_id, offer)
     except state.duplicate:
         raise ApiError(409, f"stream {stream_id!r} exists already") from None
@@ -629,6 +692,8 @@ async def whip(request: web.Request) -> web.Response:
 
 async def whip_delete(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.router is not None:
+        return await _forward(request, _stream_id(request))
     session = request.match_info["session"]
     publisher = state.hub.publishers.get(session)
     if publisher is None or publisher.stream_id != request.match_info["id"]:
@@ -684,7 +749,8 @@ def create_app(
         allow_loopback_candidates()
     unknown, duplicate = _pipeline_errors()
     guard = HttpGuard(config)
-    app = web.Application(middlewares=[_errors, *guard.middlewares, _auth], client_max_size=MAX_BODY)
+    routed = [_refresh] if isinstance(pipeline, StreamRouter) else []
+    app = web.Application(middlewares=[_errors, *guard.middlewares, _auth, *routed], client_max_size=MAX_BODY)
     app[GUARD] = guard
     app[SOURCE_POLICY] = SourcePolicy(config.sources.schemes, config.sources.hosts, config.sources.folders)
     app.on_response_prepare.append(guard.add_headers)
@@ -763,12 +829,25 @@ def viewer_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+def pipeline_for(config: ServeConfig) -> tuple[Pipeline, DeepfakeSampler | None]:
+    """The pipeline ``config`` describes (backend, model, deepfake sampler), not yet started, and its
+    sampler, which the caller closes after the pipeline has stopped."""
+    from chromastream.stream.deepfake import create_sampler
+    from chromastream.stream.passthrough import create_serve_backend
+    from chromastream.stream.pipeline import Pipeline
+
+    backend = create_serve_backend(config.pipeline)
+    sampler = create_sampler(config.pipeline.detector_rate)
+    return Pipeline(config.pipeline, backend, detector=sampler), sampler
+
+
 async def serve(
     config: ServeConfig,
     *,
     announce: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    streams: StreamsAPI | None = None,
 ) -> None:
     """Run the pipeline and its server until SIGINT/SIGTERM (or ``stop``), then shut down in order:
     stop accepting, close every peer and event stream, stop the pipeline.
@@ -777,14 +856,16 @@ async def serve(
     pipeline) and, if that did not finish, the pipeline's alone (so recordings are still closed), takes
     at most :data:`SHUTDOWN_STEP_S`; whatever is still running then is abandoned.
     ``handle_signals=False`` leaves SIGINT/SIGTERM to the caller, which then sets ``stop`` (the command
-    line does, so that it can also end a process whose threads never finish)."""
-    from chromastream.models.runtime.registry import create_backend
-    from chromastream.stream.deepfake import create_sampler
-    from chromastream.stream.pipeline import Pipeline
+    line does, so that it can also end a process whose threads never finish).
 
-    backend = create_backend(config.pipeline.backend, config.pipeline.model)
-    sampler = create_sampler(config.pipeline.detector_rate)
-    pipeline = Pipeline(config.pipeline, backend, detector=sampler)
+    ``streams`` runs the streams instead of a pipeline in this process (``serve --workers N`` passes a
+    :class:`chromastream.stream.workers.WorkerPool`); the server starts and stops it."""
+    sampler = None
+    pipeline: StreamsAPI
+    if streams is not None:
+        pipeline = streams
+    else:
+        pipeline, sampler = pipeline_for(config)
     app = create_app(pipeline, config, own_pipeline=True)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, logger=protocol_logger())
     await runner.setup()

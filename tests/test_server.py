@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -487,7 +490,19 @@ async def live_server(
     streams: tuple[str, ...] = ("cam1",),
     fps: float = 15.0,
     backend: Any = None,
+    workers: int = 1,
 ) -> AsyncIterator[tuple[str, Any]]:
+    """A server on 127.0.0.1 with a live 64x48 camera per stream id. With ``workers`` > 1 it is the real
+    ``serve --workers N`` in a child process (synthetic cameras at ``fps``, the shipped model), and the
+    pipeline handed back is ``None``: it lives in the workers."""
+    if workers > 1:
+        assert backend is None, "worker processes run the shipped model"
+        with tempfile.TemporaryDirectory() as folder:
+            cfg = Path(folder, "serve.yaml")
+            cfg.write_text(yaml.safe_dump(_served_config(config or ServeConfig(), streams, fps, workers)))
+            with served(Path(folder), "--config", str(cfg)) as server:
+                yield server.base, None
+        return
     pipeline = make_pipeline(backend=backend)
     await pipeline.start()
     runner: web.AppRunner | None = None
@@ -506,7 +521,81 @@ async def live_server(
         await pipeline.stop()
 
 
-__all__ = ["HintEchoBackend", "PatternSource", "live_server", "make_pipeline", "run", "wait_for"]
+def _served_config(config: ServeConfig, streams: tuple[str, ...], fps: float, workers: int) -> dict[str, Any]:
+    """The YAML of a ``serve`` run like :func:`make_pipeline` (no detector, small working size)."""
+    return {
+        "port": 0,
+        "token": config.token,
+        "workers": workers,
+        "pipeline": {"size": 64, "max_wait_ms": 2.0, "detector_rate": 0},
+        "webrtc": dataclasses.asdict(config.webrtc),
+        "events": dataclasses.asdict(config.events),
+        "streams": [{"id": s, "url": f"synthetic:?width=64&height=48&fps={fps:g}"} for s in streams],
+    }
+
+
+class Served:
+    """``chromastream serve`` running in a child process, as a person starts it; its stderr is kept in a
+    file so a test can read the log while it runs."""
+
+    def __init__(self, folder: Path, *args: str) -> None:
+        self.log = folder / "serve.log"
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chromastream.stream.cli", "serve", "--port", "0", "--size", "64", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # blocks until the server is up (or the process ends)
+        if "viewer at" not in line:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"serve did not start: {line!r} {self.stderr()}")
+        self.url = line.split("viewer at", 1)[1].strip()
+        self.base = self.url.split("/?", 1)[0].rstrip("/")
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as ``docker stop`` or systemd would send it; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log_file.close()
+
+
+@contextlib.contextmanager
+def served(folder: Path, *args: str) -> Iterator[Served]:
+    server = Served(folder, *args)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+__all__ = [
+    "HintEchoBackend",
+    "PatternSource",
+    "Served",
+    "live_server",
+    "make_pipeline",
+    "run",
+    "served",
+    "wait_for",
+]
 
 
 # ------------------------------------------------------------------------------------ serve command
@@ -521,66 +610,52 @@ def test_serve_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err[0].startswith("chromastream: error:") and "port" in err[0], err
 
 
-def test_serve_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str], workers: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        status = main(["serve", "--port", str(port), "--source", "synthetic:", "--size", "64"])
+        status = main(
+            ["serve", "--port", str(port), "--source", "synthetic:", "--size", "64", "--workers", workers]
+        )
     assert status == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("chromastream: error")]
     assert len(err) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err[0]
 
 
-def test_serve_bad_source_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["serve", "--port", "0", "--source", "/no/such/clip.mp4", "--size", "64"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_bad_source_url_is_one_line(capsys: pytest.CaptureFixture[str], workers: str) -> None:
+    """With workers, the worker refuses the stream and the front says so, in the same one line."""
+    status = main(
+        ["serve", "--port", "0", "--source", "/no/such/clip.mp4", "--size", "64", "--workers", workers]
+    )
     assert status == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("chromastream: error")]
     assert len(err) == 1 and "cam1" in err[0], err
 
 
-def _serve_process(*args: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chromastream.stream.cli", "serve", "--port", "0", "--size", "64", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()  # blocks until the server is up (or the process ends)
-    if "viewer at" not in line:
-        process.kill()
-        _, err = process.communicate()
-        raise AssertionError(f"serve did not start: {line!r} {err}")
-    return process, line.split("viewer at", 1)[1].strip()
-
-
-def test_serve_default_demo_runs_and_stops_cleanly_on_sigterm() -> None:
-    process, url = _serve_process("--token", TOKEN)
-    try:
-        assert TOKEN not in url  # the token is never printed (tests/test_security.py checks the log)
-        base = url.rstrip("/")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_default_demo_runs_and_stops_cleanly_on_sigterm(tmp_path: Path, workers: int) -> None:
+    with served(tmp_path, "--token", TOKEN, "--workers", str(workers)) as server:
+        assert TOKEN not in server.url  # the token is never printed (tests/test_security.py checks the log)
         headers = {"Authorization": f"Bearer {TOKEN}"}
 
-        def frames_out() -> int:
-            request = urllib.request.Request(f"{base}/api/streams", headers=headers)
+        def streams() -> list[dict[str, Any]]:
+            request = urllib.request.Request(f"{server.base}/api/streams", headers=headers)
             with urllib.request.urlopen(request, timeout=5) as response:
-                streams = json.load(response)["streams"]
-            assert [s["id"] for s in streams] == ["demo"]
-            return int(streams[0]["frames_out"])
+                found: list[dict[str, Any]] = json.load(response)["streams"]
+            assert [s["id"] for s in found] == ["demo"]
+            return found
 
         deadline = time.monotonic() + 30
-        while frames_out() < 3:
+        while streams()[0]["frames_out"] < 3:
             assert time.monotonic() < deadline, "the demo stream produced no frames"
             time.sleep(0.3)
-        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+        # One process serves everything as before; with workers the API says which one owns the stream.
+        assert streams()[0].get("worker") == (None if workers == 1 else 0)
+        with urllib.request.urlopen(f"{server.base}/healthz", timeout=5) as response:
             assert json.load(response) == {"ok": True, "streams": 1}
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-        _, err = process.communicate()
-        assert "Traceback" not in err
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert server.stop() == 0
+        assert "Traceback" not in server.stderr()

@@ -14,10 +14,12 @@ import json
 from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import av
 import numpy as np
+import pytest
 from aiohttp import ClientSession
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -97,10 +99,13 @@ def chroma(frame: av.VideoFrame, box: tuple[slice, slice]) -> tuple[float, float
     return float(u[box].mean() - 128), float(v[box].mean() - 128)
 
 
-def test_whep_viewer_gets_coloured_frames_and_matching_metadata() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_whep_viewer_gets_coloured_frames_and_matching_metadata(workers: int) -> None:
+    """With workers, the viewer's peer connection is the owning worker's, signalled through the front."""
+
     async def body() -> None:
         async with (
-            live_server() as (base, _),
+            live_server(workers=workers) as (base, _),
             ClientSession() as session,
             whep(session, base, "cam1") as viewer,
         ):
@@ -118,9 +123,9 @@ def test_whep_viewer_gets_coloured_frames_and_matching_metadata() -> None:
             await wait_for(messages)
             assert {m["stream"] for m in viewer.messages} == {"cam1"}
             assert all(isinstance(m["pts"], int) and "rtp_time" in m for m in viewer.messages)
-            assert all(m["time_base"] == "1/30" for m in viewer.messages)
-            for m in viewer.messages:  # the 90 kHz time is the source's pts, 1/30 s each
-                assert m["rtp_time"] == m["pts"] * 3000
+            (time_base,) = {Fraction(m["time_base"]) for m in viewer.messages}  # the source's: 1/30, 1/15
+            for m in viewer.messages:  # the 90 kHz time is the source's pts in its time base
+                assert m["rtp_time"] == m["pts"] * 90_000 * time_base
             frame_times = [f.pts for f in viewer.frames]
             offsets = Tally((ft - m["rtp_time"]) % (1 << 32) for ft in frame_times for m in viewer.messages)
             _, matched = offsets.most_common(1)[0]
@@ -204,9 +209,12 @@ class PatternTrack(VideoStreamTrack):
         return frame
 
 
-def test_whip_publisher_becomes_a_stream() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_whip_publisher_becomes_a_stream(workers: int) -> None:
+    """With workers, the publisher's peer connection and its stream are on the worker the front chose."""
+
     async def body() -> None:
-        async with live_server(streams=()) as (base, pipeline), ClientSession() as session:
+        async with live_server(streams=(), workers=workers) as (base, _), ClientSession() as session:
             allow_loopback_candidates()
             pc = peer_connection()
             pc.addTransceiver(PatternTrack(), direction="sendonly")
@@ -224,8 +232,10 @@ def test_whip_publisher_becomes_a_stream() -> None:
                     return "cam9" in streams and streams["cam9"]["frames_in"] > 3
 
                 await wait_for(receiving, 20)
-                info = pipeline.info("cam9")
-                assert (info.width, info.height) == (64, 48)
+                async with session.get(f"{base}/api/streams/cam9") as r:
+                    info = await r.json()
+                assert (info["width"], info["height"]) == (64, 48)
+                assert info.get("worker") == (None if workers == 1 else 0)
                 # The published stream is viewable like any other (colorized, over WHEP).
                 async with whep(session, base, "cam9") as viewer:
                     await frames_at_least(viewer, 3)
