@@ -19,11 +19,21 @@ from typing import Any
 
 from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, machine_line, num, safe_name
 from benchmarks.deepfake import report_section as deepfake_section
+from benchmarks.precision import DEFAULT_NAME as PRECISION_NAME
+from benchmarks.precision import report_section as precision_section
 from benchmarks.throughput import report_section as throughput_section
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "RESULTS.md"
 KNOWN = ("quality", "model_speed", "video_speed")
-OPTIONAL = ("video_quality", "temporal_filter_sweep", "hints_curve", "live_latency", "live_soak", "deepfake")
+OPTIONAL = (
+    "video_quality",
+    "temporal_filter_sweep",
+    "hints_curve",
+    "live_latency",
+    "live_soak",
+    PRECISION_NAME,
+    "deepfake",
+)
 """Sections shown only when their JSON exists (no placeholder when absent)."""
 
 
@@ -615,6 +625,7 @@ def render(results_dir: Path, out: Path) -> str:
         "hints_curve": hints_section,
         "live_latency": live_latency_section,
         "live_soak": live_soak_section,
+        PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,
     }
     for name in OPTIONAL:
