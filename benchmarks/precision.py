@@ -276,7 +276,9 @@ def report_section(data: dict[str, Any]) -> list[str]:
         f"{(models[0].get('quality') or {}).get('size', '?') if models else '?'}, near-grey pictures left "
         "out; video: the held-out DAVIS sequences with memory. Speed: one stream's frame through a session "
         f"(memory carried, hints set), at serve's working shape for a 640x480 camera ({shape}) and at "
-        "256x256, in rounds alternating between the models. Acceptable: PSNR at most "
+        "256x256, in rounds alternating between the models. Files other than the shipped ones go by their "
+        "file name (e.g. the float graph an INT8 copy was quantized from, pads folded, written by "
+        "`python -m chromastream.models.colorizer.quantize --float-output`). Acceptable: PSNR at most "
         f"{num(tol.get('psnr_drop_db'), 1)} dB below the reference and ΔCF at most "
         f"{num(tol.get('dcf_rise'), 1)} above.",
         "",
