@@ -13,7 +13,7 @@ held-out training photographs at 192x256, a third with hints):
 - Kept in float32:
   - the input conversion (a gamma curve), the stem convolution and the first inverted-residual block:
     they see the lightness itself and their rounding reaches every later layer; keeping them float took
-    the error from 0.91 to 0.62 Lab units for well under a millisecond;
+    the error from 0.91 to 0.62 Lab units for 0.1 ms of a 10 ms call;
   - the ConvGRU, and ``dec16``, which reads the concatenation of features and state: one activation scale
     for both crushed the state's [-1, 1] under the features' range, and the colours lost a third of their
     chroma (error 3.6 Lab units); the state also feeds back frame after frame, so it is never rounded;
@@ -23,8 +23,9 @@ held-out training photographs at 192x256, a third with hints):
 - Before quantizing, each constant zero ``Pad`` in front of a convolution (the encoder's TensorFlow
   "SAME" padding, 18 of them) is folded into that convolution's own ``pads`` (:func:`fold_pads`, exact).
   ONNX Runtime 1.32 leaves these ``Pad`` nodes in place, each one a copy of a whole feature map: in a
-  profile at 192x256 they took 3.9 of 27 ms. The fold speeds up the float graph as much as INT8 does, so
-  ``--float-output`` keeps the folded float graph for a comparison that tells the two gains apart.
+  profile at 192x256 they took 3.9 of 27 ms. The fold alone makes the float graph 1.47x faster, INT8 on
+  top of it 1.28x (``benchmarks/results/int8_vs_fp32.json``); ``--float-output`` keeps the folded float
+  graph, so a comparison can tell the two gains apart.
 
 Calibration (``--frames``, default 32) uses training data only, never ``eval/`` folders nor the held-out
 DAVIS sequences (:data:`chromastream.models.colorizer.spec.DAVIS_EVAL_SEQUENCES`): half the frames are
