@@ -143,6 +143,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.live_latency
 	$(BIN)/python -m benchmarks.serve_throughput
 	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.precision --live-streams 1 2
 	$(BIN)/python -m benchmarks.deepfake
 	$(BIN)/python -m benchmarks.report
 

@@ -43,8 +43,8 @@ import numpy as np
 
 from benchmarks.common import (
     BenchmarkError,
+    add_model_arg,
     add_output_args,
-    default_model_path,
     fail,
     machine_tags,
     model_tags,
@@ -515,7 +515,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     from chromastream.models.runtime.registry import create_backend
 
-    model_path = default_model_path()
+    model_path: Path = args.model
     model = create_backend("auto", model_path)
     limit = PassThroughBackend(model.info)
     warmup = 1.0 if args.quick else 3.0
@@ -593,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure one face stream without and with the deepfake sampler",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per row")
+    add_model_arg(parser)
     add_output_args(parser, "live_latency.json and live_soak.json", shared=False)
     return parser
 

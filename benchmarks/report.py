@@ -19,6 +19,8 @@ from typing import Any
 
 from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, machine_line, num, safe_name
 from benchmarks.deepfake import report_section as deepfake_section
+from benchmarks.precision import DEFAULT_NAME as PRECISION_NAME
+from benchmarks.precision import report_section as precision_section
 from benchmarks.serve_throughput import report_section as serve_throughput_section
 from benchmarks.throughput import report_section as throughput_section
 
@@ -31,6 +33,7 @@ OPTIONAL = (
     "live_latency",
     "live_soak",
     "serve_throughput",
+    PRECISION_NAME,
     "deepfake",
 )
 """Sections shown only when their JSON exists (no placeholder when absent)."""
@@ -625,6 +628,7 @@ def render(results_dir: Path, out: Path) -> str:
         "live_latency": live_latency_section,
         "live_soak": live_soak_section,
         "serve_throughput": serve_throughput_section,
+        PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,
     }
     for name in OPTIONAL:

@@ -41,6 +41,8 @@ class ModelInfo:
     size_multiple: int = spec.SIZE_MULTIPLE
     state_channels: int = spec.STATE_CHANNELS
     state_stride: int = spec.STATE_STRIDE
+    precision: str = "fp32"
+    """How the file stores its weights: ``fp32``, ``fp16`` (a TensorRT build input) or ``int8`` (QDQ)."""
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> ModelInfo:
@@ -54,6 +56,7 @@ class ModelInfo:
             size_multiple=int(get("size_multiple", str(spec.SIZE_MULTIPLE))),
             state_channels=int(get("state_channels", str(spec.STATE_CHANNELS))),
             state_stride=int(get("state_stride", str(spec.STATE_STRIDE))),
+            precision=get("precision", "fp32"),
         )
 
     def state_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:

@@ -6,6 +6,10 @@ waiting burn exactly the cycles those stages need. Measured on 2 cores with othe
 352x256 frame took a median 97 ms and 67 ms of CPU without spinning against 163 ms and 80 ms with it.
 ``spin=True`` restores the default for a machine that does nothing else.
 
+The INT8 colorizer (:mod:`chromastream.models.colorizer.quantize`) loads here like the float one: its
+QDQ graph keeps float32 inputs and outputs, and the full graph optimization fuses each
+DequantizeLinear -> operator -> QuantizeLinear group into an integer kernel when the session is created.
+
 ONNX Runtime's own logger prints straight to the terminal, in colour; at its default level an FP16 model
 makes it warn on every start about nodes its optimizer cannot fold, which says nothing about the user's
 input. Sessions therefore log errors only, unless this package logs at DEBUG (``chromastream --verbose``).
