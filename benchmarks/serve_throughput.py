@@ -254,10 +254,18 @@ class _DroppingDecoder:
         return []
 
 
-def _skip_decoding() -> None:
+@contextlib.contextmanager
+def _skip_decoding() -> Iterator[None]:
+    """The benchmark's viewers skip decoding while it runs; aiortc's own decoders come back after, so a
+    process that goes on (a test run) still decodes video."""
     import aiortc.rtcrtpreceiver
 
+    original = aiortc.rtcrtpreceiver.get_decoder
     aiortc.rtcrtpreceiver.get_decoder = lambda codec: _DroppingDecoder()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        aiortc.rtcrtpreceiver.get_decoder = original
 
 
 @contextlib.asynccontextmanager
@@ -469,9 +477,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_definition": LATENCY_DEFINITION,
     }
     del backend
-    _skip_decoding()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="serve-throughput-clips-") as clips:
+    with _skip_decoding(), tempfile.TemporaryDirectory(prefix="serve-throughput-clips-") as clips:
         for res in plan.resolutions:
             clip = make_clip(res, Path(clips))
             for mode in plan.modes:
