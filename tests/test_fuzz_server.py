@@ -323,6 +323,7 @@ async def fuzz_run(base: str, statuses: Counter[Any]) -> None:
 def test_a_fuzzed_server_stays_up_answers_4xx_and_keeps_streaming(server: Server) -> None:
     print(f"fuzz seed {SEED} (CHROMASTREAM_FUZZ_SEED={SEED} repeats this run)")
     statuses: Counter[Any] = Counter()
+    health_s: list[float] = []
 
     async def run() -> tuple[int, int, int, dict[str, Any]]:
         async with aiohttp.ClientSession() as session:
@@ -330,7 +331,14 @@ def test_a_fuzzed_server_stays_up_answers_4xx_and_keeps_streaming(server: Server
             while (before := await frames_out(session, server.base)) < 3:  # the stream is up
                 assert time.monotonic() < deadline, "the stream produced no frames"
                 await asyncio.sleep(0.2)
-            await fuzz_run(server.base, statuses)
+            fuzzing = asyncio.create_task(fuzz_run(server.base, statuses))
+            while not fuzzing.done():  # a health probe's answer time, all through the fuzz
+                started = time.perf_counter()
+                async with session.get(f"{server.base}/healthz") as response:
+                    await response.read()
+                health_s.append(time.perf_counter() - started)
+                await asyncio.sleep(0.005)
+            await fuzzing
             during = await frames_out(session, server.base)
             await asyncio.sleep(1.5)
             after = await frames_out(session, server.base)
@@ -345,6 +353,10 @@ def test_a_fuzzed_server_stays_up_answers_4xx_and_keeps_streaming(server: Server
     assert all(status < 500 for status in answered), answered
     assert server.process.poll() is None, "the server process died"
     assert health["ok"] is True
+    health_s.sort()
+    p99 = health_s[int(0.99 * (len(health_s) - 1))]
+    print(f"/healthz during the fuzz: {len(health_s)} probes, p99 {p99 * 1000:.1f} ms")
+    assert len(health_s) >= 5 and p99 <= 0.1, f"/healthz p99 {p99 * 1000:.0f} ms during the fuzz"
     assert during > before and after > during, (before, during, after)  # frames kept flowing
     log = server.log.read_text()
     assert "Traceback" not in log, log[-4000:]
