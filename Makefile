@@ -18,7 +18,7 @@ test: $(VENV)/.dev $(VENV)/.triton system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs
 
 ## system-deps: Debian packages the integration tests use (GStreamer RTSP server, Chromium); only what is missing
 SYSTEM_PACKAGES := gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-rtsp gstreamer1.0-plugins-base \

@@ -63,7 +63,7 @@ from prometheus_client import CollectorRegistry
 
 from chromastream.errors import ChromastreamError
 from chromastream.kernels.frame_ops import FrameOps, frame_ops_for
-from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError
+from chromastream.models.colorizer.hints import Hint, checked_hints
 from chromastream.models.runtime.base import F32, Backend
 from chromastream.models.runtime.session import working_shape
 from chromastream.models.runtime.stream_memory import StreamMemory
@@ -533,14 +533,7 @@ class Pipeline:
     def set_hints(self, stream_id: str, hints: Sequence[Hint]) -> None:
         """Replace the stream's hints from its next frame on; they persist across resets and reconnects
         (a fixed camera keeps its known colours)."""
-        stream = self._get(stream_id)
-        hints = tuple(hints)
-        if len(hints) > MAX_HINTS:
-            raise HintError(f"too many hints: {len(hints)} (at most {MAX_HINTS})")
-        for hint in hints:
-            if not isinstance(hint, Hint):
-                raise HintError(f"expected Hint objects, got {type(hint).__name__}")
-        stream.hints = hints
+        self._get(stream_id).hints = checked_hints(hints)
 
     def add_hint(self, stream_id: str, hint: Hint) -> None:
         self.set_hints(stream_id, (*self._get(stream_id).hints, hint))

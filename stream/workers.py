@@ -63,7 +63,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from chromastream.errors import ChromastreamError
-from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError
+from chromastream.models.colorizer.hints import Hint, checked_hints
 from chromastream.stream.config import ServeConfig, SourcesConfig, StreamConfig
 from chromastream.stream.pipeline import DuplicateStream, PipelineClosed, StreamInfo, UnknownStream
 from chromastream.stream.source_policy import KNOWN_SCHEMES
@@ -647,13 +647,7 @@ class WorkerPool:
     def set_hints(self, stream_id: str, hints: Sequence[Hint]) -> None:
         """Replace the stream's hints here and push them to its worker (checked as the pipeline checks)."""
         placement = self._get(stream_id)
-        hints = tuple(hints)
-        if len(hints) > MAX_HINTS:
-            raise HintError(f"too many hints: {len(hints)} (at most {MAX_HINTS})")
-        for hint in hints:
-            if not isinstance(hint, Hint):
-                raise HintError(f"expected Hint objects, got {type(hint).__name__}")
-        placement.hints = hints
+        placement.hints = checked_hints(hints)
         self._push_hints(placement)
 
     def add_hint(self, stream_id: str, hint: Hint) -> None:

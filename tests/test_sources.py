@@ -222,7 +222,7 @@ def test_file_source_loop_resets_and_keeps_pts_increasing(tmp_path: Path) -> Non
     async def main() -> list[Any]:
         events = await take(source, 34)
         await source.close()
-        assert source._thread is not None and not source._thread.is_alive()  # stopped, not still looping
+        assert source._worker_thread is not None and not source._worker_thread.is_alive()  # stopped, not still looping
         return events
 
     events = run(main())
@@ -281,7 +281,7 @@ def test_file_source_close_mid_stream_ends_cleanly(tmp_path: Path) -> None:
     events, closing = run(main())
     assert len(frames_of(events)) == 3 and isinstance(events[-1], EndOfStream)
     assert closing < 0.5
-    assert source._thread is not None and not source._thread.is_alive()
+    assert source._worker_thread is not None and not source._worker_thread.is_alive()
 
 
 def test_file_source_errors(tmp_path: Path) -> None:

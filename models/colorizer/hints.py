@@ -103,6 +103,17 @@ def parse_hint(obj: Any, where: str = "hint") -> Hint:
     return Hint(x, y, a, b, radius)
 
 
+def checked_hints(hints: Sequence[Hint]) -> tuple[Hint, ...]:
+    """``hints`` as the tuple a stream keeps: at most :data:`MAX_HINTS`, each a parsed :class:`Hint`."""
+    hints = tuple(hints)
+    if len(hints) > MAX_HINTS:
+        raise HintError(f"too many hints: {len(hints)} (at most {MAX_HINTS})")
+    for hint in hints:
+        if not isinstance(hint, Hint):
+            raise HintError(f"expected Hint objects, got {type(hint).__name__}")
+    return hints
+
+
 def parse_hints(obj: Any) -> list[Hint]:
     """A list of hints, or ``{"hints": [...]}``."""
     if isinstance(obj, dict) and "hints" in obj:

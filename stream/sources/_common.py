@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -242,6 +242,7 @@ class ThreadedSource:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._iterated = False
+        self._worker_thread: threading.Thread | None = None
 
     async def events(self) -> AsyncIterator[SourceEvent]:
         if self._iterated:
@@ -263,10 +264,17 @@ class ThreadedSource:
         """Start producing (called once, on the loop, by the first ``events()``)."""
         raise NotImplementedError
 
+    def _start_worker(self, kind: str, target: Callable[[], None]) -> None:
+        """Run ``target`` in the source's one worker thread, which :meth:`close` waits for."""
+        self._worker_thread = threading.Thread(target=target, name=f"{kind}-{self.stream_id}", daemon=True)
+        self._worker_thread.start()
+
     async def close(self) -> None:
-        """Stop now: events not yet taken are discarded and the consumer gets :class:`EndOfStream` next."""
+        """Stop now: events not yet taken are discarded and the consumer gets :class:`EndOfStream` next.
+        The worker thread, if any, gets :attr:`close_grace` to finish."""
         self._stop.set()
         self._handover.close(EndOfStream(self.stream_id))
+        await self._join(self._worker_thread, self.close_grace)
 
     async def _end_with(self, error: BaseException) -> None:
         """On the loop: end the stream with ``error``, raised from ``events()`` once every event handed

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -67,7 +66,6 @@ class FileSource(ThreadedSource):
         self.realtime = realtime
         self.live = realtime
         super().__init__(stream_id, DropPolicy.DROP_OLDEST if realtime else DropPolicy.WAIT)
-        self._thread: threading.Thread | None = None
         self._index = 0
 
     def __repr__(self) -> str:
@@ -76,12 +74,7 @@ class FileSource(ThreadedSource):
         )
 
     def _begin(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"file-{self.stream_id}", daemon=True)
-        self._thread.start()
-
-    async def close(self) -> None:
-        await super().close()
-        await self._join(self._thread, self.close_grace)
+        self._start_worker("file", self._run)
 
     def _run(self) -> None:
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from fractions import Fraction
 
@@ -74,7 +73,6 @@ class SyntheticSource(ThreadedSource):
         self.width, self.height = width & ~1, height & ~1
         self.rate = Fraction(fps).limit_denominator(1001)
         self.pattern = pattern
-        self._thread: threading.Thread | None = None
         # Row r of the gradient is the row of levels that starts at column (r // 2 + shift) % period: a
         # frame is one copy of rows of uint8, not int32 arithmetic over every pixel (8192x8192 would
         # take a second and three quarters of a gigabyte of temporaries).
@@ -88,12 +86,7 @@ class SyntheticSource(ThreadedSource):
         return f"SyntheticSource({self.stream_id!r}, {self.width}x{self.height}@{float(self.rate):g}fps)"
 
     def _begin(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"synthetic-{self.stream_id}", daemon=True)
-        self._thread.start()
-
-    async def close(self) -> None:
-        await super().close()
-        await self._join(self._thread, self.close_grace)
+        self._start_worker("synthetic", self._run)
 
     def _run(self) -> None:
         try:
