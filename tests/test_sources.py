@@ -222,7 +222,8 @@ def test_file_source_loop_resets_and_keeps_pts_increasing(tmp_path: Path) -> Non
     async def main() -> list[Any]:
         events = await take(source, 34)
         await source.close()
-        assert source._worker_thread is not None and not source._worker_thread.is_alive()  # stopped, not still looping
+        worker = source._worker_thread
+        assert worker is not None and not worker.is_alive()  # stopped, not still looping
         return events
 
     events = run(main())
