@@ -20,10 +20,10 @@ test: $(VENV)/.dev $(VENV)/.triton system-deps
 	$(BIN)/mypy
 	$(BIN)/pytest -q -rs
 
-## system-deps: Debian packages the integration tests use (GStreamer RTSP server, Chromium); only what is missing
+## system-deps: Debian packages the integration tests use (GStreamer RTSP server, Chromium, Mosquitto); only what is missing
 SYSTEM_PACKAGES := gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-rtsp gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
-	chromium chromium-driver
+	chromium chromium-driver mosquitto
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -62,7 +62,7 @@ TRITON ?= triton==3.8.0
 
 $(VENV)/.dev: $(VENV)/.core
 	$(BIN)/pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH)' -c $(CONSTRAINTS)
-	$(BIN)/pip install -q -e '.[train,bench,dev]' -c $(CONSTRAINTS)
+	$(BIN)/pip install -q -e '.[train,bench,dev,cluster]' -c $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.triton: $(VENV)/.dev
@@ -77,7 +77,7 @@ lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q --upgrade pip
 	$(LOCK_VENV)/bin/pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH)'
-	$(LOCK_VENV)/bin/pip install -q -e '.[train,bench,dev]' '$(TRITON)'
+	$(LOCK_VENV)/bin/pip install -q -e '.[train,bench,dev,cluster]' '$(TRITON)'
 	{ sed -n '/^#/p' $(CONSTRAINTS); \
 	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | grep -v -e '^#' -e '^-e ' -e '^chromastream==' \
 	    | sed -E 's/^([^=]+==[^+]+)[+].*$$/\1/'; } > $(CONSTRAINTS).new
