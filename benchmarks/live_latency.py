@@ -54,6 +54,7 @@ from benchmarks.common import (
 )
 from chromastream.errors import ChromastreamError
 from chromastream.stream.config import PipelineConfig
+from chromastream.stream.passthrough import PassThroughBackend
 
 WIDTH, HEIGHT, FPS = 640, 480, 25.0
 LIMIT_DEFINITION = (
@@ -115,20 +116,6 @@ def cpu_seconds() -> float:
     """User + system CPU time of every thread of this process (ONNX Runtime and encoder threads too)."""
     t = os.times()
     return t.user + t.system
-
-
-class PassThroughBackend:
-    """The limit's backend: the real model's :class:`ModelInfo` (same working shape, same state size) but
-    no network: zero ``ab`` and the state handed back unchanged, so everything around the model is kept."""
-
-    name = "pass-through"
-
-    def __init__(self, info: Any) -> None:
-        self.info = info
-
-    def run(self, L: Any, hints: Any, state: Any) -> tuple[Any, Any]:
-        batch, _, height, width = L.shape
-        return np.zeros((batch, 2, height, width), dtype=np.float32), state
 
 
 class _TimedSubscription:
@@ -517,7 +504,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any]
 
     model_path: Path = args.model
     model = create_backend("auto", model_path)
-    limit = PassThroughBackend(model.info)
+    limit = PassThroughBackend(model.info)  # the same backend as `pipeline.backend: pass-through`
     warmup = 1.0 if args.quick else 3.0
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 30.0)
     specs: list[tuple[RunSpec, Any]] = []
