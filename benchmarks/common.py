@@ -381,6 +381,28 @@ def eval_set_dirs(shared: Path, sets: list[str]) -> dict[str, Path]:
     return {s: root / s for s in sets}
 
 
+def image_session(args: argparse.Namespace, benchmark: str) -> tuple[Any, dict[str, Path], dict[str, Any]]:
+    """What every still-picture benchmark opens with: the ``--model`` checked, the evaluation folders of
+    ``--sets`` found, a memory-off :class:`ColorizerSession` on ``--backend`` at ``--size``, and the head of
+    its JSON (name, date, model, size, limit, machine). One place, so the picture benchmarks cannot drift
+    apart in how they load the model or tag their results."""
+    from chromastream.models.runtime.registry import create_backend
+    from chromastream.models.runtime.session import ColorizerSession
+
+    require_model_file(args.model)
+    set_dirs = eval_set_dirs(args.shared, args.sets)
+    backend = create_backend(args.backend, args.model)
+    head = {
+        "benchmark": benchmark,
+        "date": now_iso(),
+        "model": model_tags(args.model, backend.info.version, backend.name),
+        "size": args.size,
+        "limit": args.limit,
+        "machine": machine_tags(),
+    }
+    return ColorizerSession(backend, size=args.size, memory=False), set_dirs, head
+
+
 def run_and_write(
     name: str | Callable[[dict[str, Any]], str],
     out_dir: Path,

@@ -40,12 +40,8 @@ from benchmarks import metrics
 from benchmarks.common import (
     add_model_args,
     add_output_args,
-    eval_set_dirs,
     fail,
-    machine_tags,
-    model_tags,
-    now_iso,
-    require_model_file,
+    image_session,
     run_and_write,
 )
 from benchmarks.metrics import F64, U8
@@ -199,19 +195,9 @@ def print_summary(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from chromastream.models.runtime.registry import create_backend
-    from chromastream.models.runtime.session import ColorizerSession
-
-    require_model_file(args.model)
-    set_dirs = eval_set_dirs(args.shared, args.sets)
-    backend = create_backend(args.backend, args.model)
-    session = ColorizerSession(backend, size=args.size, memory=False)
+    session, set_dirs, head = image_session(args, "hints_curve")
     result: dict[str, Any] = {
-        "benchmark": "hints_curve",
-        "date": now_iso(),
-        "model": model_tags(args.model, backend.info.version, backend.name),
-        "size": args.size,
-        "limit": args.limit,
+        **head,
         "seed": args.seed,
         "counts": args.counts,
         "hint_radius_px": HINT_RADIUS_PX,
@@ -223,7 +209,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "PSNR(0) per picture, averaged"
         ),
         "targets_gain_db": {str(n): t for n, t in TARGETS_DB.items()},
-        "machine": machine_tags(),
         "sets": {},
     }
     started = time.perf_counter()

@@ -32,12 +32,8 @@ from benchmarks import metrics
 from benchmarks.common import (
     add_model_args,
     add_output_args,
-    eval_set_dirs,
     fail,
-    machine_tags,
-    model_tags,
-    now_iso,
-    require_model_file,
+    image_session,
     run_and_write,
 )
 from benchmarks.metrics import U8
@@ -228,25 +224,14 @@ def print_summary(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from chromastream.models.runtime.registry import create_backend
-    from chromastream.models.runtime.session import ColorizerSession
-
-    require_model_file(args.model)
-    set_dirs = eval_set_dirs(args.shared, args.sets)
-    backend = create_backend(args.backend, args.model)
-    session = ColorizerSession(backend, size=args.size, memory=False)
+    session, set_dirs, head = image_session(args, "quality")
     result: dict[str, Any] = {
-        "benchmark": "quality",
-        "date": now_iso(),
-        "model": model_tags(args.model, backend.info.version, backend.name),
-        "size": args.size,
-        "limit": args.limit,
+        **head,
         "definition": (
             "grey input = Lab L with a=b=0 (8-bit); PSNR on 8-bit RGB; SSIM per RGB channel, mean "
             "(Gaussian 11x11, sigma 1.5); CF Hasler-Süsstrunk; dCF = |CF(out) - CF(gt)|; "
             "baseline 'gray' = the grey input as output"
         ),
-        "machine": machine_tags(),
         "sets": {},
     }
     started = time.perf_counter()
