@@ -218,7 +218,6 @@ class _Tracked:
         self.frames_out = int(info.get("frames_out", 0))
         self.drops = int(info.get("drops", 0))
         self.reader: asyncio.Task[None] | None = None
-        self.followed = False
 
 
 class MetadataBus:
@@ -411,7 +410,8 @@ class MetadataBus:
                     tracked = self._streams[info["id"]] = _Tracked(info, now)
                 tracked.url = info.get("url")
                 self._publish_status(tracked, str(info.get("state")), info.get("error"))
-                if not tracked.followed and info.get("state") in ("starting", "running", "reconnecting"):
+                unfollowed = tracked.reader is None or tracked.reader.done()  # new, or re-added under its id
+                if unfollowed and info.get("state") in ("starting", "running", "reconnecting"):
                     self._follow(tracked)
                 if now - tracked.since >= SUMMARY_S - POLL_S / 4:  # on the look nearest a second on
                     self._publish_summary(tracked, info, now)
@@ -424,7 +424,6 @@ class MetadataBus:
             subscription = self.pipeline.subscribe(tracked.id, maxsize=FRAME_QUEUE)
         except Exception:  # removed between the snapshot and now: the next look forgets it
             return
-        tracked.followed = True
         tracked.reader = asyncio.get_running_loop().create_task(
             self._read(tracked, subscription), name=f"metadata bus {tracked.id}"
         )
