@@ -263,6 +263,12 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="processes serving the streams, each owning its share end to end: a number, or auto "
         "(default: one per GPU, else one per two cores); 1 serves everything from this process",
     )
+    parser.add_argument(
+        "--metadata-sink",
+        metavar="URL",
+        help="publish stream status, verdicts and per-second summaries to an MQTT broker: "
+        "mqtt://[user:pass@]host[:port][/prefix][?frames=1] (topics: docs/MQTT.md)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
 
@@ -292,6 +298,7 @@ SERVE_FLAGS = {
     "--bitrate": "webrtc.bitrate",
     "--keyframe-interval": "webrtc.keyframe_interval",
     "--workers": "workers",
+    "--metadata-sink": "metadata_sink",
 }
 
 

@@ -424,8 +424,19 @@ class ServeConfig:
     worker's gain measured by ``benchmarks.serve_throughput`` did not clearly repay a second model's
     memory)."""
 
+    metadata_sink: str | None = None
+    """Publish each stream's status, deepfake verdicts and a summary every second to an MQTT broker:
+    ``mqtt://[user:password@]host[:port][/prefix]`` (``mqtts://`` for TLS, port 8883 by default). Options
+    go in the query: ``frames=1`` also publishes every frame's metadata, ``node=NAME`` names this server
+    in topics (default: the host name), ``ca=/path/ca.pem`` is what ``mqtts://`` trusts instead of the
+    system's certificates. Topics and messages are in ``docs/MQTT.md``. A broker that cannot be reached
+    never stops serving: it is logged once and retried in the background. The password is shown as
+    ``***`` in logs."""
+
     def __post_init__(self) -> None:
         _check(bool(self.host), "host", "must be a non-empty address")
+        if self.metadata_sink is not None:
+            _check_sink(self.metadata_sink)
         _check(
             self.workers == "auto"
             or (
@@ -442,6 +453,15 @@ class ServeConfig:
         for i, stream in enumerate(self.streams):
             _check(stream.id not in seen, f"streams[{i}].id", f"duplicate stream id {stream.id!r}")
             seen.add(stream.id)
+
+
+def _check_sink(url: str) -> None:
+    from chromastream.stream.metadata_bus import BusUrlError, parse_sink_url
+
+    try:
+        parse_sink_url(url)
+    except BusUrlError as exc:
+        raise ConfigError(f"metadata_sink: {exc}") from None
 
 
 # --- YAML loading -----------------------------------------------------------------------------------

@@ -248,3 +248,37 @@ class LoopLagMonitor:
             if lag >= self.warn_s and now - self._warned_at >= self.warn_every_s:
                 self._warned_at = now
                 logger.warning("the event loop was blocked for %.2f s: requests and streams waited", lag)
+
+
+# ------------------------------------------------------------------------------------- metadata bus
+
+BUS_KINDS = ("node", "status", "verdict", "summary", "frame")
+"""Kinds of message on the metadata bus (:mod:`chromastream.stream.metadata_bus`)."""
+
+
+class BusMetrics:
+    """How the metadata bus fares: messages sent and dropped by kind, and whether it is connected.
+
+    Only summaries and frames are ever dropped (oldest first, while the broker is slow or away); the
+    states (node, status, verdict) are kept as their latest value and sent on reconnect."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter(
+            "chromastream_bus_messages",
+            "Messages published to the metadata bus (MQTT), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "chromastream_bus_dropped",
+            "Metadata bus messages dropped, oldest first, because the broker was slow or unreachable",
+            ["kind"],
+            registry=registry,
+        )
+        self.connected = Gauge(
+            "chromastream_bus_connected", "1 while connected to the metadata bus's broker", registry=registry
+        )
+        for kind in BUS_KINDS:
+            self.messages.labels(kind)
+        for kind in ("summary", "frame"):
+            self.dropped.labels(kind)

@@ -69,6 +69,7 @@ from chromastream.stream.webrtc import (
 
 if TYPE_CHECKING:
     from chromastream.stream.deepfake import DeepfakeSampler
+    from chromastream.stream.metadata_bus import MetadataBus
     from chromastream.stream.pipeline import Pipeline
 
 logger = logging.getLogger("chromastream.stream.server")
@@ -232,6 +233,7 @@ class _State:
         unknown: tuple[type[BaseException], ...],
         duplicate: tuple[type[BaseException], ...],
         own_pipeline: bool,
+        bus_node_suffix: str = "",
     ) -> None:
         self.pipeline = pipeline
         self.router = pipeline if isinstance(pipeline, StreamRouter) else None
@@ -267,6 +269,12 @@ class _State:
             metrics=stream_metrics.SessionMetrics(self.registry),
         )
         self.registry.register(_ServerCollector(self))
+        self.bus: MetadataBus | None = None
+        if config.metadata_sink is not None and self.router is None:  # who runs the pipeline publishes
+            from chromastream.stream.metadata_bus import MetadataBus, parse_sink_url
+
+            target = parse_sink_url(config.metadata_sink)
+            self.bus = MetadataBus(target, pipeline, self.viewers, self.registry, bus_node_suffix)
 
     async def _add_whip_source(self, stream_id: str, source: WhipSource) -> None:
         cfg = self.stream_config({"id": stream_id, "url": f"whip://{stream_id}"})
@@ -712,6 +720,8 @@ async def _on_startup(app: web.Application) -> None:
     state.loop_lag.start()
     if state.own_pipeline:
         await state.pipeline.start()
+    if state.bus is not None:
+        state.bus.start()
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -725,6 +735,8 @@ async def _on_shutdown(app: web.Application) -> None:
 
 async def _on_cleanup(app: web.Application) -> None:
     state = app[STATE]
+    if state.bus is not None:  # first, so its streams read as stopped rather than removed one by one
+        await state.bus.stop()
     if state.own_pipeline:
         await state.pipeline.stop()
 
@@ -735,6 +747,7 @@ def create_app(
     *,
     stream_config: StreamConfigFactory | None = None,
     own_pipeline: bool = False,
+    bus_node_suffix: str = "",
 ) -> web.Application:
     """The aiohttp application serving ``pipeline``.
 
@@ -743,6 +756,11 @@ def create_app(
     POSTed stream body into the pipeline's stream config (default: :func:`stream_config_from_json`). With
     ``own_pipeline`` the app starts the pipeline on startup and stops it on cleanup, after every peer is
     closed.
+
+    With ``config.metadata_sink`` set, an app whose ``pipeline`` runs the streams itself (not a
+    :class:`StreamRouter`) publishes them to the message bus (:mod:`chromastream.stream.metadata_bus`);
+    ``bus_node_suffix`` tells apart processes of one server publishing under one node name (a worker's
+    ``-w1``).
     """
     config = config or ServeConfig()
     if config.webrtc.ice_loopback:
@@ -761,6 +779,7 @@ def create_app(
         unknown,
         duplicate,
         own_pipeline,
+        bus_node_suffix,
     )
     app.router.add_get("/", index)
     app.router.add_static("/web/", _web_dir(), append_version=False)

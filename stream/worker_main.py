@@ -108,7 +108,9 @@ async def _serve(spec: WorkerSpec) -> None:
     if parent is not None:  # readable once the front has exited, however it exited
         loop.add_reader(parent.sentinel, stop.set)
     pipeline, sampler = pipeline_for(spec.config)
-    app = create_app(pipeline, spec.config, stream_config=from_wire, own_pipeline=True)
+    app = create_app(
+        pipeline, spec.config, stream_config=from_wire, own_pipeline=True, bus_node_suffix=f"-w{spec.index}"
+    )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
