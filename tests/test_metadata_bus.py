@@ -31,6 +31,7 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 
+from chromastream.models.shared_data import shared_root
 from chromastream.stream.cli import main
 from chromastream.stream.config import ConfigError, parse_config
 from chromastream.stream.metadata_bus import parse_sink_url
@@ -40,6 +41,8 @@ SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 CAMERA = "synthetic:?width=96&height=64&fps=15"
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 LABELS = ("off", "real", "uncertain", "fake", "no_face")
+FACE_CLIP = shared_root() / "data" / "faces" / "dfdc" / "dfdc_train_part_0" / "brtujopkby.mp4"
+"""A DFDC clip with one face in view (a fake, per the set's labels), for the detector's own verdict."""
 
 pytestmark = pytest.mark.skipif(not MOSQUITTO.exists(), reason="Mosquitto is not installed (/usr/sbin)")
 
@@ -279,6 +282,53 @@ def test_streams_are_published_up_summarised_and_down(
     finally:
         server.close()
     assert bus_warnings(server.stderr()) == []
+
+
+@pytest.mark.skipif(not FACE_CLIP.is_file(), reason=f"DFDC face clip not found at {FACE_CLIP}")
+def test_the_detectors_own_verdict_on_a_face_reaches_the_bus(
+    tmp_path: Path, broker: Broker, schemas: dict[str, dict[str, Any]]
+) -> None:
+    """With the detector on and a face in view, the verdict topic carries the detector's verdict (not
+    ``off`` or ``no_face``) with its probability, and the summaries repeat it."""
+    prefix = f"face-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "pipeline": {"backend": "pass-through", "detector_rate": 4},
+                "metadata_sink": f"mqtt://127.0.0.1:{broker.port}/{prefix}",
+                "streams": [{"id": "face", "url": FACE_CLIP.as_uri(), "loop": True}],
+            }
+        )
+    )
+    server = Served(tmp_path, "--config", str(config))
+
+    async def body() -> None:
+        async with Listener(broker.port, prefix) as bus:
+            judged = await bus.until(
+                lambda: [
+                    m for m in bus.of("verdict", "face") if m.body["verdict"] in ("real", "uncertain", "fake")
+                ],
+                "a verdict on the face",
+                timeout=40,
+            )
+            verdict = judged[0].body
+            assert 0.0 <= verdict["probability"] <= 1.0 and verdict["faces"] >= 1
+            await bus.until(
+                lambda: [m for m in bus.of("summary", "face") if m.body["verdict"] == verdict["verdict"]],
+                "a summary with that verdict",
+            )
+            async with Listener(broker.port, prefix) as late:  # and it is retained for a late subscriber
+                kept = await late.until(
+                    lambda: [m for m in late.of("verdict", "face") if m.retain], "a retained verdict"
+                )
+                assert kept[-1].body["verdict"] in ("real", "uncertain", "fake")
+            valid(schemas, bus.messages)
+
+    try:
+        asyncio.run(asyncio.wait_for(body(), 60))
+    finally:
+        server.close()
 
 
 def test_a_broker_that_is_away_never_stops_serving_and_a_killed_server_reads_offline(
