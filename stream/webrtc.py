@@ -29,6 +29,15 @@ What sharing gives up, and how each gap is closed without patching aiortc:
 
 Viewers per stream stay capped (``max_viewers``): packetization, SRTP and sending are still per viewer.
 
+Encode only while watched
+-------------------------
+A stream nobody watches is not encoded for WebRTC at all: its :class:`StreamEncoder` subscribes to the
+pipeline when its first viewer's track is made (while the offer is answered) and closes that subscription,
+its task and its codec context when the last viewer's track stops (``DELETE``, or the session's end when the
+peer goes away, see below). Colorization, metadata and the detector go on regardless. Each encoded frame is
+counted in ``chromastream_webrtc_encoded_frames_total{stream,codec}`` and its CPU time in
+``chromastream_webrtc_encode_cpu_seconds`` (:class:`~chromastream.stream.metrics.EncoderMetrics`).
+
 While the input is down
 -----------------------
 A camera that reboots stops the stream's frames for seconds; a browser would freeze on the last picture
@@ -102,7 +111,7 @@ from aiortc.sdp import SessionDescription
 from chromastream.errors import ChromastreamError
 from chromastream.stream.av_glue import to_video_frame
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
-from chromastream.stream.metrics import SessionMetrics
+from chromastream.stream.metrics import EncoderMetrics, SessionMetrics
 from chromastream.stream.sources._common import frame_luma
 
 logger = logging.getLogger("chromastream.stream.webrtc")
@@ -402,6 +411,7 @@ class StreamEncoder:
         keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
         on_idle: Callable[[StreamEncoder], None] | None = None,
         on_end: Callable[[StreamEncoder], None] | None = None,
+        metrics: EncoderMetrics | None = None,
     ) -> None:
         if codec not in CODECS:
             raise WebRTCError(f"unsupported codec {codec!r}")
@@ -414,6 +424,7 @@ class StreamEncoder:
         self._keyframe_interval = keyframe_interval
         self._on_idle = on_idle
         self._on_end = on_end
+        self._metrics = metrics
         self.ended = False
         self._queues: set[_ViewerQueue] = set()
         self._context: av.VideoCodecContext | None = None
@@ -536,7 +547,9 @@ class StreamEncoder:
         then hand the packet to every viewer."""
         force = self._force_keyframe or self._since_keyframe + 1 >= self._keyframe_interval
         self._force_keyframe = False
-        packet = await loop.run_in_executor(None, self._encode_picture, picture, force)
+        packet, cpu_s = await loop.run_in_executor(None, self._encode_picture, picture, force)
+        if self._metrics is not None:
+            self._metrics.count(self.stream_id, self.codec, cpu_s)
         if packet is None:
             return
         packet.pts = rtp_time
@@ -563,8 +576,13 @@ class StreamEncoder:
         self._last_rtp = ts
         return ts
 
-    def _encode_picture(self, picture: Callable[[], av.VideoFrame], keyframe: bool) -> av.Packet[Any] | None:
-        return self._encode(picture(), keyframe)
+    def _encode_picture(
+        self, picture: Callable[[], av.VideoFrame], keyframe: bool
+    ) -> tuple[av.Packet[Any] | None, float]:
+        """Runs in an executor: the picture made and encoded, with the CPU time this thread spent on both."""
+        start = time.thread_time()
+        packet = self._encode(picture(), keyframe)
+        return packet, time.thread_time() - start
 
     def _encode(self, video: av.VideoFrame, keyframe: bool) -> av.Packet[Any] | None:
         """Runs in an executor: one frame in, at most one packet out (no lag, no B-frames)."""
@@ -760,7 +778,8 @@ class WebRTCHub:
     ``add_source`` is how a publisher's stream enters the pipeline (the server passes a function that
     builds the stream's config and calls ``pipeline.add_stream``); ``remove_source`` takes it out again.
     Sessions that do not connect within ``connect_timeout`` seconds or lose their transport (see the
-    module docstring) are closed by the hub itself; ``metrics`` counts every session opened and closed.
+    module docstring) are closed by the hub itself; ``metrics`` counts every session opened and closed, and
+    ``encoder_metrics`` every frame encoded and its CPU time.
     """
 
     def __init__(
@@ -775,6 +794,7 @@ class WebRTCHub:
         connect_timeout: float = CONNECT_TIMEOUT_S,
         disconnect_grace: float = DISCONNECT_GRACE_S,
         metrics: SessionMetrics | None = None,
+        encoder_metrics: EncoderMetrics | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self._feed = feed
@@ -784,6 +804,7 @@ class WebRTCHub:
         self.connect_timeout = connect_timeout
         self.disconnect_grace = disconnect_grace
         self._metrics = metrics
+        self._encoder_metrics = encoder_metrics
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
         self._on_change = on_change
@@ -844,6 +865,7 @@ class WebRTCHub:
                 keyframe_interval=self._keyframe_interval,
                 on_idle=self._forget_encoder,
                 on_end=self._encoder_ended,
+                metrics=self._encoder_metrics,
             )
             self._encoders[key] = encoder
         return encoder
@@ -855,6 +877,8 @@ class WebRTCHub:
 
     def _encoder_ended(self, encoder: StreamEncoder) -> None:
         """The stream ended or was removed: hang up its viewers rather than leave them on a still picture."""
+        if self._encoder_metrics is not None:
+            self._encoder_metrics.forget(encoder.stream_id, encoder.codec)
         if not self._closing:
             task = asyncio.get_running_loop().create_task(
                 self.close_viewers_of(encoder.stream_id, "stream_ended")
