@@ -17,10 +17,20 @@ viewers. The checks: the limit with two workers at least 1.7 times that with one
 frames per second with two workers not below one worker's. The load average at start and end is
 recorded: the development machines share two cores with other jobs.
 
+The encode-cost study (``--encode-cost``) runs four 640x480 streams watched by one viewer and then by four
+(``--viewers K`` puts viewers on the first K streams only; a stream nobody watches is colorized but not
+encoded), colorizer and limit, one worker, and sets the server's CPU-seconds per second side by side. Every
+row also gets a capacity table: CPU ms per frame of each stage from the server's own
+``chromastream_stage_cpu_seconds`` and ``chromastream_webrtc_encode_cpu_seconds`` (thread CPU time, read
+from ``/metrics`` before and after the window), the rest of the server's CPU from ``/proc``, the streams
+they predict, and the streams and frames the row actually held (:data:`CAPACITY_DEFINITION`).
+
     python -m benchmarks.serve_throughput              # a few minutes on 2 cores
     python -m benchmarks.serve_throughput --quick      # smoke run: seconds
+    python -m benchmarks.serve_throughput --encode-cost    # about 2 minutes
 
-Writes ``serve_throughput.json``; ``python -m benchmarks.report`` puts it into RESULTS.md.
+Writes ``serve_throughput.json`` (``serve_encode_cost.json`` with ``--encode-cost``);
+``python -m benchmarks.report`` puts them into RESULTS.md.
 """
 
 from __future__ import annotations
@@ -592,7 +602,14 @@ def summarize(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
 
 
 def encode_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per run (mode, workers): the fewest against the most viewers, the server's CPU beside each other."""
+    """Per run (mode, workers): the fewest against the most viewers, the server's CPU beside each other,
+    and what one colorized frame and one encoded frame cost.
+
+    The server's CPU-seconds of a row are split as ``a * frames_out + b * frames_encoded``; the two rows
+    give ``a`` (CPU ms of a frame colorized and published, not encoded) and ``b`` (CPU ms an encoded frame
+    adds: the encode, and the packetization, SRTP and sending to its viewer). Unlike the difference of
+    the cores busy, this holds when the server is saturated and the two rows put out different numbers
+    of frames."""
     out = []
     for key in sorted({(r["resolution"], r["mode"], r["workers"]) for r in rows}):
         same = sorted(
@@ -601,8 +618,18 @@ def encode_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(same) < 2 or same[0]["viewers"] == same[-1]["viewers"]:
             continue
         few, many = same[0], same[-1]
-        extra = many["viewers"] - few["viewers"]
-        delta = many["server_cores_busy"] - few["server_cores_busy"]
+        frames = [r["stage_cpu"].get("frames_out", 0.0) for r in (few, many)]
+        encoded = [r["stage_cpu"].get("encoded", 0.0) for r in (few, many)]
+        cpu = [r["server_cpu_s"] for r in (few, many)]
+        det = frames[0] * encoded[1] - frames[1] * encoded[0]
+        colorized_ms = encoded_ms = None
+        if abs(det) > 1e-9:
+            colorized_ms = (cpu[0] * encoded[1] - cpu[1] * encoded[0]) / det * 1000.0
+            encoded_ms = (frames[0] * cpu[1] - frames[1] * cpu[0]) / det * 1000.0
+        encoder_ms = [
+            r["stage_cpu"].get("encode_cpu_s", 0.0) / n * 1000.0 if n else None
+            for r, n in zip((few, many), encoded, strict=True)
+        ]
         out.append(
             {
                 "resolution": key[0],
@@ -611,17 +638,19 @@ def encode_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "streams": many["streams"],
                 "viewers": [few["viewers"], many["viewers"]],
                 "server_cores_busy": [few["server_cores_busy"], many["server_cores_busy"]],
-                "encoded_fps": [
-                    few["stage_cpu"].get("encoded", 0.0) / few["seconds"],
-                    many["stage_cpu"].get("encoded", 0.0) / many["seconds"],
+                "fps_out_total": [few["fps_out_total"], many["fps_out_total"]],
+                "encoded_fps": [e / r["seconds"] for e, r in zip(encoded, (few, many), strict=True)],
+                "server_cpu_ms_per_frame_out": [
+                    c / f * 1000.0 if f else None for c, f in zip(cpu, frames, strict=True)
                 ],
                 "other_cores_busy": [few["other_cores_busy"], many["other_cores_busy"]],
-                "cores_per_watched_stream": delta / extra,
-                "encode_cores_per_watched_stream": (
-                    (many["stage_cpu"].get("encode_cpu_s", 0.0) / many["seconds"])
-                    - (few["stage_cpu"].get("encode_cpu_s", 0.0) / few["seconds"])
-                )
-                / extra,
+                "colorized_frame_cpu_ms": colorized_ms,
+                "encoded_frame_cpu_ms": encoded_ms,
+                "encoder_thread_cpu_ms": encoder_ms,
+                "cores_per_stream_unwatched": None if colorized_ms is None else colorized_ms * FPS / 1000.0,
+                "cores_per_stream_watched": None
+                if colorized_ms is None or encoded_ms is None
+                else (colorized_ms + encoded_ms) * FPS / 1000.0,
             }
         )
     return out
@@ -675,8 +704,9 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"\nencode cost, {e['resolution']} x{e['streams']} {e['mode']} workers={e['workers']}:")
         print(f"  server {cores_few:.2f} cores with {few} viewer(s), {cores_many:.2f} with {many}")
         print(
-            f"  {e['cores_per_watched_stream']:.3f} cores per watched stream "
-            f"({e['encode_cores_per_watched_stream']:.3f} in the encoder itself)"
+            f"  a colorized frame {num(e['colorized_frame_cpu_ms'])} CPU ms, an encoded one adds "
+            f"{num(e['encoded_frame_cpu_ms'])} ms (the encoder thread alone: "
+            f"{num(e['encoder_thread_cpu_ms'][1])})"
         )
     for row in result["rows"]:
         cap = row.get("capacity") or {}
@@ -908,18 +938,55 @@ def encode_cost_section(data: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "| run | viewers | server cores | difference per watched stream "
-        "| of it in the encoder (thread CPU) |",
-        "| --- | --- | --- | ---: | ---: |",
+        "The cost of encoding: each pair of rows splits the server's CPU-seconds as a × frames out + b × "
+        "frames encoded (two rows, two unknowns), so a is what a colorized frame costs unwatched and b what "
+        "encoding and sending it to its viewer adds, whether or not the server was saturated; beside b, "
+        "the encoder thread's own CPU time per encoded frame (`chromastream_webrtc_encode_cpu_seconds`); "
+        "cores per stream: what one 30 fps stream takes, (a) or (a + b) × 30 / 1000.",
+        "",
+        "| run | viewers | server cores | server CPU ms per frame out | a: colorized frame, ms "
+        "| b: encoded frame adds, ms | encoder thread, ms | cores per stream, unwatched → watched |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for e in data.get("encode_cost") or []:
         few, many = e.get("viewers") or ["?", "?"]
         cores = e.get("server_cores_busy") or [None, None]
+        per_frame = e.get("server_cpu_ms_per_frame_out") or [None, None]
+        thread = (e.get("encoder_thread_cpu_ms") or [None, None])[-1]
         lines.append(
             f"| {e.get('mode')} | {few} → {many} | {num(cores[0])} → {num(cores[1])} | "
-            f"{num(e.get('cores_per_watched_stream'), 3)} cores | "
-            f"{num(e.get('encode_cores_per_watched_stream'), 3)} cores |"
+            f"{num(per_frame[0], 1)} → {num(per_frame[1], 1)} | {num(e.get('colorized_frame_cpu_ms'), 1)} | "
+            f"{num(e.get('encoded_frame_cpu_ms'), 1)} | {num(thread, 1)} | "
+            f"{num(e.get('cores_per_stream_unwatched'))} → {num(e.get('cores_per_stream_watched'))} |"
         )
-    lines += ["", *capacity_table(data)]
+    lines += ["", *capacity_table(data), *_capacity_notes(data)]
     lines += [machine_line(data) + f" Load at the end: {end}.", ""]
     return lines
+
+
+def _capacity_notes(data: dict[str, Any]) -> list[str]:
+    """What the capacity table's columns can and cannot tell, with the inference cost it leaves in 'rest'."""
+    rest = {
+        (r["mode"], r["viewers"]): r["capacity"]["ms_per_frame"]["rest"]
+        for r in data.get("rows") or []
+        if r.get("capacity")
+    }
+    inference = [
+        f"{num(rest[('model', v)] - rest[('limit', v)], 1)} ms with {v} viewer(s)"
+        for v in sorted({v for _, v in rest})
+        if ("model", v) in rest and ("limit", v) in rest
+    ]
+    notes = [
+        "Reading the capacity table: 'predicted (all CPU)' uses every CPU-second the server spent per frame; "
+        "when the server used all the cores the others left it, that prediction equals the frames it put out "
+        "by construction, so it checks the accounting (cores, frames, /proc) rather than forecasting. The "
+        "forecast from the pipeline's own stage timings alone is 'predicted (stages only)': it overestimates "
+        "by the 'rest' column, the work no stage histogram covers (decoding, inference, the event loop)."
+    ]
+    if inference:
+        notes.append(
+            "Inference, the largest part of 'rest' with the model, is the model's 'rest' less the limit's: "
+            + ", ".join(inference)
+            + " of CPU per frame."
+        )
+    return [" ".join(notes), ""]

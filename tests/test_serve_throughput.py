@@ -59,12 +59,15 @@ def test_encode_cost_rows_compare_viewers_and_predict_capacity(tmp_path: Path) -
     )
     (cost,) = data["encode_cost"]
     assert cost["viewers"] == [1, 2] and cost["mode"] == "limit"
+    assert cost["encoder_thread_cpu_ms"][1] > 0 and cost["colorized_frame_cpu_ms"] is not None
 
     text = report.render(tmp_path, tmp_path / "RESULTS.md")
     section = text[text.index("## Serve: the cost of encoding, and capacity") :]
     assert "Smoke run" in section
     assert "| limit | 1 | 2 | 1 |" in section and "| limit | 1 → 2 |" in section
-    assert "predicted (all CPU)" in section and " of 2 |" in section
+    assert (
+        "predicted (all CPU)" in section and " of 2 |" in section and "Reading the capacity table" in section
+    )
 
 
 def test_viewers_beyond_the_streams_are_refused(tmp_path: Path) -> None:
