@@ -2,8 +2,9 @@
 
 What a user sees on ``/metrics``: ``chromastream_frames_out_total`` of the stream rises all the time, and
 ``chromastream_webrtc_encoded_frames_total`` rises only while a WHEP viewer is attached; it stands still
-again within a couple of seconds of the viewer leaving. (The detector samples the stream's *input*
-frames, before any subscription, so it is not affected either way.)
+again within a couple of seconds of the viewer leaving, whether it says so (``DELETE``) or only closes its
+peer connection. (The detector samples the stream's *input* frames, before any subscription, so it is
+not affected either way.)
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def test_a_stream_is_encoded_only_while_a_viewer_watches(workers: int) -> None:
             out5, encoded5 = await figures(session, base)
             assert encoded5 == encoded4, "encoding stops within 2 s of the viewer leaving"
             assert out5 - out4 >= 10, "colorization goes on after the viewer left"
+
+            # A viewer that goes away without DELETE (a closed tab): its peer's end frees the encoder too.
+            async with whep(session, base, STREAM) as viewer:
+
+                async def encoding_again() -> bool:
+                    return (await figures(session, base))[1] >= encoded5 + 10 and len(viewer.messages) > 0
+
+                await until(encoding_again, 30.0, "a second viewer attached but nothing was encoded")
+            await asyncio.sleep(2.0)
+            _, encoded6 = await figures(session, base)
+            await asyncio.sleep(2.0)
+            _, encoded7 = await figures(session, base)
+            assert encoded7 == encoded6, "encoding stops within 2 s of the viewer's peer closing"
 
     with (
         tempfile.TemporaryDirectory(prefix="encode-on-demand-") as folder,
