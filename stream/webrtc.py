@@ -32,9 +32,11 @@ Viewers per stream stay capped (``max_viewers``): packetization, SRTP and sendin
 Encode only while watched
 -------------------------
 A stream nobody watches is not encoded for WebRTC at all: its :class:`StreamEncoder` subscribes to the
-pipeline when its first viewer's track is made (while the offer is answered) and closes that subscription,
-its task and its codec context when the last viewer's track stops (``DELETE``, or the session's end when the
-peer goes away, see below). Colorization, metadata and the detector go on regardless. Each encoded frame is
+pipeline when the first viewer's connection asks for its first packet (aiortc's sender starts reading the
+track once ICE and DTLS are up, so an offer whose client never connects costs no encoding) and closes that
+subscription, its task and its codec context when the last viewer's track stops (``DELETE``, or the
+session's end when the peer goes away, see below). Colorization, metadata and the detector go on
+regardless. Each encoded frame is
 counted in ``chromastream_webrtc_encoded_frames_total{stream,codec}`` and its CPU time in
 ``chromastream_webrtc_encode_cpu_seconds`` (:class:`~chromastream.stream.metrics.EncoderMetrics`).
 
@@ -427,6 +429,7 @@ class StreamEncoder:
         self._metrics = metrics
         self.ended = False
         self._queues: set[_ViewerQueue] = set()
+        self._reserved = 0  # tracks made for viewers whose peers have not connected yet
         self._context: av.VideoCodecContext | None = None
         self._force_keyframe = True
         self._since_keyframe = 0
@@ -439,7 +442,18 @@ class StreamEncoder:
     def viewers(self) -> int:
         return len(self._queues)
 
+    @property
+    def running(self) -> bool:
+        """Subscribed to the stream and encoding (it has a viewer that is connected)."""
+        return self._task is not None
+
+    def reserve(self) -> None:
+        """A viewer's track will :meth:`attach` once its peer connects; until then the encoder stays the
+        stream's shared one (its hub keeps it) without encoding anything."""
+        self._reserved += 1
+
     def attach(self) -> _ViewerQueue:
+        self._reserved = max(0, self._reserved - 1)
         queue = _ViewerQueue(self.request_keyframe)
         self._queues.add(queue)
         self.request_keyframe()
@@ -455,6 +469,12 @@ class StreamEncoder:
         if not self._queues:
             self._shutdown()
 
+    def release(self) -> None:
+        """A reserved track ended before it attached: the encoder is let go if nobody else uses it."""
+        self._reserved = max(0, self._reserved - 1)
+        if not self._queues:
+            self._shutdown()
+
     def request_keyframe(self) -> None:
         self._force_keyframe = True
 
@@ -465,7 +485,7 @@ class StreamEncoder:
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         self._task = None
-        if self._on_idle is not None:
+        if self._on_idle is not None and not self._reserved:
             self._on_idle(self)
 
     async def close(self) -> None:
@@ -637,20 +657,34 @@ class StreamEncoder:
 
 
 class EncodedVideoTrack(MediaStreamTrack):
-    """A viewer's video track: the shared packets of its stream, metadata sent as each one leaves."""
+    """A viewer's video track: the shared packets of its stream, metadata sent as each one leaves.
+
+    It joins its stream's encoder on the first ``recv()``, which aiortc's sender makes once the peer is
+    connected, so a session that never connects never starts the encoder (see "Encode only while watched").
+    """
 
     kind = "video"
 
     def __init__(self, encoder: StreamEncoder, on_event: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
         self._encoder = encoder
-        self._queue = encoder.attach()
+        encoder.reserve()
+        self._queue: _ViewerQueue | None = None
         self._on_event = on_event
         self.frames_sent = 0
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._queue is None:
+            try:
+                self._queue = self._encoder.attach()
+            except Exception as exc:  # the stream went away before the peer connected
+                logger.info(
+                    "stream %s: a viewer connected after its stream ended (%s)", self._encoder.stream_id, exc
+                )
+                self.stop()
+                raise MediaStreamError from exc
         item = await self._queue.get()
         if item is None:
             self.stop()
@@ -664,7 +698,10 @@ class EncodedVideoTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         if self.readyState == "live":
-            self._encoder.detach(self._queue)
+            if self._queue is not None:
+                self._encoder.detach(self._queue)
+            else:
+                self._encoder.release()
         super().stop()
 
 
@@ -818,7 +855,8 @@ class WebRTCHub:
         return sum(1 for v in self.viewers.values() if stream_id is None or v.stream_id == stream_id)
 
     def encoders(self) -> list[StreamEncoder]:
-        return list(self._encoders.values())
+        """The shared encoders running now (a viewer that has not connected yet starts none)."""
+        return [e for e in self._encoders.values() if e.running]
 
     def _changed(self) -> None:
         if self._on_change is not None:

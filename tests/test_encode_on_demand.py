@@ -20,6 +20,7 @@ from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.serve_throughput import serving
+from chromastream.stream.webrtc import allow_loopback_candidates, peer_connection
 from tests.test_webrtc import whep
 
 STREAM = "cam"
@@ -42,6 +43,21 @@ async def figures(session: ClientSession, base: str) -> tuple[float, float]:
     out = metric_total(text, "chromastream_frames_out_total", stream=STREAM)
     encoded = metric_total(text, "chromastream_webrtc_encoded_frames_total", stream=STREAM)
     return out, encoded
+
+
+async def offer_only(session: ClientSession, base: str) -> str:
+    """Post a WHEP offer and never apply the answer; the session's address."""
+    allow_loopback_candidates()
+    pc = peer_connection()
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp"}
+    try:
+        async with session.post(f"{base}/whep/{STREAM}", data=pc.localDescription.sdp, headers=headers) as r:
+            assert r.status == 201, await r.text()
+            return r.headers["Location"]
+    finally:
+        await pc.close()
 
 
 async def until(condition: Any, timeout: float, what: str) -> None:
@@ -71,6 +87,13 @@ def test_a_stream_is_encoded_only_while_a_viewer_watches(workers: int) -> None:
             out1, encoded1 = await figures(session, base)
             assert out1 - out0 >= 10, "colorization goes on without a viewer"
             assert encoded0 == encoded1 == 0, "nothing is encoded without a viewer"
+
+            # An offer whose client never connects (no ICE, no DTLS) holds a viewer slot, not an encoder.
+            location = await offer_only(session, base)
+            await asyncio.sleep(2.0)
+            assert (await figures(session, base))[1] == 0, "nothing is encoded for a viewer not connected"
+            async with session.delete(f"{base}{location}") as r:
+                assert r.status in (200, 204)
 
             async with whep(session, base, STREAM) as viewer:
 
