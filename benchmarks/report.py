@@ -21,6 +21,7 @@ from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, machine_line
 from benchmarks.deepfake import report_section as deepfake_section
 from benchmarks.precision import DEFAULT_NAME as PRECISION_NAME
 from benchmarks.precision import report_section as precision_section
+from benchmarks.serve_throughput import encode_cost_section as serve_encode_cost_section
 from benchmarks.serve_throughput import report_section as serve_throughput_section
 from benchmarks.throughput import report_section as throughput_section
 
@@ -33,6 +34,7 @@ OPTIONAL = (
     "live_latency",
     "live_soak",
     "serve_throughput",
+    "serve_encode_cost",
     PRECISION_NAME,
     "deepfake",
 )
@@ -628,6 +630,7 @@ def render(results_dir: Path, out: Path) -> str:
         "live_latency": live_latency_section,
         "live_soak": live_soak_section,
         "serve_throughput": serve_throughput_section,
+        "serve_encode_cost": serve_encode_cost_section,
         PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,
     }

@@ -17,10 +17,20 @@ viewers. The checks: the limit with two workers at least 1.7 times that with one
 frames per second with two workers not below one worker's. The load average at start and end is
 recorded: the development machines share two cores with other jobs.
 
+The encode-cost study (``--encode-cost``) runs four 640x480 streams watched by one viewer and then by four
+(``--viewers K`` puts viewers on the first K streams only; a stream nobody watches is colorized but not
+encoded), colorizer and limit, one worker, and sets the server's CPU-seconds per second side by side. Every
+row also gets a capacity table: CPU ms per frame of each stage from the server's own
+``chromastream_stage_cpu_seconds`` and ``chromastream_webrtc_encode_cpu_seconds`` (thread CPU time, read
+from ``/metrics`` before and after the window), the rest of the server's CPU from ``/proc``, the streams
+they predict, and the streams and frames the row actually held (:data:`CAPACITY_DEFINITION`).
+
     python -m benchmarks.serve_throughput              # a few minutes on 2 cores
     python -m benchmarks.serve_throughput --quick      # smoke run: seconds
+    python -m benchmarks.serve_throughput --encode-cost    # about 2 minutes
 
-Writes ``serve_throughput.json``; ``python -m benchmarks.report`` puts it into RESULTS.md.
+Writes ``serve_throughput.json`` (``serve_encode_cost.json`` with ``--encode-cost``);
+``python -m benchmarks.report`` puts them into RESULTS.md.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +57,7 @@ import yaml
 from benchmarks.common import (
     BenchmarkError,
     add_output_args,
-    default_model_path,
+    fail,
     load_average,
     machine_tags,
     model_tags,
@@ -87,21 +97,40 @@ class Plan:
     seconds: float
     size: int
     quick: bool
+    viewers: tuple[int | None, ...] = (None,)
+    """Rows per viewer count: viewers on the first K streams (``None``: every stream has one)."""
+    study: str = "workers"
+    """``workers`` (1 against 2 worker processes) or ``encode_cost`` (1 viewer against one per stream)."""
 
 
 FULL = (Resolution("640x480", 640, 480, 6), Resolution("1080p", 1920, 1080, 3))
 QUICK = (Resolution("320x240", 320, 240, 1),)
+ENCODE_COST = (Resolution("640x480", 640, 480, 4),)
+"""The encode-cost study: four live 640x480 streams, watched by one viewer and then by four."""
+ENCODE_COST_VIEWERS = (1, 4)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    quick_res = (Resolution("320x240", 320, 240, 2),) if args.encode_cost else QUICK
+    resolutions = quick_res if args.quick else (ENCODE_COST if args.encode_cost else FULL)
+    if args.streams is not None:
+        resolutions = tuple(replace(r, streams=args.streams) for r in resolutions)
+    viewers: tuple[int | None, ...] = tuple(args.viewers) if args.viewers else (None,)
+    if args.encode_cost and not args.viewers:
+        viewers = (1, 2) if args.quick else ENCODE_COST_VIEWERS
+    for k in viewers:
+        if k is not None and not 0 <= k <= min(r.streams for r in resolutions):
+            raise BenchmarkError(f"--viewers {k}: must be in 0..the number of streams")
     return Plan(
-        resolutions=QUICK if args.quick else FULL,
+        resolutions=resolutions,
         modes=tuple(args.modes),
-        workers=tuple(args.workers),
+        workers=tuple(args.workers) if args.workers else ((1,) if args.encode_cost else (1, 2)),
         warmup_s=1.0 if args.quick else args.warmup,
         seconds=2.0 if args.quick else args.seconds,
         size=args.size,
         quick=args.quick,
+        viewers=viewers,
+        study="encode_cost" if args.encode_cost else "workers",
     )
 
 
@@ -305,11 +334,44 @@ async def _wait(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
-async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
-    """Viewers on every stream, warm-up, then the figures over ``plan.seconds``."""
+async def _metrics(session: Any, base: str) -> dict[str, float]:
+    """The server's stage CPU and encode figures (:func:`stage_totals`) from ``/metrics``."""
+    async with session.get(f"{base}/metrics") as r:
+        return stage_totals(await r.text())
+
+
+def stage_totals(text: str) -> dict[str, float]:
+    """Sums over every stream (and worker) of the CPU-time histograms and the counters the capacity
+    table needs: ``<stage>_cpu_s`` and ``<stage>_n`` per measured pipeline stage, ``encode_cpu_s`` and
+    ``encoded`` for WebRTC, ``frames_out``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+
+    def add(key: str, value: float) -> None:
+        totals[key] = totals.get(key, 0.0) + value
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if name == "chromastream_stage_cpu_seconds_sum":
+                add(f"{labels['stage']}_cpu_s", sample.value)
+            elif name == "chromastream_stage_cpu_seconds_count":
+                add(f"{labels['stage']}_n", sample.value)
+            elif name == "chromastream_webrtc_encode_cpu_seconds_sum":
+                add("encode_cpu_s", sample.value)
+            elif name == "chromastream_webrtc_encoded_frames_total":
+                add("encoded", sample.value)
+            elif name == "chromastream_frames_out_total":
+                add("frames_out", sample.value)
+    return totals
+
+
+async def measure(server: Server, ids: list[str], watched: list[str], plan: Plan) -> dict[str, Any]:
+    """Viewers on the ``watched`` streams, warm-up, then the figures over ``plan.seconds``."""
     from aiohttp import ClientSession
 
-    tallies = {i: Tally() for i in ids}
+    tallies = {i: Tally() for i in watched}
     async with ClientSession() as session, contextlib.AsyncExitStack() as stack:
 
         async def running() -> bool:
@@ -317,7 +379,7 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
             return all(streams[i]["state"] == "running" for i in ids)
 
         await _wait(running, START_TIMEOUT_S, "the streams did not start")
-        for i in ids:
+        for i in watched:
             await stack.enter_async_context(viewer(session, server.base, i, tallies[i]))
 
         async def receiving() -> bool:
@@ -325,7 +387,7 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
 
         await _wait(receiving, 60.0, "the viewers received nothing")
         await asyncio.sleep(plan.warmup_s)
-        before = await _streams(session, server.base)
+        before, stages0 = await _streams(session, server.base), await _metrics(session, server.base)
         frames0 = {i: t.frames for i, t in tallies.items()}
         load0 = load_average()
         cpu0, own0, t0 = tree_cpu_seconds(server.process.pid), own_cpu_seconds(), time.monotonic()
@@ -339,37 +401,55 @@ async def measure(server: Server, ids: list[str], plan: Plan) -> dict[str, Any]:
         cpu, own = tree_cpu_seconds(server.process.pid) - cpu0, own_cpu_seconds() - own0
         busy = machine_busy_seconds() - busy0
         rss = tree_rss_mb(server.process.pid)
-        after = await _streams(session, server.base)
+        after, stages1 = await _streams(session, server.base), await _metrics(session, server.base)
     per_stream = []
     for i in ids:
-        fps = (tallies[i].frames - frames0[i]) / elapsed
+        fps_out = (after[i]["frames_out"] - before[i]["frames_out"]) / elapsed
         per_stream.append(
             {
                 "id": i,
                 "worker": after[i].get("worker"),
-                "fps": fps,
+                "watched": i in tallies,
+                "fps": (tallies[i].frames - frames0[i]) / elapsed if i in tallies else None,
+                "fps_out": fps_out,
                 "fps_in": (after[i]["frames_in"] - before[i]["frames_in"]) / elapsed,
                 "drops": after[i]["drops"] - before[i]["drops"],
-                "latency_ms": _percentiles(tallies[i].latencies_ms),
+                "latency_ms": _percentiles(tallies[i].latencies_ms) if i in tallies else {},
             }
         )
+    delivered = [s["fps"] for s in per_stream if s["fps"] is not None]
     everything = [x for t in tallies.values() for x in t.latencies_ms]
+    stage_delta = {k: stages1.get(k, 0.0) - stages0.get(k, 0.0) for k in stages1}
     return {
         "seconds": elapsed,
-        "fps_per_stream_min": min(s["fps"] for s in per_stream),
-        "fps_per_stream_mean": sum(s["fps"] for s in per_stream) / len(per_stream),
-        "fps_total": sum(s["fps"] for s in per_stream),
+        "fps_per_stream_min": min(delivered) if delivered else None,
+        "fps_per_stream_mean": sum(delivered) / len(delivered) if delivered else None,
+        "fps_total": sum(delivered),
+        "fps_out_total": sum(s["fps_out"] for s in per_stream),
+        "fps_out_per_stream_min": min(s["fps_out"] for s in per_stream),
         "fps_in_total": sum(s["fps_in"] for s in per_stream),
+        "streams_at_29_fps": sum(1 for s in per_stream if _held(s)),
         "drops": sum(s["drops"] for s in per_stream),
         "latency_ms": _percentiles(everything),
+        "server_cpu_s": cpu,
         "server_cores_busy": cpu / elapsed,
-        "fps_per_server_core": sum(s["fps"] for s in per_stream) / max(cpu / elapsed, 1e-9),
+        "fps_per_server_core": sum(delivered) / max(cpu / elapsed, 1e-9),
         "server_rss_mb": rss,
         "viewer_cores_busy": own / elapsed,
         "other_cores_busy": max(0.0, busy - cpu - own) / elapsed,
         "loadavg": [load0, load_average()],
+        "stage_cpu": stage_delta,
         "per_stream": per_stream,
     }
+
+
+HELD_FPS = 29.0
+"""A stream is held when it kept this rate (its output, and what its viewer got where it has one)."""
+
+
+def _held(stream: dict[str, Any]) -> bool:
+    rates = [stream["fps_out"]] + ([stream["fps"]] if stream["fps"] is not None else [])
+    return min(rates) >= HELD_FPS
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -382,15 +462,18 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def run_row(res: Resolution, clip: Path, mode: str, workers: int, plan: Plan) -> dict[str, Any]:
+def run_row(
+    res: Resolution, clip: Path, mode: str, workers: int, viewers: int | None, plan: Plan
+) -> dict[str, Any]:
     config = _serve_config(res, clip, mode, workers, plan.size)
     ids = [s["id"] for s in config["streams"]]
+    watched = ids if viewers is None else ids[:viewers]
     with (
         tempfile.TemporaryDirectory(prefix="serve-throughput-") as folder,
         serving(config, Path(folder)) as server,
     ):
         try:
-            figures = asyncio.run(measure(server, ids, plan))
+            figures = asyncio.run(measure(server, ids, watched, plan))
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc}; the server's log: {server.log.read_text()[-2000:]}") from None
     row = {
@@ -398,18 +481,81 @@ def run_row(res: Resolution, clip: Path, mode: str, workers: int, plan: Plan) ->
         "width": res.width,
         "height": res.height,
         "streams": res.streams,
+        "viewers": len(watched),
         "mode": mode,
         "workers": workers,
         **figures,
     }
+    row["capacity"] = capacity(row)
     lat = figures["latency_ms"]
     print(
-        f"  {res.name} {mode:5s} workers={workers}: {figures['fps_total']:6.1f} fps total, "
-        f"{figures['fps_per_stream_min']:5.1f} per stream (min), p50 {num(lat.get('p50'), 0)} ms, "
-        f"p95 {num(lat.get('p95'), 0)} ms, server {figures['server_cores_busy']:.2f} cores",
+        f"  {res.name} {mode:5s} workers={workers} viewers={len(watched)}/{res.streams}: "
+        f"{figures['fps_out_total']:6.1f} fps out, {figures['fps_total']:6.1f} fps delivered, "
+        f"p50 {num(lat.get('p50'), 0)} ms, p95 {num(lat.get('p95'), 0)} ms, "
+        f"server {figures['server_cores_busy']:.2f} cores (others {figures['other_cores_busy']:.2f})",
         flush=True,
     )
     return row
+
+
+def usable_cores() -> int:
+    """The cores this process (and so the server it starts) may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+CAPACITY_DEFINITION = (
+    "CPU ms per frame of each stage from the server's own histograms (chromastream_stage_cpu_seconds: "
+    "the CPU time of the thread that did the work, time.thread_time; the encode from "
+    "chromastream_webrtc_encode_cpu_seconds, per encoded frame, conversion to the encoder's picture "
+    "included); 'rest' is the server's CPU time from /proc (front and workers, every thread) less those "
+    "stages, per output frame: decoding (the sources' threads), inference (ONNX Runtime's threads), the "
+    "event loop (RTP packetization, SRTP, signalling) and Python's own work. Streams predicted = usable "
+    "cores x 1000 / (CPU ms per frame x fps), usable cores being the machine's cores less what other "
+    "processes used during the row; encode is counted for the share of frames encoded in that row"
+)
+
+
+def capacity(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's CPU cost per frame by stage and the streams it predicts, beside what the row held."""
+    st = row.get("stage_cpu") or {}
+    frames = st.get("frames_out", 0.0)
+
+    def per_frame(cpu_key: str, count_key: str) -> float | None:
+        n = st.get(count_key, 0.0)
+        return st.get(cpu_key, 0.0) / n * 1000.0 if n > 0 else None
+
+    pre = per_frame("preprocess_cpu_s", "preprocess_n")
+    post = per_frame("postprocess_cpu_s", "postprocess_n")
+    encode = per_frame("encode_cpu_s", "encoded")
+    if frames <= 0 or pre is None or post is None:
+        return {}
+    encoded_share = st.get("encoded", 0.0) / frames
+    staged = pre + post + (encode or 0.0) * encoded_share
+    measured_s = (
+        st.get("preprocess_cpu_s", 0.0) + st.get("postprocess_cpu_s", 0.0) + st.get("encode_cpu_s", 0.0)
+    )
+    total = row["server_cpu_s"] / frames * 1000.0
+    cores = usable_cores()
+    usable = max(cores - row.get("other_cores_busy", 0.0), 0.1)
+    fps = float(FPS)
+    return {
+        "ms_per_frame": {
+            "preprocess": pre,
+            "postprocess": post,
+            "encode_per_encoded_frame": encode,
+            "encoded_share": encoded_share,
+            "rest": max(row["server_cpu_s"] - measured_s, 0.0) / frames * 1000.0,
+            "stages": staged,
+            "total": total,
+        },
+        "cores": cores,
+        "usable_cores": usable,
+        "predicted_streams_from_stages": usable * 1000.0 / (staged * fps),
+        "predicted_streams": usable * 1000.0 / (total * fps),
+        "held_streams": row["streams_at_29_fps"],
+        "streams": row["streams"],
+        "fps_out_total_in_streams": row["fps_out_total"] / fps,
+    }
 
 
 def summarize(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
@@ -422,6 +568,7 @@ def summarize(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
                 r["fps_total"]
                 for r in rows
                 if (r["resolution"], r["mode"], r["workers"]) == (res.name, mode, workers)
+                and r["viewers"] == r["streams"]
             ]
             return found[0] if found else None
 
@@ -454,15 +601,71 @@ def summarize(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
     return summary
 
 
+def encode_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run (mode, workers): the fewest against the most viewers, the server's CPU beside each other,
+    and what one colorized frame and one encoded frame cost.
+
+    The server's CPU-seconds of a row are split as ``a * frames_out + b * frames_encoded``; the two rows
+    give ``a`` (CPU ms of a frame colorized and published, not encoded) and ``b`` (CPU ms an encoded frame
+    adds: the encode, and the packetization, SRTP and sending to its viewer). Unlike the difference of
+    the cores busy, this holds when the server is saturated and the two rows put out different numbers
+    of frames."""
+    out = []
+    for key in sorted({(r["resolution"], r["mode"], r["workers"]) for r in rows}):
+        same = sorted(
+            (r for r in rows if (r["resolution"], r["mode"], r["workers"]) == key), key=lambda r: r["viewers"]
+        )
+        if len(same) < 2 or same[0]["viewers"] == same[-1]["viewers"]:
+            continue
+        few, many = same[0], same[-1]
+        frames = [r["stage_cpu"].get("frames_out", 0.0) for r in (few, many)]
+        encoded = [r["stage_cpu"].get("encoded", 0.0) for r in (few, many)]
+        cpu = [r["server_cpu_s"] for r in (few, many)]
+        det = frames[0] * encoded[1] - frames[1] * encoded[0]
+        colorized_ms = encoded_ms = None
+        if abs(det) > 1e-9:
+            colorized_ms = (cpu[0] * encoded[1] - cpu[1] * encoded[0]) / det * 1000.0
+            encoded_ms = (frames[0] * cpu[1] - frames[1] * cpu[0]) / det * 1000.0
+        encoder_ms = [
+            r["stage_cpu"].get("encode_cpu_s", 0.0) / n * 1000.0 if n else None
+            for r, n in zip((few, many), encoded, strict=True)
+        ]
+        out.append(
+            {
+                "resolution": key[0],
+                "mode": key[1],
+                "workers": key[2],
+                "streams": many["streams"],
+                "viewers": [few["viewers"], many["viewers"]],
+                "server_cores_busy": [few["server_cores_busy"], many["server_cores_busy"]],
+                "fps_out_total": [few["fps_out_total"], many["fps_out_total"]],
+                "encoded_fps": [e / r["seconds"] for e, r in zip(encoded, (few, many), strict=True)],
+                "server_cpu_ms_per_frame_out": [
+                    c / f * 1000.0 if f else None for c, f in zip(cpu, frames, strict=True)
+                ],
+                "other_cores_busy": [few["other_cores_busy"], many["other_cores_busy"]],
+                "colorized_frame_cpu_ms": colorized_ms,
+                "encoded_frame_cpu_ms": encoded_ms,
+                "encoder_thread_cpu_ms": encoder_ms,
+                "cores_per_stream_unwatched": None if colorized_ms is None else colorized_ms * FPS / 1000.0,
+                "cores_per_stream_watched": None
+                if colorized_ms is None or encoded_ms is None
+                else (colorized_ms + encoded_ms) * FPS / 1000.0,
+            }
+        )
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from chromastream.models.runtime.registry import create_backend
+    from chromastream.models.runtime.registry import create_backend, cuda_device_present, unnamed_model_path
 
     plan = make_plan(args)
     started = time.monotonic()
-    model_path = default_model_path()
+    model_path = unnamed_model_path("onnxruntime", cuda_device_present())  # what serve runs on this machine
     backend = create_backend("auto", model_path)
     result: dict[str, Any] = {
         "benchmark": "serve_throughput",
+        "study": plan.study,
         "date": now_iso(),
         "quick": plan.quick,
         "machine": machine_tags(),
@@ -475,6 +678,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": TARGETS,
         "limit_definition": LIMIT_DEFINITION,
         "latency_definition": LATENCY_DEFINITION,
+        "capacity_definition": CAPACITY_DEFINITION,
+        "held_fps": HELD_FPS,
     }
     del backend
     rows = []
@@ -483,15 +688,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             clip = make_clip(res, Path(clips))
             for mode in plan.modes:
                 for workers in plan.workers:
-                    rows.append(run_row(res, clip, mode, workers, plan))
+                    for viewers in plan.viewers:
+                        rows.append(run_row(res, clip, mode, workers, viewers, plan))
     result["rows"] = rows
     result["summary"] = summarize(rows, plan)
+    result["encode_cost"] = encode_cost(rows)
     result["loadavg_end"] = load_average()
     result["seconds"] = time.monotonic() - started
     return result
 
 
 def print_summary(result: dict[str, Any]) -> None:
+    for e in result.get("encode_cost") or []:
+        (few, many), (cores_few, cores_many) = e["viewers"], e["server_cores_busy"]
+        print(f"\nencode cost, {e['resolution']} x{e['streams']} {e['mode']} workers={e['workers']}:")
+        print(f"  server {cores_few:.2f} cores with {few} viewer(s), {cores_many:.2f} with {many}")
+        print(
+            f"  a colorized frame {num(e['colorized_frame_cpu_ms'])} CPU ms, an encoded one adds "
+            f"{num(e['encoded_frame_cpu_ms'])} ms (the encoder thread alone: "
+            f"{num(e['encoder_thread_cpu_ms'][1])})"
+        )
+    for row in result["rows"]:
+        cap = row.get("capacity") or {}
+        if cap:
+            total, predicted = cap["ms_per_frame"]["total"], cap["predicted_streams"]
+            print(
+                f"  capacity {row['mode']} viewers={row['viewers']}/{row['streams']}: {total:.1f} CPU ms per "
+                f"frame -> {predicted:.1f} streams on {cap['usable_cores']:.2f} usable cores; held "
+                f"{cap['held_streams']} at >= {HELD_FPS:g} fps "
+                f"({cap['fps_out_total_in_streams']:.2f} streams' worth of frames)"
+            )
+    if result.get("study") == "encode_cost":
+        return
     print("\nserve throughput (frames/s delivered, all streams together):")
     for s in result["summary"]:
         print(
@@ -519,14 +747,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--modes", nargs="+", choices=("limit", "model"), default=["limit", "model"], help="rows to run"
     )
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="worker counts (default 1 2)")
-    add_output_args(parser, "serve_throughput.json", shared=False)
+    parser.add_argument(
+        "--workers",
+        nargs="+",
+        type=int,
+        default=None,
+        help="worker counts (default 1 2; 1 with --encode-cost)",
+    )
+    parser.add_argument("--streams", type=int, default=None, help="streams per row (default: per resolution)")
+    parser.add_argument(
+        "--viewers",
+        nargs="+",
+        type=int,
+        default=None,
+        help="rows with a WHEP viewer on the first K streams only, one row per K (default: every stream)",
+    )
+    parser.add_argument(
+        "--encode-cost",
+        action="store_true",
+        help="the encode-cost study instead: 4 streams at 640x480 with 1 and with 4 viewers, one worker; "
+        "writes serve_encode_cost.json",
+    )
+    add_output_args(parser, "serve_throughput.json (serve_encode_cost.json with --encode-cost)", shared=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_and_write("serve_throughput", args.out_dir, lambda: run(args), print_summary)
+    name = "serve_encode_cost" if args.encode_cost else "serve_throughput"
+    try:
+        make_plan(args)
+    except BenchmarkError as exc:
+        return fail(str(exc))
+    return run_and_write(name, args.out_dir, lambda: run(args), print_summary)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -603,9 +856,137 @@ def report_section(data: dict[str, Any]) -> list[str]:
                 f"| {s.get('resolution')} | {name} | {num(totals.get('1'), 1)} | {num(totals.get('2'), 1)} | "
                 f"{num(s.get(ratio))} | ≥ {num(targets.get(target), 1)} | {mark} |"
             )
-    lines += ["", machine_line(data) + f" Load at the end: {end}.", ""]
+    lines += ["", *capacity_table(data)]
+    lines += [machine_line(data) + f" Load at the end: {end}.", ""]
     return lines
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def capacity_table(data: dict[str, Any]) -> list[str]:
+    """RESULTS.md: CPU ms per frame by stage, the streams they predict and what the row held."""
+    rows = [r for r in data.get("rows") or [] if r.get("capacity")]
+    if not rows:
+        return []
+    held = num(data.get("held_fps"), 0)
+    lines = [
+        f"Capacity: {data.get('capacity_definition', '?')}. Held: streams that kept ≥ {held} fps out (and to "
+        "their viewer, where watched); frames: the row's output frames per second over the source rate.",
+        "",
+        "| run | workers | streams | viewers | preprocess | postprocess | encode (per encoded frame) "
+        "| encoded share | rest | CPU ms per frame | usable cores | predicted (stages only) "
+        "| predicted (all CPU) | held | frames / 30 fps |",
+        "| --- " + "| ---: " * 14 + "|",
+    ]
+    for row in rows:
+        cap = row["capacity"]
+        ms = cap.get("ms_per_frame") or {}
+        lines.append(
+            f"| {row.get('mode')} | {row.get('workers')} | {row.get('streams')} | {row.get('viewers')} | "
+            f"{num(ms.get('preprocess'))} | {num(ms.get('postprocess'))} | "
+            f"{num(ms.get('encode_per_encoded_frame'))} | {num(ms.get('encoded_share'))} | "
+            f"{num(ms.get('rest'))} | "
+            f"{num(ms.get('total'))} | {num(cap.get('usable_cores'))} | "
+            f"{num(cap.get('predicted_streams_from_stages'), 1)} | {num(cap.get('predicted_streams'), 1)} | "
+            f"{cap.get('held_streams')} of {cap.get('streams')} | "
+            f"{num(cap.get('fps_out_total_in_streams'))} |"
+        )
+    return [*lines, ""]
+
+
+def encode_cost_section(data: dict[str, Any]) -> list[str]:
+    """RESULTS.md: the encode-cost study (one viewer against one per stream) and its capacity table."""
+    from benchmarks.common import machine_line
+
+    model = data.get("model") or {}
+    end = "/".join(str(x) for x in data.get("loadavg_end") or []) or "?"
+    window, warmup = num(data.get("window_s"), 0), num(data.get("warmup_s"), 0)
+    lines = [
+        "## Serve: the cost of encoding, and capacity",
+        "",
+        f"Model `{model.get('version', '?')}` ({Path(str(model.get('path', '?'))).name}), backend "
+        f"{model.get('backend', '?')}, working size {data.get('size', '?')}; run {data.get('date', '?')}.",
+        "",
+    ]
+    if data.get("quick"):
+        lines += ["> Smoke run (`--quick`): too short for a final figure.", ""]
+    lines += [
+        "`python -m benchmarks.serve_throughput --encode-cost`: the real `chromastream serve` in a child "
+        f"process, every stream a {data.get('fps_per_source', '?')} fps H.264 clip played live and looped, "
+        f"a WHEP viewer ({data.get('codec', '?')}, not decoding) on the first K streams only. A stream "
+        "without a viewer is colorized but not encoded, so the difference between the rows is the cost "
+        "of encoding and sending the watched streams. `model`: the colorizer; `limit`: "
+        f"{data.get('limit_definition', '?')}. Server cores: CPU-seconds per second of the server's "
+        "processes (front and workers, from /proc; the viewers' own CPU is not in it), which other jobs on "
+        "the machine disturb far less than fps; others' cores: every other process of the machine over "
+        f"the same window. Windows of {window} s after {warmup} s of warm-up.",
+        "",
+        "| run | workers | streams | viewers | fps out (total) | fps out per stream (min) | fps delivered "
+        "| encoded fps | server cores | viewer cores | others' cores | p95 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in data.get("rows") or []:
+        encoded = (row.get("stage_cpu") or {}).get("encoded", 0.0) / max(row.get("seconds") or 1.0, 1e-9)
+        lines.append(
+            f"| {row.get('mode')} | {row.get('workers')} | {row.get('streams')} | {row.get('viewers')} | "
+            f"{num(row.get('fps_out_total'), 1)} | {num(row.get('fps_out_per_stream_min'), 1)} | "
+            f"{num(row.get('fps_total'), 1)} | {num(encoded, 1)} | {num(row.get('server_cores_busy'))} | "
+            f"{num(row.get('viewer_cores_busy'))} | {num(row.get('other_cores_busy'))} | "
+            f"{num((row.get('latency_ms') or {}).get('p95'), 0)} |"
+        )
+    lines += [
+        "",
+        "The cost of encoding: each pair of rows splits the server's CPU-seconds as a × frames out + b × "
+        "frames encoded (two rows, two unknowns), so a is what a colorized frame costs unwatched and b what "
+        "encoding and sending it to its viewer adds, whether or not the server was saturated; beside b, "
+        "the encoder thread's own CPU time per encoded frame (`chromastream_webrtc_encode_cpu_seconds`); "
+        "cores per stream: what one 30 fps stream takes, (a) or (a + b) × 30 / 1000.",
+        "",
+        "| run | viewers | server cores | server CPU ms per frame out | a: colorized frame, ms "
+        "| b: encoded frame adds, ms | encoder thread, ms | cores per stream, unwatched → watched |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for e in data.get("encode_cost") or []:
+        few, many = e.get("viewers") or ["?", "?"]
+        cores = e.get("server_cores_busy") or [None, None]
+        per_frame = e.get("server_cpu_ms_per_frame_out") or [None, None]
+        thread = (e.get("encoder_thread_cpu_ms") or [None, None])[-1]
+        lines.append(
+            f"| {e.get('mode')} | {few} → {many} | {num(cores[0])} → {num(cores[1])} | "
+            f"{num(per_frame[0], 1)} → {num(per_frame[1], 1)} | {num(e.get('colorized_frame_cpu_ms'), 1)} | "
+            f"{num(e.get('encoded_frame_cpu_ms'), 1)} | {num(thread, 1)} | "
+            f"{num(e.get('cores_per_stream_unwatched'))} → {num(e.get('cores_per_stream_watched'))} |"
+        )
+    lines += ["", *capacity_table(data), *_capacity_notes(data)]
+    lines += [machine_line(data) + f" Load at the end: {end}.", ""]
+    return lines
+
+
+def _capacity_notes(data: dict[str, Any]) -> list[str]:
+    """What the capacity table's columns can and cannot tell, with the inference cost it leaves in 'rest'."""
+    rest = {
+        (r["mode"], r["viewers"]): r["capacity"]["ms_per_frame"]["rest"]
+        for r in data.get("rows") or []
+        if r.get("capacity")
+    }
+    inference = [
+        f"{num(rest[('model', v)] - rest[('limit', v)], 1)} ms with {v} viewer(s)"
+        for v in sorted({v for _, v in rest})
+        if ("model", v) in rest and ("limit", v) in rest
+    ]
+    notes = [
+        "Reading the capacity table: 'predicted (all CPU)' uses every CPU-second the server spent per frame; "
+        "when the server used all the cores the others left it, that prediction equals the frames it put out "
+        "by construction, so it checks the accounting (cores, frames, /proc) rather than forecasting. The "
+        "forecast from the pipeline's own stage timings alone is 'predicted (stages only)': it overestimates "
+        "by the 'rest' column, the work no stage histogram covers (decoding, inference, the event loop)."
+    ]
+    if inference:
+        notes.append(
+            "Inference, the largest part of 'rest' with the model, is the model's 'rest' less the limit's: "
+            + ", ".join(inference)
+            + " of CPU per frame."
+        )
+    return [" ".join(notes), ""]

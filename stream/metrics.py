@@ -28,6 +28,12 @@ logger = logging.getLogger("chromastream.stream.metrics")
 #: waiting in the stream's input queue, preparing the network input, waiting for a batch to fill,
 #: the inference call itself, and turning the network output into the output frame's planes.
 STAGES = ("queue", "preprocess", "batch_wait", "inference", "postprocess")
+#: Stages whose CPU time is measured, for ``chromastream_stage_cpu_seconds``: the CPU time of the thread that
+#: does the stage's work (``time.thread_time``), which is what a stage costs the machine. Wall time is not:
+#: a stage that waits for a core shared with other threads takes longer without costing more. Inference is
+#: left out (its runtime spreads one call over a pool of threads of its own); the encode of WebRTC output is
+#: ``chromastream_webrtc_encode_cpu_seconds`` (:class:`EncoderMetrics`).
+CPU_STAGES = ("preprocess", "postprocess")
 #: Where frames are dropped: inside the source (its own handover; mirrored from its stats), the stream's
 #: input queue (the pipeline fell behind a live source), or one subscriber's queue (that viewer fell behind).
 DROP_STAGES = ("source", "input", "subscriber")
@@ -52,6 +58,7 @@ _LATENCY_BUCKETS = (
     2.0,
     5.0,
 )
+_CPU_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 
 
@@ -89,6 +96,13 @@ class PipelineMetrics:
             "Time a frame spends in each stage of the pipeline",
             ["stream", "stage"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_cpu_seconds = Histogram(
+            "chromastream_stage_cpu_seconds",
+            "CPU time of the thread doing each stage's work, per frame (see CPU_STAGES)",
+            ["stream", "stage"],
+            buckets=_CPU_BUCKETS,
             registry=r,
         )
         self.latency_seconds = Histogram(
@@ -131,6 +145,8 @@ class PipelineMetrics:
             _remove(self.resets, stream_id, reason)
         for stage in STAGES:
             _remove(self.stage_seconds, stream_id, stage)
+        for stage in CPU_STAGES:
+            _remove(self.stage_cpu_seconds, stream_id, stage)
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
@@ -188,6 +204,47 @@ class SessionMetrics:
         self.closed.labels(kind, reason).inc()
         if reason in SESSION_EXPIRY_REASONS:
             self.expired.labels(kind, reason).inc()
+
+
+# ------------------------------------------------------------------------------------ WebRTC encoding
+
+
+class EncoderMetrics:
+    """What the shared WebRTC encoders (one per stream and codec with viewers) cost.
+
+    A stream is encoded for WebRTC only while it has a viewer: ``chromastream_webrtc_encoded_frames_total``
+    rises with the stream's output while someone watches and stands still otherwise, while
+    ``chromastream_frames_out_total`` (colorization, metadata) goes on. ``reconnecting`` cards are encoded
+    frames too. ``chromastream_webrtc_encode_cpu_seconds`` is the CPU time of the thread that made and
+    encoded each picture (conversion to the encoder's frame included), so its sum over its count is the CPU
+    cost of one encoded frame. Recorders and RTSP pushes encode on their own, every frame, for as long as
+    the stream is configured with them.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.encoded_frames = Counter(
+            "chromastream_webrtc_encoded_frames",
+            "Frames encoded for WebRTC viewers (once per stream and codec, whatever the number of viewers; "
+            "nothing while a stream has no viewer)",
+            ["stream", "codec"],
+            registry=registry,
+        )
+        self.encode_cpu_seconds = Histogram(
+            "chromastream_webrtc_encode_cpu_seconds",
+            "CPU time of making and encoding one frame for WebRTC viewers",
+            ["stream", "codec"],
+            buckets=_CPU_BUCKETS,
+            registry=registry,
+        )
+
+    def count(self, stream_id: str, codec: str, cpu_s: float) -> None:
+        self.encoded_frames.labels(stream_id, codec).inc()
+        self.encode_cpu_seconds.labels(stream_id, codec).observe(cpu_s)
+
+    def forget(self, stream_id: str, codec: str) -> None:
+        """The stream has ended: remove its series, as the pipeline does with its own."""
+        _remove(self.encoded_frames, stream_id, codec)
+        _remove(self.encode_cpu_seconds, stream_id, codec)
 
 
 # ------------------------------------------------------------------------------------ event-loop lag

@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -88,6 +88,8 @@ from chromastream.stream.sinks import FileRecorder, RtspPusher, run_sink
 from chromastream.stream.urls import redact_url
 
 logger = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 #: Window of the rolling rates and latency percentiles in :class:`StreamInfo`.
 WINDOW_S = 5.0
@@ -796,8 +798,9 @@ class Pipeline:
                     reason = "resize"
                 elif requested:
                     reason = "request"
-                L, cut, hint_input, state = await loop.run_in_executor(
+                (L, cut, hint_input, state), prepare_cpu = await loop.run_in_executor(
                     self._cpu_pool(),
+                    _thread_timed,
                     _prepare,
                     self.frame_ops,
                     frame.y,
@@ -819,6 +822,7 @@ class Pipeline:
                 frame_size = (height, width)
                 prepared = time.monotonic()
                 self.metrics.stage_seconds.labels(s.id, "preprocess").observe(prepared - start)
+                self.metrics.stage_cpu_seconds.labels(s.id, "preprocess").observe(prepare_cpu)
                 result = await self.batcher.submit(s.id, L, hint_input, state)
                 self.metrics.stage_seconds.labels(s.id, "batch_wait").observe(result.wait_s)
                 self.metrics.stage_seconds.labels(s.id, "inference").observe(result.run_s)
@@ -848,12 +852,18 @@ class Pipeline:
                     return
                 frame = item.frame
                 start = time.monotonic()
-                y, u, v = await loop.run_in_executor(
-                    self._cpu_pool(), self.frame_ops.to_yuv420, frame.y, item.ab, frame.full_range
+                (y, u, v), post_cpu = await loop.run_in_executor(
+                    self._cpu_pool(),
+                    _thread_timed,
+                    self.frame_ops.to_yuv420,
+                    frame.y,
+                    item.ab,
+                    frame.full_range,
                 )
                 now = time.monotonic()
                 latency = now - frame.ingest_time
                 self.metrics.stage_seconds.labels(s.id, "postprocess").observe(now - start)
+                self.metrics.stage_cpu_seconds.labels(s.id, "postprocess").observe(post_cpu)
                 self.metrics.latency_seconds.labels(s.id).observe(latency)
                 metadata = frame_metadata(
                     s.id, frame.index, frame.pts, frame.time_base, item.colorizer, latency * 1000.0, s.verdict
@@ -899,6 +909,14 @@ def _source_options(cfg: StreamConfig) -> dict[str, Any]:
     if cfg.names_file:
         options["loop"] = cfg.loops
     return options
+
+
+def _thread_timed(work: Callable[..., _R], *args: Any) -> tuple[_R, float]:
+    """In an executor thread: ``work``'s result and the CPU time this thread spent on it (the stage's cost
+    to the machine, which its wall time is not when threads wait for a shared core)."""
+    start = time.thread_time()
+    result = work(*args)
+    return result, time.thread_time() - start
 
 
 def _prepare(

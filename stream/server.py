@@ -267,6 +267,7 @@ class _State:
             connect_timeout=config.webrtc.connect_timeout_s,
             disconnect_grace=config.webrtc.disconnect_grace_s,
             metrics=stream_metrics.SessionMetrics(self.registry),
+            encoder_metrics=stream_metrics.EncoderMetrics(self.registry),
         )
         self.registry.register(_ServerCollector(self))
         self.bus: MetadataBus | None = None

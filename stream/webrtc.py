@@ -29,6 +29,17 @@ What sharing gives up, and how each gap is closed without patching aiortc:
 
 Viewers per stream stay capped (``max_viewers``): packetization, SRTP and sending are still per viewer.
 
+Encode only while watched
+-------------------------
+A stream nobody watches is not encoded for WebRTC at all: its :class:`StreamEncoder` subscribes to the
+pipeline when the first viewer's connection asks for its first packet (aiortc's sender starts reading the
+track once ICE and DTLS are up, so an offer whose client never connects costs no encoding) and closes that
+subscription, its task and its codec context when the last viewer's track stops (``DELETE``, or the
+session's end when the peer goes away, see below). Colorization, metadata and the detector go on
+regardless. Each encoded frame is
+counted in ``chromastream_webrtc_encoded_frames_total{stream,codec}`` and its CPU time in
+``chromastream_webrtc_encode_cpu_seconds`` (:class:`~chromastream.stream.metrics.EncoderMetrics`).
+
 While the input is down
 -----------------------
 A camera that reboots stops the stream's frames for seconds; a browser would freeze on the last picture
@@ -102,7 +113,7 @@ from aiortc.sdp import SessionDescription
 from chromastream.errors import ChromastreamError
 from chromastream.stream.av_glue import to_video_frame
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
-from chromastream.stream.metrics import SessionMetrics
+from chromastream.stream.metrics import EncoderMetrics, SessionMetrics
 from chromastream.stream.sources._common import frame_luma
 
 logger = logging.getLogger("chromastream.stream.webrtc")
@@ -402,6 +413,7 @@ class StreamEncoder:
         keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
         on_idle: Callable[[StreamEncoder], None] | None = None,
         on_end: Callable[[StreamEncoder], None] | None = None,
+        metrics: EncoderMetrics | None = None,
     ) -> None:
         if codec not in CODECS:
             raise WebRTCError(f"unsupported codec {codec!r}")
@@ -414,8 +426,10 @@ class StreamEncoder:
         self._keyframe_interval = keyframe_interval
         self._on_idle = on_idle
         self._on_end = on_end
+        self._metrics = metrics
         self.ended = False
         self._queues: set[_ViewerQueue] = set()
+        self._reserved = 0  # tracks made for viewers whose peers have not connected yet
         self._context: av.VideoCodecContext | None = None
         self._force_keyframe = True
         self._since_keyframe = 0
@@ -428,7 +442,18 @@ class StreamEncoder:
     def viewers(self) -> int:
         return len(self._queues)
 
+    @property
+    def running(self) -> bool:
+        """Subscribed to the stream and encoding (it has a viewer that is connected)."""
+        return self._task is not None
+
+    def reserve(self) -> None:
+        """A viewer's track will :meth:`attach` once its peer connects; until then the encoder stays the
+        stream's shared one (its hub keeps it) without encoding anything."""
+        self._reserved += 1
+
     def attach(self) -> _ViewerQueue:
+        self._reserved = max(0, self._reserved - 1)
         queue = _ViewerQueue(self.request_keyframe)
         self._queues.add(queue)
         self.request_keyframe()
@@ -444,6 +469,12 @@ class StreamEncoder:
         if not self._queues:
             self._shutdown()
 
+    def release(self) -> None:
+        """A reserved track ended before it attached: the encoder is let go if nobody else uses it."""
+        self._reserved = max(0, self._reserved - 1)
+        if not self._queues:
+            self._shutdown()
+
     def request_keyframe(self) -> None:
         self._force_keyframe = True
 
@@ -454,7 +485,7 @@ class StreamEncoder:
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         self._task = None
-        if self._on_idle is not None:
+        if self._on_idle is not None and not self._reserved:
             self._on_idle(self)
 
     async def close(self) -> None:
@@ -536,7 +567,9 @@ class StreamEncoder:
         then hand the packet to every viewer."""
         force = self._force_keyframe or self._since_keyframe + 1 >= self._keyframe_interval
         self._force_keyframe = False
-        packet = await loop.run_in_executor(None, self._encode_picture, picture, force)
+        packet, cpu_s = await loop.run_in_executor(None, self._encode_picture, picture, force)
+        if self._metrics is not None:
+            self._metrics.count(self.stream_id, self.codec, cpu_s)
         if packet is None:
             return
         packet.pts = rtp_time
@@ -563,8 +596,13 @@ class StreamEncoder:
         self._last_rtp = ts
         return ts
 
-    def _encode_picture(self, picture: Callable[[], av.VideoFrame], keyframe: bool) -> av.Packet[Any] | None:
-        return self._encode(picture(), keyframe)
+    def _encode_picture(
+        self, picture: Callable[[], av.VideoFrame], keyframe: bool
+    ) -> tuple[av.Packet[Any] | None, float]:
+        """Runs in an executor: the picture made and encoded, with the CPU time this thread spent on both."""
+        start = time.thread_time()
+        packet = self._encode(picture(), keyframe)
+        return packet, time.thread_time() - start
 
     def _encode(self, video: av.VideoFrame, keyframe: bool) -> av.Packet[Any] | None:
         """Runs in an executor: one frame in, at most one packet out (no lag, no B-frames)."""
@@ -619,20 +657,34 @@ class StreamEncoder:
 
 
 class EncodedVideoTrack(MediaStreamTrack):
-    """A viewer's video track: the shared packets of its stream, metadata sent as each one leaves."""
+    """A viewer's video track: the shared packets of its stream, metadata sent as each one leaves.
+
+    It joins its stream's encoder on the first ``recv()``, which aiortc's sender makes once the peer is
+    connected, so a session that never connects never starts the encoder (see "Encode only while watched").
+    """
 
     kind = "video"
 
     def __init__(self, encoder: StreamEncoder, on_event: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
         self._encoder = encoder
-        self._queue = encoder.attach()
+        encoder.reserve()
+        self._queue: _ViewerQueue | None = None
         self._on_event = on_event
         self.frames_sent = 0
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._queue is None:
+            try:
+                self._queue = self._encoder.attach()
+            except Exception as exc:  # the stream went away before the peer connected
+                logger.info(
+                    "stream %s: a viewer connected after its stream ended (%s)", self._encoder.stream_id, exc
+                )
+                self.stop()
+                raise MediaStreamError from exc
         item = await self._queue.get()
         if item is None:
             self.stop()
@@ -646,7 +698,10 @@ class EncodedVideoTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         if self.readyState == "live":
-            self._encoder.detach(self._queue)
+            if self._queue is not None:
+                self._encoder.detach(self._queue)
+            else:
+                self._encoder.release()
         super().stop()
 
 
@@ -760,7 +815,8 @@ class WebRTCHub:
     ``add_source`` is how a publisher's stream enters the pipeline (the server passes a function that
     builds the stream's config and calls ``pipeline.add_stream``); ``remove_source`` takes it out again.
     Sessions that do not connect within ``connect_timeout`` seconds or lose their transport (see the
-    module docstring) are closed by the hub itself; ``metrics`` counts every session opened and closed.
+    module docstring) are closed by the hub itself; ``metrics`` counts every session opened and closed, and
+    ``encoder_metrics`` every frame encoded and its CPU time.
     """
 
     def __init__(
@@ -775,6 +831,7 @@ class WebRTCHub:
         connect_timeout: float = CONNECT_TIMEOUT_S,
         disconnect_grace: float = DISCONNECT_GRACE_S,
         metrics: SessionMetrics | None = None,
+        encoder_metrics: EncoderMetrics | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self._feed = feed
@@ -784,6 +841,7 @@ class WebRTCHub:
         self.connect_timeout = connect_timeout
         self.disconnect_grace = disconnect_grace
         self._metrics = metrics
+        self._encoder_metrics = encoder_metrics
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
         self._on_change = on_change
@@ -797,7 +855,8 @@ class WebRTCHub:
         return sum(1 for v in self.viewers.values() if stream_id is None or v.stream_id == stream_id)
 
     def encoders(self) -> list[StreamEncoder]:
-        return list(self._encoders.values())
+        """The shared encoders running now (a viewer that has not connected yet starts none)."""
+        return [e for e in self._encoders.values() if e.running]
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -844,6 +903,7 @@ class WebRTCHub:
                 keyframe_interval=self._keyframe_interval,
                 on_idle=self._forget_encoder,
                 on_end=self._encoder_ended,
+                metrics=self._encoder_metrics,
             )
             self._encoders[key] = encoder
         return encoder
@@ -855,6 +915,8 @@ class WebRTCHub:
 
     def _encoder_ended(self, encoder: StreamEncoder) -> None:
         """The stream ended or was removed: hang up its viewers rather than leave them on a still picture."""
+        if self._encoder_metrics is not None:
+            self._encoder_metrics.forget(encoder.stream_id, encoder.codec)
         if not self._closing:
             task = asyncio.get_running_loop().create_task(
                 self.close_viewers_of(encoder.stream_id, "stream_ended")
