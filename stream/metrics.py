@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -121,12 +122,40 @@ class PipelineMetrics:
         self.viewers = Gauge(
             "chromastream_viewers", "Open subscriptions to the stream's output", ["stream"], registry=r
         )
+        self.verdicts = Counter(
+            "chromastream_deepfake_verdicts",
+            "Deepfake detector verdicts on the stream's sampled frames, by label (no_face, real, uncertain, "
+            "fake)",
+            ["stream", "verdict"],
+            registry=r,
+        )
+        self.fake_probability = Gauge(
+            "chromastream_deepfake_probability",
+            "The detector's latest calibrated probability that the most suspicious face in view is fake "
+            "(no series while no face is in view)",
+            ["stream"],
+            registry=r,
+        )
         self._reset_reasons: dict[str, set[str]] = {}
+        self._verdict_labels: dict[str, set[str]] = {}
 
     def count_reset(self, stream_id: str, reason: str) -> None:
         """Count a state reset; sources may name reasons beyond :data:`RESET_REASONS`."""
         self._reset_reasons.setdefault(stream_id, set()).add(reason)
         self.resets.labels(stream_id, reason).inc()
+
+    def count_verdict(self, stream_id: str, verdict: dict[str, Any]) -> None:
+        """One sampled frame's verdict (the metadata's ``deepfake`` shape): counted by label, and its
+        probability kept as the stream's latest (removed while no face is in view, so a dashboard never
+        shows a stale probability for an empty scene)."""
+        label = str(verdict.get("label", "unknown"))
+        self._verdict_labels.setdefault(stream_id, set()).add(label)
+        self.verdicts.labels(stream_id, label).inc()
+        probability = verdict.get("probability")
+        if probability is None:
+            _remove(self.fake_probability, stream_id)
+        else:
+            self.fake_probability.labels(stream_id).set(float(probability))
 
     def forget(self, stream_id: str) -> None:
         """Remove every series of a stream that has gone."""
@@ -137,8 +166,11 @@ class PipelineMetrics:
             self.connect_attempts,
             self.latency_seconds,
             self.viewers,
+            self.fake_probability,
         ):
             _remove(metric, stream_id)
+        for label in self._verdict_labels.pop(stream_id, set()):
+            _remove(self.verdicts, stream_id, label)
         for stage in DROP_STAGES:
             _remove(self.dropped, stream_id, stage)
         for reason in self._reset_reasons.pop(stream_id, set()):

@@ -752,6 +752,8 @@ class Pipeline:
     async def _detect(self, s: _Stream, detector: DetectorHook, frame: Frame) -> None:
         try:
             s.verdict = await detector.detect(frame)
+            if s.verdict is not None:
+                self.metrics.count_verdict(s.id, s.verdict)
         except asyncio.CancelledError:
             pass
         except Exception:

@@ -664,6 +664,7 @@ def test_dashboard_reads_only_metrics_the_server_exports(compose_server: tuple[i
         "chromastream_dropped_frames_total",
         "chromastream_reconnects_total",
         "chromastream_webrtc_viewers",
+        "chromastream_deepfake_verdicts_total",
     ):
         assert family in used, family
     quantiles = {

@@ -318,6 +318,13 @@ def test_the_detectors_own_verdict_on_a_face_reaches_the_bus(
                 lambda: [m for m in bus.of("summary", "face") if m.body["verdict"] == verdict["verdict"]],
                 "a summary with that verdict",
             )
+            async with ClientSession() as http, http.get(f"{server.base}/metrics") as response:
+                text = await response.text()  # and Prometheus sees the same verdicts
+            series = f'chromastream_deepfake_verdicts_total{{stream="face",verdict="{verdict["verdict"]}"}}'
+            counted = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+            assert counted is not None and float(counted.group(1)) >= 1, text
+            latest = re.search(r'^chromastream_deepfake_probability\{stream="face"\} (\S+)$', text, re.M)
+            assert latest is not None and 0.0 <= float(latest.group(1)) <= 1.0, text
             async with Listener(broker.port, prefix) as late:  # and it is retained for a late subscriber
                 kept = await late.until(
                     lambda: [m for m in late.of("verdict", "face") if m.retain], "a retained verdict"
