@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import av
 import av.error
@@ -24,10 +24,46 @@ from chromastream.stream.frames import OutputFrame
 U8 = npt.NDArray[np.uint8]
 
 ENCODER: Final = "libx264"
-#: x264 settings of colorized files and recordings: 'veryfast' keeps encoding a small share of the frame
-#: time on two cores; CRF 20 is visually clean for colour that is smooth by construction (chroma comes from
-#: a low-resolution map).
+#: x264 settings of colorized files (the file transcoder, a batch job that may use every core): 'veryfast'
+#: keeps encoding a small share of the frame time; CRF 20 is visually clean for colour that is smooth by
+#: construction (chroma comes from a low-resolution map). Recordings take their CRF from here and their
+#: preset and threads from :func:`x264_options`.
 ENCODER_OPTIONS = {"preset": "veryfast", "crf": "20"}
+
+EncoderUse = Literal["live", "record"]
+"""What a live H.264 encoder serves: ``live`` (WebRTC viewers, the RTSP push: every frame leaves at once)
+or ``record`` (a recording: a file, where a few frames inside the encoder cost nothing)."""
+#: Frames of more pixels than this count as large (1080p and up) for :func:`x264_options`.
+LARGE_FRAME_PIXELS: Final = 1280 * 720
+
+
+def x264_options(width: int, height: int, use: EncoderUse) -> dict[str, str]:
+    """libx264's preset, tune and threads for a live encoder of ``width`` x ``height`` frames, the one
+    place where every live encoder gets them (rate control stays each encoder's own: a bitrate for WebRTC,
+    a CRF for recordings and the push). Measured by ``python -m benchmarks.x264_settings`` on two cores
+    (RESULTS.md, "x264 settings"; summary in docs/PERFORMANCE.md):
+
+    * live: ``superfast`` with ``tune=zerolatency``. At WebRTC's 1.5 Mbit/s it is 2.5 dB (Y PSNR) better
+      than ``ultrafast`` at 640x480, 2.0 dB at 720p and 1.6 dB at 1080p, for 2.9/5.6/11 ms of CPU per
+      frame instead of 1.4/3.4/7.0 ms; ``veryfast`` adds at most 0.2 dB for 70 % more CPU (and nothing at
+      1080p), ``faster`` 0.3 dB for 3 times the CPU. One thread below 1080p: a single-threaded frame
+      already takes a sixth of the frame time at 30 fps, and a second thread only competes with the
+      colorizer for the same cores. From 1080p two threads cut the wall time of a frame by a quarter
+      (11 to 8 ms, at +6 % CPU), so a frame leaves sooner. Always sliced threads: frame threads hold one
+      frame back per extra thread (33 ms each at 30 fps), sliced threads none.
+    * record: ``veryfast`` with x264's lookahead (no tune), at CRF 20: 19 % fewer bits than ``superfast``
+      at 720p and 640x480 for 65 % more CPU (23 against 14 ms per 720p frame); ``faster`` costs another 60 %
+      CPU for 1 % fewer bits. From 1080p ``superfast``: ``veryfast`` would take about half of a core at 25
+      fps beside the model. Two frame threads from 1080p so one 1080p frame is encoded within the frame
+      time; the frame of latency they add does not matter in a file.
+    """
+    large = width * height > LARGE_FRAME_PIXELS
+    threads = "2" if large else "1"
+    if use == "live":
+        return {"preset": "superfast", "tune": "zerolatency", "threads": threads, "thread_type": "slice"}
+    preset = "superfast" if large else "veryfast"
+    return {"preset": preset, "threads": threads, "thread_type": "frame" if large else "slice"}
+
 
 # FFmpeg enum values (libavutil/pixfmt.h). The chroma is computed from sRGB with the BT.601 matrix
 # (kernels.combine), so the stream is tagged exactly that: BT.601 matrix, sRGB primaries (= BT.709) and
