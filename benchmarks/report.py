@@ -24,6 +24,8 @@ from benchmarks.precision import report_section as precision_section
 from benchmarks.serve_throughput import encode_cost_section as serve_encode_cost_section
 from benchmarks.serve_throughput import report_section as serve_throughput_section
 from benchmarks.throughput import report_section as throughput_section
+from benchmarks.x264_settings import NAME as X264_NAME
+from benchmarks.x264_settings import report_section as x264_section
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "RESULTS.md"
 KNOWN = ("quality", "model_speed", "video_speed")
@@ -37,6 +39,7 @@ OPTIONAL = (
     "serve_encode_cost",
     PRECISION_NAME,
     "deepfake",
+    X264_NAME,
 )
 """Sections shown only when their JSON exists (no placeholder when absent)."""
 
@@ -633,6 +636,7 @@ def render(results_dir: Path, out: Path) -> str:
         "serve_encode_cost": serve_encode_cost_section,
         PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,
+        X264_NAME: x264_section,
     }
     for name in OPTIONAL:
         if name in results:

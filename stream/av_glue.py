@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import av
 import av.error
@@ -24,10 +24,48 @@ from chromastream.stream.frames import OutputFrame
 U8 = npt.NDArray[np.uint8]
 
 ENCODER: Final = "libx264"
-#: x264 settings of colorized files and recordings: 'veryfast' keeps encoding a small share of the frame
-#: time on two cores; CRF 20 is visually clean for colour that is smooth by construction (chroma comes from
-#: a low-resolution map).
+#: x264 settings of colorized files (the file transcoder, a batch job that may use every core): 'veryfast'
+#: keeps encoding a small share of the frame time; CRF 20 is visually clean for colour that is smooth by
+#: construction (chroma comes from a low-resolution map). Recordings take their CRF from here and their
+#: preset and threads from :func:`x264_options` (they share the cores with the colorizer).
 ENCODER_OPTIONS = {"preset": "veryfast", "crf": "20"}
+
+EncoderUse = Literal["live", "record"]
+"""What a live H.264 encoder serves: ``live`` (WebRTC viewers, the RTSP push: every frame leaves at once)
+or ``record`` (a recording: a file, where a few frames inside the encoder cost nothing)."""
+#: Frames of more pixels than this count as large (1080p and up) for :func:`x264_options`.
+LARGE_FRAME_PIXELS: Final = 1280 * 720
+
+
+def x264_options(width: int, height: int, use: EncoderUse) -> dict[str, str]:
+    """libx264's preset, tune and threads for a live encoder of ``width`` x ``height`` frames: the one
+    place every live H.264 encoder (WebRTC, RTSP push, recorder) takes them from. Rate control stays each
+    encoder's own: a bitrate for WebRTC, a CRF for the push and for recordings.
+
+    Measured by ``python -m benchmarks.x264_settings`` on colorized video on two cores (RESULTS.md,
+    "x264 settings"; the figures in docs/PERFORMANCE.md). The encoders share the cores with the
+    colorizer, so the CPU time of a frame is what a setting costs:
+
+    * ``superfast`` for both uses. At WebRTC's 1.5 Mbit/s it is 1.5 to 2.5 dB (PSNR of Y) better than
+      ``ultrafast`` for 1.6 to 2 times the CPU (3.0/5.7/11.6 ms per 480p/720p/1080p frame); ``veryfast``
+      adds 0.1 to 0.2 dB for 1.5 to 1.8 times that CPU, ``faster`` 0.4 to 0.5 dB for 2.6 to 3.2 times.
+      For recordings (CRF 20) ``veryfast`` takes 1.6 to 1.7 times the CPU of ``superfast`` and, at the
+      same quality, spends 11 to 14 % fewer bits by PSNR but about as many by SSIM (0.96 to 1.03 times):
+      not worth half a core of the colorizer's time at 1080p (51 against 31 ms per frame).
+    * live: ``tune=zerolatency`` (no lookahead: each frame's packet leaves with it) and *sliced*
+      threads: frame threads hold one frame back per extra thread (33 ms each at 30 fps).
+    * One thread below 1080p: a second one saves at most 1.5 ms of a frame's wall time there and
+      competes with the colorizer for the same cores. Two from 1080p, where a frame takes 12 ms (live)
+      or 31 ms (recording, nearly the whole frame time at 30 fps): where a core is free two threads cut
+      that to 7 or 18 ms for at most 4 % more CPU. Sliced for live; frame threads for a recording,
+      whose latency does not matter.
+    """
+    large = width * height > LARGE_FRAME_PIXELS
+    threads = "2" if large else "1"
+    if use == "live":
+        return {"preset": "superfast", "tune": "zerolatency", "threads": threads, "thread_type": "slice"}
+    return {"preset": "superfast", "threads": threads, "thread_type": "frame" if large else "slice"}
+
 
 # FFmpeg enum values (libavutil/pixfmt.h). The chroma is computed from sRGB with the BT.601 matrix
 # (kernels.combine), so the stream is tagged exactly that: BT.601 matrix, sRGB primaries (= BT.709) and

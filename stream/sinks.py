@@ -40,7 +40,14 @@ import av.error
 import numpy as np
 from av.video.frame import PictureType
 
-from chromastream.stream.av_glue import ENCODER, ENCODER_OPTIONS, av_message, tag_colour, to_video_frame
+from chromastream.stream.av_glue import (
+    ENCODER,
+    ENCODER_OPTIONS,
+    av_message,
+    tag_colour,
+    to_video_frame,
+    x264_options,
+)
 from chromastream.stream.config import RecordConfig
 from chromastream.stream.errors import OutputError
 from chromastream.stream.formats import CONTAINERS
@@ -59,10 +66,11 @@ NOMINAL_RATE = Fraction(25)
 MAX_PENDING_AUDIO = 1024
 #: Longest silence inserted for a gap in the sound; a longer gap restarts the sound's clock instead.
 MAX_SILENCE_S = 60
-#: x264 settings for a live push: no lookahead or B-frames (every frame leaves at once), baseline for
-#: players and servers that take nothing else, and a key frame every second so a viewer that joins (or a
-#: server after our reconnect) starts decoding within a second.
-PUSH_OPTIONS = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "g": "25", "bf": "0"}
+#: x264 settings for a live push, besides the preset, tune and threads of a live encoder
+#: (:func:`~chromastream.stream.av_glue.x264_options`, which has no lookahead): no B-frames (every frame
+#: leaves at once), baseline for players and servers that take nothing else, and a key frame every second
+#: so a viewer that joins (or a server after our reconnect) starts decoding within a second.
+PUSH_OPTIONS = {"profile": "baseline", "g": "25", "bf": "0"}
 #: RTSP timestamps are in 90 kHz units by convention; the push clock is counted in them.
 PUSH_TIME_BASE = Fraction(1, 90000)
 
@@ -91,10 +99,11 @@ _FRAGMENTED = {"movflags": "+frag_keyframe+empty_moov+default_base_moof"}
 #: A key frame (and with it an MP4 fragment) at least this often, in seconds of the recording at any frame
 #: rate: the most a crash can take from a segment, besides the few frames inside the encoder.
 RECORD_KEYFRAME_S = 2.0
-#: x264 settings of a recording: the file path's, without B-frames, so packets leave in display order (a
-#: segment's last packet is its last picture, whose duration then reaches the next segment's start) and
-#: fewer frames are inside the encoder when the process dies.
-RECORD_OPTIONS = {**ENCODER_OPTIONS, "bf": "0"}
+#: x264 settings of a recording, besides its preset and threads
+#: (:func:`~chromastream.stream.av_glue.x264_options`): the file path's CRF, without B-frames, so packets
+#: leave in display order (a segment's last packet is its last picture, whose duration then reaches the
+#: next segment's start) and fewer frames are inside the encoder when the process dies.
+RECORD_OPTIONS = {"crf": ENCODER_OPTIONS["crf"], "bf": "0"}
 #: How long a recording whose disk failed waits before it tries a new segment.
 RECORD_RETRY_S = 10.0
 #: The sound is moved onto the picture's clock again only when the two drift apart by more than this.
@@ -128,7 +137,8 @@ class _Segment:
         except (av.error.FFmpegError, OSError) as exc:
             raise OutputError(f"cannot create {path}: {av_message(exc)}") from exc
         try:
-            video = self._container.add_stream(ENCODER, rate=NOMINAL_RATE, options=dict(RECORD_OPTIONS))
+            codec_options = {**RECORD_OPTIONS, **x264_options(*size, "record")}
+            video = self._container.add_stream(ENCODER, rate=NOMINAL_RATE, options=codec_options)
             video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
             video.time_base = TIME_BASE
             video.codec_context.time_base = TIME_BASE
@@ -619,7 +629,8 @@ class RtspPusher:
             self.url, mode="w", format="rtsp", options={"rtsp_transport": "tcp"}, timeout=self.timeout
         )
         try:
-            video = container.add_stream(ENCODER, rate=NOMINAL_RATE, options=dict(PUSH_OPTIONS))
+            codec_options = {**PUSH_OPTIONS, **x264_options(*size, "live")}
+            video = container.add_stream(ENCODER, rate=NOMINAL_RATE, options=codec_options)
             video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
             video.time_base = PUSH_TIME_BASE
             video.codec_context.time_base = PUSH_TIME_BASE

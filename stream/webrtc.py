@@ -111,7 +111,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from chromastream.errors import ChromastreamError
-from chromastream.stream.av_glue import to_video_frame
+from chromastream.stream.av_glue import to_video_frame, x264_options
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
 from chromastream.stream.metrics import EncoderMetrics, SessionMetrics
 from chromastream.stream.sources._common import frame_luma
@@ -641,9 +641,10 @@ class StreamEncoder:
                 "bufsize": str(self._bitrate),
             }
             context.qmin, context.qmax = 2, 56
+            context.thread_count = 1
         else:
             context = av.CodecContext.create("libx264", "w")
-            context.options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31"}
+            context.options = {**x264_options(width, height, "live"), "level": "31"}
             context.profile = "Baseline"
         assert isinstance(context, av.VideoCodecContext)
         context.width, context.height = width, height
@@ -652,7 +653,6 @@ class StreamEncoder:
         context.time_base = Fraction(1, 30)
         context.framerate = Fraction(30, 1)
         context.gop_size = max(self._keyframe_interval, 1)
-        context.thread_count = 1
         return context
 
 

@@ -27,7 +27,10 @@ A worker that dies is restarted (after a pause that doubles while it keeps dying
 are added to it again with their configs and current hints; other workers are not touched. A WebRTC
 publisher's stream (WHIP) cannot be restored, its peer connection died with the worker, so it is
 forgotten and the publisher must publish again. While a worker restarts, its streams show the state
-``restarting`` and their signalling is answered 503 with ``Retry-After``.
+``restarting`` and their signalling is answered 503 with ``Retry-After``. A worker that hangs without
+dying (its event loop stuck, or the process stopped) is found by the front's health checks over the
+control channel (:data:`HEALTH_MISSES` unanswered in a row, 6 to 7 s), killed and restarted the same way;
+``chromastream_worker_restarts_total`` counts restarts by ``reason``, ``exited`` or ``hung``.
 
 The control channel is the server's own HTTP API on the worker's private Unix socket. What the front
 needs from a worker is the :class:`Worker` protocol (add/remove stream, list, hints, reset, events,
@@ -87,6 +90,20 @@ RESTART_DELAY_S = (0.5, 30.0)
 """Pause before restarting a dead worker, doubling (up to the second value) while it dies within
 :data:`STABLE_S` of its start, so a worker that cannot run does not spin."""
 STABLE_S = 30.0
+HEALTH_INTERVAL_S = 1.0
+"""How often the front asks each running worker's ``/healthz`` over the control channel. A worker whose
+event loop is stuck (or that was stopped with SIGSTOP) does not die, so only asking tells it apart from a
+working one; one small request a second per worker costs nothing beside the video."""
+HEALTH_TIMEOUT_S = 2.0
+"""How long one health check waits for its answer. ``/healthz`` is answered by the worker's event loop
+alone, in milliseconds (p99 11 ms while a fuzzer hammers the server), so a check that waits this long
+means the loop did not run for two whole seconds."""
+HEALTH_MISSES = 3
+"""Unanswered health checks in a row after which a worker counts as hung: it is killed with SIGKILL (a
+stopped or stuck process cannot act on SIGTERM) and restarted like a worker that died. Three checks of
+:data:`HEALTH_TIMEOUT_S` each, one started every :data:`HEALTH_INTERVAL_S` at most, make 6 to 7 s of
+silence: long enough that a loop slowed by a busy two-core machine (stalls of a fraction of a second) is
+never taken for a hung one, short enough that viewers get their stream back within seconds."""
 RETRY_S = 0.2
 """Pause between attempts of a metadata event stream to reach a restarting worker."""
 #: Series the front keeps itself: its own HTTP errors and metadata clients (the workers' versions of
@@ -380,7 +397,8 @@ class _Slot:
         self.client: Worker | None = None
         self.ready = asyncio.Event()
         self.started = 0.0
-        self.restarts = 0
+        self.restarts = {"exited": 0, "hung": 0}
+        """Restarts by reason: the process exited (or died), or it stopped answering and was killed."""
         self.delay = RESTART_DELAY_S[0]
         self.metrics_text = ""
         self.watcher: asyncio.Task[None] | None = None
@@ -539,25 +557,44 @@ class WorkerPool:
         slot.ready.set()
 
     async def _watch(self, slot: _Slot) -> None:
-        """Restart ``slot``'s worker whenever it exits, then give it back its streams."""
+        """Restart ``slot``'s worker whenever it exits or hangs (:meth:`_kill_if_hung`), then give it back
+        its streams."""
+        reason: str | None = None
         while True:
             assert slot.process is not None
-            await _exited(slot.process)
+            probe = asyncio.get_running_loop().create_task(
+                self._kill_if_hung(slot), name=f"worker {slot.index} health"
+            )
+            try:
+                await _exited(slot.process)
+            finally:
+                probe.cancel()
+            silent = None
+            if probe.done() and not probe.cancelled():
+                if probe.exception() is None:
+                    silent = probe.result()
+                else:
+                    logger.error("worker %d: health checks failed", slot.index, exc_info=probe.exception())
             if self._stopping:
                 return
             self._lost(slot)
             if time.monotonic() - slot.started > STABLE_S:
                 slot.delay = RESTART_DELAY_S[0]
             delay, slot.delay = slot.delay, min(slot.delay * 2, RESTART_DELAY_S[1])
-            ids = [p.cfg.id for p in self._placed_on(slot)]
-            logger.warning(
-                "worker %d (pid %s) exited with status %s; restarting it in %.1f s with its streams: %s",
-                slot.index,
-                slot.process.pid,
-                slot.process.exitcode,
-                delay,
-                ", ".join(ids) or "none",
-            )
+            ids = ", ".join(p.cfg.id for p in self._placed_on(slot)) or "none"
+            if silent is not None:
+                logger.warning(
+                    "worker %d (pid %s) hung: no answer to its health check for %.1f s (%d checks in a "
+                    "row); killed it, restarting it in %.1f s with its streams: %s",
+                    *(slot.index, slot.process.pid, silent, HEALTH_MISSES, delay, ids),
+                )
+            else:
+                logger.warning(
+                    "worker %d (pid %s) exited with status %s; restarting it in %.1f s with its streams: %s",
+                    *(slot.index, slot.process.pid, slot.process.exitcode, delay, ids),
+                )
+            # A restart that fails to start is retried under the reason that took the worker down first.
+            reason = reason or ("hung" if silent is not None else "exited")
             await asyncio.sleep(delay)
             try:
                 await self._launch(slot)
@@ -566,8 +603,31 @@ class WorkerPool:
                 if slot.process.is_alive():
                     slot.process.kill()
                 continue
-            slot.restarts += 1
+            slot.restarts[reason] += 1
+            reason = None
             await self._restore(slot)
+
+    async def _kill_if_hung(self, slot: _Slot) -> float | None:
+        """Ask the worker's health every :data:`HEALTH_INTERVAL_S` while its process lives; after
+        :data:`HEALTH_MISSES` unanswered checks in a row, kill it with SIGKILL and return how long it had
+        been silent (:meth:`_watch` sees the exit and restarts it)."""
+        process, client = slot.process, slot.client
+        assert process is not None and client is not None
+        answered, misses = time.monotonic(), 0
+        while True:
+            started = time.monotonic()
+            try:
+                ok = await asyncio.wait_for(client.healthy(), HEALTH_TIMEOUT_S)
+            except TimeoutError:
+                ok = False
+            if ok:
+                answered, misses = time.monotonic(), 0
+            else:
+                misses += 1
+                if misses >= HEALTH_MISSES and process.is_alive():
+                    process.kill()
+                    return time.monotonic() - answered
+            await asyncio.sleep(max(0.0, HEALTH_INTERVAL_S - (time.monotonic() - started)))
 
     def _lost(self, slot: _Slot) -> None:
         slot.ready.clear()
@@ -856,8 +916,9 @@ class _PoolCollector(Collector):
         )
         restarts = CounterMetricFamily(
             "chromastream_worker_restarts",
-            "Times the worker process died and was started again",
-            labels=["worker"],
+            "Times the worker process was started again, by reason: it exited (or died), or it hung "
+            "(stopped answering its health checks and was killed)",
+            labels=["worker", "reason"],
         )
         streams = GaugeMetricFamily(
             "chromastream_worker_streams", "Streams placed on the worker", labels=["worker"]
@@ -865,7 +926,8 @@ class _PoolCollector(Collector):
         for slot in self._pool._slots:
             labels = [str(slot.index)]
             up.add_metric(labels, 1.0 if slot.ready.is_set() else 0.0)
-            restarts.add_metric(labels, slot.restarts)
+            for reason, count in slot.restarts.items():
+                restarts.add_metric([*labels, reason], count)
             streams.add_metric(labels, len(self._pool._placed_on(slot)))
         yield from (up, restarts, streams)
 

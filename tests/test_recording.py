@@ -265,7 +265,8 @@ def test_a_recording_whose_disk_fails_says_so_and_resumes_when_it_can(
         cfg = StreamConfig("cam", "synthetic:", record=RecordConfig(folder / "cam.mp4", segment_s=1))
         await p.add_stream(cfg, TestSource("cam", 25 * 5, live=True))
         await p.start()
-        await until(lambda: len(segments(folder)) == 1)
+        # The metadata file is created a moment after the video file (once the encoder is open).
+        await until(lambda: len(segments(folder)) == 1 and len(segments(folder, ".jsonl")) == 1)
         for segment in segments(folder):  # the disk goes away under the recording
             segment.unlink()
             segment.with_suffix(".jsonl").unlink()

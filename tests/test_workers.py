@@ -3,7 +3,8 @@
 What a user of the API notices is checked: which worker owns each stream, frames on every stream,
 ``/metrics`` covering every worker, hints and resets reaching the owner (seen in the metadata events
 read through the front), WebRTC video from a worker's peer connection, and a worker killed with SIGKILL
-coming back with its streams and hints while the other worker's stream never stops.
+coming back with its streams and hints while the other worker's stream never stops; a worker stopped with
+SIGSTOP (alive, but answering nothing) is found by the health checks, killed and restarted the same way.
 """
 
 from __future__ import annotations
@@ -265,11 +266,101 @@ def test_a_killed_worker_comes_back_with_its_streams_and_hints_and_the_other_nev
                     assert n1 > n0, f"the other worker's stream stalled {stalled}"
                 async with session.get(f"{base}/metrics") as r:
                     text = await r.text()
-                assert 'chromastream_worker_restarts_total{worker="0"} 1.0' in text
-                assert 'chromastream_worker_restarts_total{worker="1"} 0.0' in text
+                assert 'chromastream_worker_restarts_total{reason="exited",worker="0"} 1.0' in text
+                assert 'chromastream_worker_restarts_total{reason="hung",worker="0"} 0.0' in text
+                assert 'chromastream_worker_restarts_total{reason="exited",worker="1"} 0.0' in text
 
         run(body)
         assert server.stop() == 0
         log = server.stderr()
         assert re.search(rf"worker 0 \(pid {pids['0']}\) exited with status -9; restarting it", log), log
+        assert "Traceback" not in log
+
+
+def _our_worker(pid: int, front: int) -> bool:
+    """Whether ``pid`` is still a child of the front (so a signal reaches our worker, never a process that
+    took its number later)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[1]) == front  # the fields after the name: state, ppid, ...
+
+
+def test_a_hung_worker_is_killed_and_restarted_with_its_streams_and_hints_and_the_other_never_stops(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "serve.yaml"
+    streams = [{"id": "left", "url": CAMERA}, {"id": "right", "url": CAMERA}]
+    config.write_text(yaml.safe_dump({"workers": 2, "pipeline": {"detector_rate": 0}, "streams": streams}))
+    with served(tmp_path, "--config", str(config)) as server:
+        base = server.base
+        pids = dict(re.findall(r"worker (\d+) pid (\d+)", server.stderr()))
+        hung = int(pids["0"])
+
+        async def body() -> None:
+            async with ClientSession() as session:
+                owners = {i: s["worker"] for i, s in (await streams_by_id(session, base)).items()}
+                assert owners == {"left": 0, "right": 1}
+                async with session.put(f"{base}/api/streams/left/hints", json=[RED, BLUE, RED]) as r:
+                    assert r.status == 200
+                await event_where(session, base, "left", lambda e: e["colorizer"]["hints"] == 3)
+
+                samples: list[tuple[float, int]] = []
+
+                async def watch() -> None:
+                    while True:
+                        now = await streams_by_id(session, base)
+                        samples.append((time.monotonic(), now["right"]["frames_out"]))
+                        await asyncio.sleep(0.25)
+
+                watcher = asyncio.create_task(watch())
+                try:
+                    await asyncio.sleep(1.0)
+                    os.kill(hung, signal.SIGSTOP)  # alive, holding its socket, answering nothing
+                    stopped = time.monotonic()
+
+                    async def restarting() -> bool:
+                        return bool((await streams_by_id(session, base))["left"]["state"] == "restarting")
+
+                    await until(restarting, 12, "the hung worker's stream shown as restarting")
+                    assert time.monotonic() - stopped > 4, "a worker silent for a moment must not be killed"
+
+                    async def back() -> bool:
+                        left = (await streams_by_id(session, base))["left"]
+                        return left["state"] == "running" and left["frames_out"] >= 3
+
+                    await until(back, 15 - (time.monotonic() - stopped), "frames again within 15 s")
+                    async with session.get(f"{base}/api/streams/left/hints") as r:
+                        assert len((await r.json())["hints"]) == 3
+                    event = await event_where(session, base, "left", lambda e: True)
+                    assert event["colorizer"]["hints"] == 3
+                    await asyncio.sleep(1.0)
+                finally:
+                    watcher.cancel()
+                # While worker 0 was silent the front answered the list with its last figures for it;
+                # the other worker's stream rose throughout.
+                assert samples[-1][0] - samples[0][0] > 5
+                for (t0, n0), (t1, n1) in zip(samples, samples[4:], strict=False):
+                    stalled = f"between {t0 - stopped:+.1f} s and {t1 - stopped:+.1f} s of the stop"
+                    assert n1 > n0, f"the other worker's stream stalled {stalled}"
+                async with session.get(f"{base}/metrics") as r:
+                    text = await r.text()
+                assert 'chromastream_worker_restarts_total{reason="hung",worker="0"} 1.0' in text
+                assert 'chromastream_worker_restarts_total{reason="exited",worker="0"} 0.0' in text
+                assert 'chromastream_worker_restarts_total{reason="hung",worker="1"} 0.0' in text
+
+        try:
+            run(body)
+        finally:
+            if _our_worker(hung, server.process.pid):  # the test failed before the front killed it
+                os.kill(hung, signal.SIGKILL)
+        assert server.stop() == 0
+        log = server.stderr()
+        assert not _our_worker(hung, server.process.pid)
+        line = rf"worker 0 \(pid {hung}\) hung: no answer to its health check for (\d+\.\d) s \(3 checks"
+        match = re.search(line, log)
+        assert match, log
+        assert 4 < float(match[1]) < 10, match[0]
+        assert "exited with status" not in log, log
         assert "Traceback" not in log
