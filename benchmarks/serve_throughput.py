@@ -171,7 +171,9 @@ def mps_daemon() -> Iterator[Path]:
     The pipe and log folders go into this process's environment (``CUDA_MPS_PIPE_DIRECTORY``,
     ``CUDA_MPS_LOG_DIRECTORY``), which the ``serve`` processes inherit: a CUDA process connects to the
     daemon of its pipe folder when it first initializes CUDA. At the end the daemon is told to quit (and
-    terminated by its pid file if it has not within 15 s), and the environment is put back."""
+    terminated by its pid file if it has not within 10 s), and the environment is put back. The daemon runs
+    detached from this process, so a SIGTERM (a time limit's ``timeout``) ends the run through this cleanup
+    too instead of leaving the daemon behind."""
     control = shutil.which(MPS_CONTROL)
     if control is None:
         raise BenchmarkError(
@@ -184,10 +186,14 @@ def mps_daemon() -> Iterator[Path]:
             "CUDA_MPS_LOG_DIRECTORY": Path(folder) / "log",
         }
         saved = {key: os.environ.get(key) for key in dirs}
-        for key, path in dirs.items():
-            path.mkdir()
-            os.environ[key] = str(path)
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
+            for key, path in dirs.items():
+                path.mkdir()
+                os.environ[key] = str(path)
             started = subprocess.run([control, "-d"], capture_output=True, text=True, timeout=30)
             if started.returncode != 0:
                 log = dirs["CUDA_MPS_LOG_DIRECTORY"] / "control.log"
@@ -201,7 +207,7 @@ def mps_daemon() -> Iterator[Path]:
                 with contextlib.suppress(BenchmarkError, OSError, subprocess.SubprocessError):
                     _mps_command("quit")
                 pid_file = dirs["CUDA_MPS_PIPE_DIRECTORY"] / "nvidia-cuda-mps-control.pid"
-                deadline = time.monotonic() + 15.0
+                deadline = time.monotonic() + 10.0
                 while pid_file.exists() and time.monotonic() < deadline:
                     time.sleep(0.2)
                 if pid_file.exists():
@@ -213,6 +219,12 @@ def mps_daemon() -> Iterator[Path]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 # --------------------------------------------------------------------------------------- the server

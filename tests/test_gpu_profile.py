@@ -208,3 +208,54 @@ def test_mps_daemon_runs_in_private_folders_and_stops() -> None:
         assert serve_throughput.mps_server_pids() == []  # the daemon answers; no client has started a server
         assert pipe.is_dir()
     assert not folder.exists() and os.environ.get("CUDA_MPS_PIPE_DIRECTORY") == before
+
+
+STAND_IN = """#!/bin/sh
+# Stand-in for nvidia-cuda-mps-control: records what it was asked, with the pipe folder it was asked in.
+log="{log}"
+if [ "$1" = "-d" ]; then
+    echo "start $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" >> "$log"
+    echo 0 > "$CUDA_MPS_PIPE_DIRECTORY/nvidia-cuda-mps-control.pid"
+    exit 0
+fi
+read -r command
+echo "$command $CUDA_MPS_PIPE_DIRECTORY" >> "$log"
+[ "$command" = quit ] && rm -f "$CUDA_MPS_PIPE_DIRECTORY/nvidia-cuda-mps-control.pid"
+exit 0
+"""
+
+
+def test_mps_run_asks_its_own_daemon_and_marks_the_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``--mps`` asks of the control program, seen through a stand-in that records it (the real
+    program runs in the gpu test above): a daemon in private folders started before the rows, asked for its
+    servers during each row, told to quit at the end; the rows say "mps", the file and section say so."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "mps.log"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "nvidia-cuda-mps-control"
+    stand_in.write_text(STAND_IN.format(log=log))
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "out"
+    assert serve_throughput.main(["--mps", "--quick", "--modes", "limit", "--out-dir", str(out)]) == 0
+    data = json.loads((out / "serve_throughput_mps.json").read_text())
+    assert data["mps"] is True and not (out / "serve_throughput.json").exists()
+    assert [(r["workers"], r["mps"], r["mps_servers"]) for r in data["rows"]] == [
+        (1, True, []),
+        (2, True, []),
+    ]
+    calls = log.read_text().splitlines()
+    start, *asked, quit_call = calls
+    pipe, log_dir = start.split()[1:]
+    assert start.startswith("start ") and Path(pipe).name == "pipe" and Path(log_dir).name == "log"
+    assert asked == [f"get_server_list {pipe}"] * 2 and quit_call == f"quit {pipe}"
+    assert not Path(pipe).exists() and "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+    section = "\n".join(serve_throughput.report_section(data))
+    assert section.startswith("## Serve throughput (worker processes), under CUDA MPS")
+    # RESULTS.md sets the rows of a run without MPS beside these (the same numbers here: layout only).
+    plain = {**data, "mps": False, "rows": [{**r, "mps": False} for r in data["rows"]]}
+    (out / "serve_throughput.json").write_text(json.dumps(plain))
+    text = report.render(out, out / "RESULTS.md")
+    table = text[text.index("## Serve on one GPU without and with CUDA MPS") :]
+    assert "| 320x240 | 1 | limit | 2 |" in table and "| x1.00 |" in table
