@@ -173,7 +173,7 @@ def test_cuda_profile_of_the_served_backend(tmp_path: Path) -> None:
     assert served["unattributed_share"] < 0.05 and eager["unattributed_share"] < 0.05
     assert _shares(served)[CONV] > 0 and _shares(served)[H2D] > 0 and _shares(served)[D2H] > 0
     assert served["memcpy"]["h2d"]["bytes_per_batch"] > 0
-    assert _shares(eager)[RECURRENT] > 0 and _shares(eager)[H2D] == 0
+    assert _shares(eager)[RECURRENT] > 0
     assert not any(k["name"].startswith("aten::") for k in served["top_kernels"])
     assert served["timeline"]["busy_ms"] > 0 and served["timeline"]["launches"] >= 1
     rows = {r["name"]: r for r in data["variants"]}
