@@ -342,11 +342,17 @@ def parse_trace(events: list[dict[str, Any]], device: str) -> tuple[list[Work], 
                 "start": float(events[index]["ts"]),
                 "end": _end(events[index]),
                 "api_us": sum(float(e.get("dur", 0.0)) for e in inside),
-                "sync_us": sum(float(e.get("dur", 0.0)) for e in inside if "ynchronize" in str(e["name"])),
+                # Waiting for the GPU: synchronization, and copies (a copy to or from pageable memory
+                # returns only when the GPU has done it).
+                "sync_us": sum(float(e.get("dur", 0.0)) for e in inside if _waits(str(e["name"]))),
                 "launches": sum(1 for e in inside if "aunch" in str(e["name"])),
             }
         )
     return work, {"batches": host}
+
+
+def _waits(api_call: str) -> bool:
+    return "ynchronize" in api_call or "Memcpy" in api_call
 
 
 def _union_us(intervals: Iterable[tuple[float, float]]) -> float:
@@ -957,7 +963,7 @@ def findings(data: dict[str, Any]) -> list[str]:
             else:
                 out.append(
                     f"device-bound: {num(busy)} ms of GPU work per served batch against {num(active)} ms "
-                    "of host work outside synchronization."
+                    "of host work outside the calls that wait for the GPU."
                 )
     if eager:
         share = {c["category"]: c["share"] for c in eager.get("categories") or []}
@@ -1148,11 +1154,12 @@ def report_section(data: dict[str, Any]) -> list[str]:
             "Per batch, mean over the profiled batches: busy is the union of the device's work (kernels and "
             "copies; on a CPU the operators), span runs from the batch's first to its last device activity, "
             "idle is the part of the span with nothing running; host wall is the host's time for the call, "
-            "of which CUDA API calls and synchronization. `served`: "
+            "of which CUDA API calls, and of those the ones that wait for the GPU (synchronization, copies). "
+            "`served`: "
             f"{(profiles.get('served') or {}).get('what', '?')}; "
             f"`eager`: {(profiles.get('eager') or {}).get('what', '?')}.",
             "",
-            f"| profile | {unit} busy ms | span ms | idle | host wall ms | CUDA API ms | of which sync ms "
+            f"| profile | {unit} busy ms | span ms | idle | host wall ms | CUDA API ms | of which waiting ms "
             "| launches |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
