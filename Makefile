@@ -152,12 +152,35 @@ soak: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.live_latency --soak-only --soak-minutes 10
 	$(BIN)/python -m benchmarks.report
 
-## gpu-check: on a CUDA machine whose $(PYTHON) already has CUDA torch and triton: the tests marked gpu, throughput, RESULTS.md
+## gpu-check: on a CUDA machine whose $(PYTHON) has CUDA torch and triton: gpu tests, throughput, GPU profile, serve without/with MPS, RESULTS.md (under 10 min)
+# Every step runs under its own time limit (seconds below, about 9 minutes together) whatever happened to the
+# steps before it, so each benchmark that runs writes its JSON; at the end the steps that failed or ran out of
+# time are named and the target fails. The benchmarks run short here (docs/GPU.md says what each measures):
+# run them on their own, without these arguments, for the full tables.
+GPU_CHECK_THROUGHPUT ?= --backends tensorrt torch-cuda --seconds 1 --streams 1 2 --clip-frames 30
+GPU_CHECK_PROFILE ?= --compile-modes reduce-overhead
+GPU_CHECK_SERVE ?= --modes model --workers 1 2 --streams 2 --warmup 2 --seconds 4
+GPU_CHECK_LIMITS ?= tests=90 throughput=60 profile=120 serve=120 serve_mps=120 report=20
 gpu-check:
 	@$(PYTHON) -c "import sys, importlib.util as u; u.find_spec('torch') or sys.exit('gpu-check: $(PYTHON) has no torch (install a CUDA build)'); import torch; torch.cuda.is_available() or sys.exit('gpu-check: torch sees no CUDA device')"
-	$(PYTHON) -m pytest -q -rs -m gpu
-	$(PYTHON) -m benchmarks.throughput
-	$(PYTHON) -m benchmarks.report
+	@failed=""; \
+	step() { \
+		name=$$1; shift; limit=$$(for kv in $(GPU_CHECK_LIMITS); do [ "$${kv%%=*}" = "$$name" ] && echo "$${kv#*=}"; done); \
+		echo "== gpu-check: $$name (at most $${limit:-120} s): $$*"; \
+		timeout -k 5 $${limit:-120} "$$@"; status=$$?; \
+		if [ $$status -ne 0 ]; then \
+			if [ $$status -eq 124 ]; then why="out of time"; else why="exit $$status"; fi; \
+			echo "== gpu-check: $$name FAILED ($$why)"; failed="$$failed $$name"; \
+		fi; \
+	}; \
+	step tests $(PYTHON) -m pytest -q -rs -m gpu; \
+	step throughput $(PYTHON) -m benchmarks.throughput $(GPU_CHECK_THROUGHPUT); \
+	step profile $(PYTHON) -m benchmarks.gpu_profile $(GPU_CHECK_PROFILE); \
+	step serve $(PYTHON) -m benchmarks.serve_throughput $(GPU_CHECK_SERVE); \
+	step serve_mps $(PYTHON) -m benchmarks.serve_throughput $(GPU_CHECK_SERVE) --mps; \
+	step report $(PYTHON) -m benchmarks.report; \
+	if [ -n "$$failed" ]; then echo "gpu-check: FAILED:$$failed"; exit 1; fi; \
+	echo "gpu-check: every step passed"
 
 results: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.report

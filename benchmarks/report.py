@@ -19,6 +19,9 @@ from typing import Any
 
 from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, machine_line, num, safe_name
 from benchmarks.deepfake import report_section as deepfake_section
+from benchmarks.gpu_profile import NAME as GPU_PROFILE_NAMES
+from benchmarks.gpu_profile import not_measured_section as gpu_profile_missing
+from benchmarks.gpu_profile import report_section as gpu_profile_section
 from benchmarks.precision import DEFAULT_NAME as PRECISION_NAME
 from benchmarks.precision import report_section as precision_section
 from benchmarks.serve_throughput import encode_cost_section as serve_encode_cost_section
@@ -36,6 +39,7 @@ OPTIONAL = (
     "live_latency",
     "live_soak",
     "serve_throughput",
+    "serve_throughput_mps",
     "serve_encode_cost",
     PRECISION_NAME,
     "deepfake",
@@ -597,6 +601,74 @@ def load_results(results_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str
     return found, problems
 
 
+def mps_section(plain: dict[str, Any], mps: dict[str, Any]) -> list[str]:
+    """RESULTS.md: the serve rows without and with CUDA MPS side by side (two runs of
+    ``benchmarks.serve_throughput``, the second with ``--mps``)."""
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            row.get("resolution"),
+            row.get("streams"),
+            row.get("mode"),
+            row.get("workers"),
+            row.get("viewers"),
+        )
+
+    without = {key(r): r for r in plain.get("rows") or []}
+    pairs = [(without[key(r)], r) for r in mps.get("rows") or [] if key(r) in without]
+    if not pairs:
+        return []
+    same = (plain.get("machine") or {}).get("cpu") == (mps.get("machine") or {}).get("cpu")
+    lines = [
+        "## Serve on one GPU without and with CUDA MPS",
+        "",
+        f"`serve_throughput.json` (run {plain.get('date', '?')}) beside `serve_throughput_mps.json` (run "
+        f"{mps.get('date', '?')}, `--mps`), rows of the same streams, run and workers; MPS servers: the "
+        "server processes the MPS control daemon listed while the row's server was up (0: the workers did "
+        "not use MPS). docs/GPU.md says what MPS changes.",
+        "",
+    ]
+    if not same:
+        lines += ["> The two files come from different machines: the ratio below compares nothing.", ""]
+    lines += [
+        "| resolution | streams | run | workers | fps total | with MPS | ratio | p95 ms | with MPS "
+        "| MPS servers |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for a, b in pairs:
+        fa, fb = a.get("fps_total"), b.get("fps_total")
+        ratio = fb / fa if isinstance(fa, int | float) and isinstance(fb, int | float) and fa else None
+        lines.append(
+            f"| {b.get('resolution')} | {b.get('streams')} | {b.get('mode')} | {b.get('workers')} | "
+            f"{num(fa, 1)} | {num(fb, 1)} | {'x' + num(ratio) if ratio is not None else '–'} | "
+            f"{num((a.get('latency_ms') or {}).get('p95'), 0)} | "
+            f"{num((b.get('latency_ms') or {}).get('p95'), 0)} | "
+            f"{len(b.get('mps_servers') or [])} |"
+        )
+    return [*lines, ""]
+
+
+def gpu_sections(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The GPU profile (or where to get it) and the MPS comparison when both serve runs exist."""
+    name = GPU_PROFILE_NAMES["cuda"]
+    lines: list[str] = []
+    try:
+        lines += gpu_profile_section(results[name]) if name in results else gpu_profile_missing()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        lines += [f"## {name}", "", f"`{name}.json` has an unexpected layout ({exc!r}).", ""]
+    if "serve_throughput" in results and "serve_throughput_mps" in results:
+        try:
+            lines += mps_section(results["serve_throughput"], results["serve_throughput_mps"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            lines += [
+                "## Serve with CUDA MPS",
+                "",
+                f"The serve files have an unexpected layout ({exc!r}).",
+                "",
+            ]
+    return lines
+
+
 def render(results_dir: Path, out: Path) -> str:
     results, problems = load_results(results_dir)
     rel_results = Path(os.path.relpath(results_dir, out.parent)).as_posix()
@@ -633,6 +705,7 @@ def render(results_dir: Path, out: Path) -> str:
         "live_latency": live_latency_section,
         "live_soak": live_soak_section,
         "serve_throughput": serve_throughput_section,
+        "serve_throughput_mps": serve_throughput_section,
         "serve_encode_cost": serve_encode_cost_section,
         PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,
@@ -649,10 +722,14 @@ def render(results_dir: Path, out: Path) -> str:
             lines += throughput_section(results[name])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             lines += [f"## {name}", "", f"`{name}.json` has an unexpected layout ({exc!r}).", ""]
+    lines += gpu_sections(results)
     extra = [
         s
         for s in results
-        if s not in KNOWN and s not in OPTIONAL and not s.startswith(("model_speed_", "throughput_"))
+        if s not in KNOWN
+        and s not in OPTIONAL
+        and s != GPU_PROFILE_NAMES["cuda"]
+        and not s.startswith(("model_speed_", "throughput_"))
     ]
     if extra:
         lines += ["## Other result files", "", *[f"- `{s}.json`" for s in extra], ""]

@@ -28,9 +28,16 @@ they predict, and the streams and frames the row actually held (:data:`CAPACITY_
     python -m benchmarks.serve_throughput              # a few minutes on 2 cores
     python -m benchmarks.serve_throughput --quick      # smoke run: seconds
     python -m benchmarks.serve_throughput --encode-cost    # about 2 minutes
+    python -m benchmarks.serve_throughput --mps            # the same under CUDA MPS (docs/GPU.md)
 
-Writes ``serve_throughput.json`` (``serve_encode_cost.json`` with ``--encode-cost``);
-``python -m benchmarks.report`` puts them into RESULTS.md.
+Writes ``serve_throughput.json`` (``serve_encode_cost.json`` with ``--encode-cost``; ``_mps`` added to the
+name with ``--mps``); ``python -m benchmarks.report`` puts them into RESULTS.md.
+
+``--mps`` runs the whole benchmark under a CUDA MPS control daemon of its own (private pipe and log folders,
+started before anything touches the GPU, stopped at the end), so the worker processes of every row share
+the GPU through one MPS server instead of time-slicing it; each row records ``"mps"`` and the MPS server
+processes the control daemon listed while the row's server was up (none: the workers did not use MPS). A
+run without ``--mps`` beside one with it on the same machine is the comparison.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +109,8 @@ class Plan:
     """Rows per viewer count: viewers on the first K streams (``None``: every stream has one)."""
     study: str = "workers"
     """``workers`` (1 against 2 worker processes) or ``encode_cost`` (1 viewer against one per stream)."""
+    mps: bool = False
+    """Under a CUDA MPS control daemon of the run's own (:func:`mps_daemon`)."""
 
 
 FULL = (Resolution("640x480", 640, 480, 6), Resolution("1080p", 1920, 1080, 3))
@@ -131,7 +141,90 @@ def make_plan(args: argparse.Namespace) -> Plan:
         quick=args.quick,
         viewers=viewers,
         study="encode_cost" if args.encode_cost else "workers",
+        mps=args.mps,
     )
+
+
+# --------------------------------------------------------------------------------------- CUDA MPS
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+def _mps_command(command: str) -> str:
+    """One command to the MPS control daemon of ``CUDA_MPS_PIPE_DIRECTORY`` (its stdin interface)."""
+    control = shutil.which(MPS_CONTROL) or MPS_CONTROL
+    done = subprocess.run([control], input=command + "\n", capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise BenchmarkError(f"{MPS_CONTROL} {command}: exit {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def mps_server_pids() -> list[int]:
+    """The MPS server processes the control daemon runs now (one per user with clients)."""
+    return [int(word) for word in _mps_command("get_server_list").split() if word.isdigit()]
+
+
+@contextlib.contextmanager
+def mps_daemon() -> Iterator[Path]:
+    """A CUDA MPS control daemon with private pipe and log folders, for the block's duration.
+
+    The pipe and log folders go into this process's environment (``CUDA_MPS_PIPE_DIRECTORY``,
+    ``CUDA_MPS_LOG_DIRECTORY``), which the ``serve`` processes inherit: a CUDA process connects to the
+    daemon of its pipe folder when it first initializes CUDA. At the end the daemon is told to quit (and
+    terminated by its pid file if it has not within 10 s), and the environment is put back. The daemon runs
+    detached from this process, so a SIGTERM (a time limit's ``timeout``) ends the run through this cleanup
+    too instead of leaving the daemon behind."""
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        raise BenchmarkError(
+            f"--mps needs {MPS_CONTROL} (installed with the NVIDIA driver's utilities) on PATH: it is not "
+            "here, so this machine cannot run CUDA MPS; run without --mps"
+        )
+    with tempfile.TemporaryDirectory(prefix="serve-throughput-mps-") as folder:
+        dirs = {
+            "CUDA_MPS_PIPE_DIRECTORY": Path(folder) / "pipe",
+            "CUDA_MPS_LOG_DIRECTORY": Path(folder) / "log",
+        }
+        saved = {key: os.environ.get(key) for key in dirs}
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            for key, path in dirs.items():
+                path.mkdir()
+                os.environ[key] = str(path)
+            started = subprocess.run([control, "-d"], capture_output=True, text=True, timeout=30)
+            if started.returncode != 0:
+                log = dirs["CUDA_MPS_LOG_DIRECTORY"] / "control.log"
+                detail = (started.stderr or started.stdout).strip() or (
+                    log.read_text()[-500:] if log.exists() else ""
+                )
+                raise BenchmarkError(f"{MPS_CONTROL} -d failed (exit {started.returncode}): {detail}")
+            try:
+                yield Path(folder)
+            finally:
+                with contextlib.suppress(BenchmarkError, OSError, subprocess.SubprocessError):
+                    _mps_command("quit")
+                pid_file = dirs["CUDA_MPS_PIPE_DIRECTORY"] / "nvidia-cuda-mps-control.pid"
+                deadline = time.monotonic() + 10.0
+                while pid_file.exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if pid_file.exists():
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 # --------------------------------------------------------------------------------------- the server
@@ -476,6 +569,7 @@ def run_row(
             figures = asyncio.run(measure(server, ids, watched, plan))
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc}; the server's log: {server.log.read_text()[-2000:]}") from None
+        mps_servers = mps_server_pids() if plan.mps else None
     row = {
         "resolution": res.name,
         "width": res.width,
@@ -484,6 +578,8 @@ def run_row(
         "viewers": len(watched),
         "mode": mode,
         "workers": workers,
+        "mps": plan.mps,
+        **({"mps_servers": mps_servers} if plan.mps else {}),
         **figures,
     }
     row["capacity"] = capacity(row)
@@ -657,9 +753,14 @@ def encode_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    plan = make_plan(args)
+    with mps_daemon() if plan.mps else contextlib.nullcontext():  # before anything here touches the GPU
+        return _run(plan)
+
+
+def _run(plan: Plan) -> dict[str, Any]:
     from chromastream.models.runtime.registry import create_backend, cuda_device_present, unnamed_model_path
 
-    plan = make_plan(args)
     started = time.monotonic()
     model_path = unnamed_model_path("onnxruntime", cuda_device_present())  # what serve runs on this machine
     backend = create_backend("auto", model_path)
@@ -680,6 +781,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_definition": LATENCY_DEFINITION,
         "capacity_definition": CAPACITY_DEFINITION,
         "held_fps": HELD_FPS,
+        "mps": plan.mps,
     }
     del backend
     rows = []
@@ -768,13 +870,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the encode-cost study instead: 4 streams at 640x480 with 1 and with 4 viewers, one worker; "
         "writes serve_encode_cost.json",
     )
+    parser.add_argument(
+        "--mps",
+        action="store_true",
+        help=f"run under a CUDA MPS control daemon of its own ({MPS_CONTROL}; docs/GPU.md); adds _mps to the "
+        "file name",
+    )
     add_output_args(parser, "serve_throughput.json (serve_encode_cost.json with --encode-cost)", shared=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    name = "serve_encode_cost" if args.encode_cost else "serve_throughput"
+    name = ("serve_encode_cost" if args.encode_cost else "serve_throughput") + ("_mps" if args.mps else "")
     try:
         make_plan(args)
     except BenchmarkError as exc:
@@ -792,7 +900,7 @@ def report_section(data: dict[str, Any]) -> list[str]:
     model = data.get("model") or {}
     end = "/".join(str(x) for x in data.get("loadavg_end") or []) or "?"
     lines = [
-        "## Serve throughput (worker processes)",
+        "## Serve throughput (worker processes)" + (", under CUDA MPS" if data.get("mps") else ""),
         "",
         f"Model `{model.get('version', '?')}`, backend {model.get('backend', '?')}, working size "
         f"{data.get('size', '?')}; run {data.get('date', '?')}.",
