@@ -40,6 +40,8 @@ OPTIONAL = (
     "live_soak",
     "serve_throughput",
     "serve_throughput_mps",
+    "serve_throughput_cuda",
+    "serve_throughput_cuda_mps",
     "serve_encode_cost",
     PRECISION_NAME,
     "deepfake",
@@ -601,7 +603,7 @@ def load_results(results_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str
     return found, problems
 
 
-def mps_section(plain: dict[str, Any], mps: dict[str, Any]) -> list[str]:
+def mps_section(plain: dict[str, Any], mps: dict[str, Any], base: str = "serve_throughput_cuda") -> list[str]:
     """RESULTS.md: the serve rows without and with CUDA MPS side by side (two runs of
     ``benchmarks.serve_throughput``, the second with ``--mps``)."""
 
@@ -622,7 +624,7 @@ def mps_section(plain: dict[str, Any], mps: dict[str, Any]) -> list[str]:
     lines = [
         "## Serve on one GPU without and with CUDA MPS",
         "",
-        f"`serve_throughput.json` (run {plain.get('date', '?')}) beside `serve_throughput_mps.json` (run "
+        f"`{base}.json` (run {plain.get('date', '?')}) beside `{base}_mps.json` (run "
         f"{mps.get('date', '?')}, `--mps`), rows of the same streams, run and workers; MPS servers: the "
         "server processes the MPS control daemon listed while the row's server was up (0: the workers did "
         "not use MPS). docs/GPU.md says what MPS changes.",
@@ -656,9 +658,11 @@ def gpu_sections(results: dict[str, dict[str, Any]]) -> list[str]:
         lines += gpu_profile_section(results[name]) if name in results else gpu_profile_missing()
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         lines += [f"## {name}", "", f"`{name}.json` has an unexpected layout ({exc!r}).", ""]
-    if "serve_throughput" in results and "serve_throughput_mps" in results:
+    for base in ("serve_throughput_cuda", "serve_throughput"):
+        if base not in results or f"{base}_mps" not in results:
+            continue
         try:
-            lines += mps_section(results["serve_throughput"], results["serve_throughput_mps"])
+            lines += mps_section(results[base], results[f"{base}_mps"], base)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             lines += [
                 "## Serve with CUDA MPS",
@@ -666,6 +670,7 @@ def gpu_sections(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"The serve files have an unexpected layout ({exc!r}).",
                 "",
             ]
+        break
     return lines
 
 
@@ -706,6 +711,8 @@ def render(results_dir: Path, out: Path) -> str:
         "live_soak": live_soak_section,
         "serve_throughput": serve_throughput_section,
         "serve_throughput_mps": serve_throughput_section,
+        "serve_throughput_cuda": serve_throughput_section,
+        "serve_throughput_cuda_mps": serve_throughput_section,
         "serve_encode_cost": serve_encode_cost_section,
         PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,

@@ -30,7 +30,8 @@ they predict, and the streams and frames the row actually held (:data:`CAPACITY_
     python -m benchmarks.serve_throughput --encode-cost    # about 2 minutes
     python -m benchmarks.serve_throughput --mps            # the same under CUDA MPS (docs/GPU.md)
 
-Writes ``serve_throughput.json`` (``serve_encode_cost.json`` with ``--encode-cost``; ``_mps`` added to the
+Writes ``serve_throughput.json`` (``serve_encode_cost.json`` with ``--encode-cost``; ``_cuda`` added on a
+machine with a CUDA device; ``_mps`` added to the
 name with ``--mps``); ``python -m benchmarks.report`` puts them into RESULTS.md.
 
 ``--mps`` runs the whole benchmark under a CUDA MPS control daemon of its own (private pipe and log folders,
@@ -882,7 +883,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    name = ("serve_encode_cost" if args.encode_cost else "serve_throughput") + ("_mps" if args.mps else "")
+    from chromastream.models.runtime.registry import cuda_device_present
+
+    # A CUDA machine's rows go to their own file, so a GPU run never replaces the CPU machine's figures.
+    name = (
+        ("serve_encode_cost" if args.encode_cost else "serve_throughput")
+        + ("_cuda" if cuda_device_present() else "")
+        + ("_mps" if args.mps else "")
+    )
     try:
         make_plan(args)
     except BenchmarkError as exc:
