@@ -9,6 +9,10 @@ path does not load the transcoder to get them.
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -18,8 +22,11 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
+from chromastream.stream.config import H264_ENCODERS
 from chromastream.stream.errors import InputError
 from chromastream.stream.frames import OutputFrame
+
+logger = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
 
@@ -65,6 +72,168 @@ def x264_options(width: int, height: int, use: EncoderUse) -> dict[str, str]:
     if use == "live":
         return {"preset": "superfast", "tune": "zerolatency", "threads": threads, "thread_type": "slice"}
     return {"preset": "superfast", "threads": threads, "thread_type": "frame" if large else "slice"}
+
+
+#: FFmpeg's H.264 encoder on NVIDIA's video engine (NVENC).
+NVENC: Final = "h264_nvenc"
+#: Size of the frame the NVENC probe encodes: above NVENC's smallest picture on every generation.
+_PROBE_SIZE: Final = (256, 144)
+
+
+class ProcessProbe:
+    """A check that costs time or a device context, made once per process on first use, and a log line
+    about its outcome that is written once per process whoever asks (many streams, many reconnections,
+    several threads).
+
+    ``check`` returns ``None`` when the thing works, else the reason it does not."""
+
+    def __init__(self, check: Callable[[], str | None]) -> None:
+        self._check = check
+        self._lock = threading.Lock()
+        self._done = False
+        self._problem: str | None = None
+        self._logged = False
+
+    def problem(self) -> str | None:
+        """The reason the checked thing cannot be used here, or ``None``; checked on the first call."""
+        with self._lock:
+            if not self._done:
+                self._problem = self._check()
+                self._done = True
+            return self._problem
+
+    def log_once(self, level: int, message: str, *args: object, log: logging.Logger = logger) -> bool:
+        """Log ``message`` unless this probe has logged already; whether it was logged now."""
+        with self._lock:
+            if self._logged:
+                return False
+            self._logged = True
+        log.log(level, message, *args)
+        return True
+
+
+def _nvenc_problem() -> str | None:
+    """Why ``h264_nvenc`` does not encode here, or ``None``: open it and encode one small frame. PyAV's
+    wheel always has the encoder; it needs an NVIDIA GPU with an NVENC engine and its driver (L4, L40S,
+    A10 and T4 have one; the H100 and H200 have none)."""
+    try:
+        context = av.CodecContext.create(NVENC, "w")
+        assert isinstance(context, av.VideoCodecContext)
+        context.width, context.height = _PROBE_SIZE
+        context.pix_fmt = "yuv420p"
+        context.time_base = Fraction(1, 30)
+        context.options = {"delay": "0", "bf": "0"}
+        context.open()
+        frame = av.VideoFrame(*_PROBE_SIZE, "yuv420p")
+        frame.pts = 0
+        context.encode(frame)
+        context.encode(None)
+    except (av.error.FFmpegError, OSError, ValueError, NotImplementedError) as exc:
+        return f"{NVENC} does not open here ({type(exc).__name__}: {av_message(exc)})"
+    return None
+
+
+#: Whether NVENC works in this process, asked at most once.
+NVENC_PROBE = ProcessProbe(_nvenc_problem)
+
+
+def live_h264_encoder(choice: str) -> str:
+    """The FFmpeg encoder of the live H.264 streams (WebRTC viewers, the RTSP push) for the setting
+    ``webrtc.h264_encoder``: ``libx264`` or :data:`NVENC`.
+
+    ``auto`` uses NVENC where it opens (one probe per process, :data:`NVENC_PROBE`) and libx264 otherwise,
+    without a word; ``nvenc`` where it cannot open logs one warning per process with the reason and uses
+    libx264, because a stream encoded on the CPU is better than none."""
+    if choice not in H264_ENCODERS:
+        raise ValueError(f"unknown H.264 encoder {choice!r}; expected one of {H264_ENCODERS}")
+    if choice == "libx264":
+        return ENCODER
+    problem = NVENC_PROBE.problem()
+    if problem is None:
+        return NVENC
+    if choice == "nvenc":
+        NVENC_PROBE.log_once(
+            logging.WARNING,
+            "webrtc.h264_encoder is 'nvenc' but %s; the live H.264 streams are encoded with libx264 "
+            "(said once per process)",
+            problem,
+        )
+    return ENCODER
+
+
+def nvenc_options(bitrate: int | None, keyframe_interval: int) -> dict[str, str]:
+    """``h264_nvenc``'s options for a live stream, the counterpart of :func:`x264_options` on the GPU's
+    video engine. Not run on NVENC hardware yet (the GPUs these were checked on have none, see
+    docs/GPU.md); the names and values are FFmpeg 7's ``h264_nvenc`` options.
+
+    * ``preset=p4``, ``tune=ll``: NVENC is a fixed-function engine, so the preset costs engine time, not
+      CPU. ``p4`` is the middle of p1 (fastest) to p7 and encodes a 1080p frame in a few milliseconds;
+      ``ll`` (low latency) turns lookahead off. ``ull`` would also drop the features that trade a little
+      latency for quality, which a stream at 1.5 Mbit/s needs more than the last millisecond.
+    * ``bf=0``, ``zerolatency=1``, ``delay=0``: no B-frames, no reordering, and each frame's packet leaves
+      with it (FFmpeg otherwise holds a few frames in NVENC's queue), as the WebRTC encoder expects one
+      packet per frame.
+    * ``forced-idr=1``: a forced key frame (a new viewer, a lost packet) is an IDR with SPS and PPS, which
+      a decoder can start from.
+    * With ``bitrate``: CBR at that rate (``rc=cbr``) with a VBV of half a second: a key frame takes
+      several frames' bits, which NVIDIA's one-frame VBV for the lowest latency would starve. Without
+      (the RTSP push, which libx264 encodes at CRF 23): constant quality ``cq=23`` under ``rc=vbr``.
+    * ``g``: the key-frame interval in frames, as configured.
+    """
+    options = {
+        "preset": "p4",
+        "tune": "ll",
+        "bf": "0",
+        "zerolatency": "1",
+        "delay": "0",
+        "forced-idr": "1",
+        "g": str(max(keyframe_interval, 1)),
+    }
+    if bitrate is None:
+        return {**options, "rc": "vbr", "cq": "23", "b": "0"}
+    return {
+        **options,
+        "rc": "cbr",
+        "b": str(bitrate),
+        "maxrate": str(bitrate),
+        "bufsize": str(bitrate // 2),
+    }
+
+
+#: H.264 levels (Annex A, table A-1) as (name, most macroblocks per frame, per second, most kbit/s for
+#: the Baseline and Main profiles), lowest first.
+H264_LEVELS: Final = (
+    ("3.1", 3_600, 108_000, 14_000),
+    ("3.2", 5_120, 216_000, 20_000),
+    ("4.0", 8_192, 245_760, 20_000),
+    ("4.1", 8_192, 245_760, 50_000),
+    ("4.2", 8_704, 522_240, 50_000),
+    ("5.0", 22_080, 589_824, 135_000),
+    ("5.1", 36_864, 983_040, 240_000),
+    ("5.2", 36_864, 2_073_600, 240_000),
+)
+
+
+def h264_level(width: int, height: int, fps: float = 30.0, bitrate: int | None = None) -> str:
+    """The lowest H.264 level (as ``"4.0"``) that allows ``width`` x ``height`` frames at ``fps`` and,
+    when given, ``bitrate`` bits per second: 3.1 up to 1280x720, 4.0 for 1920x1080, 5.1 for 4K.
+
+    The level in the SPS tells a decoder how much memory and speed the stream needs; one that claims less
+    than the stream uses (3.1 on a 1080p stream) is a stream hardware decoders may refuse. Each dimension
+    is also bounded (at most sqrt(8 x frame size) macroblocks). Sizes beyond level 5.2 get 5.2, the most
+    that encoders and decoders commonly take."""
+    mb_w, mb_h = math.ceil(width / 16), math.ceil(height / 16)
+    mbs = mb_w * mb_h
+    for name, max_fs, max_mbps, max_kbps in H264_LEVELS:
+        side = math.isqrt(8 * max_fs)
+        if (
+            mbs <= max_fs
+            and max(mb_w, mb_h) <= side
+            and mbs * fps <= max_mbps
+            and (bitrate is None or bitrate <= max_kbps * 1000)
+        ):
+            return name
+    return H264_LEVELS[-1][0]
 
 
 # FFmpeg enum values (libavutil/pixfmt.h). The chroma is computed from sRGB with the BT.601 matrix
@@ -135,8 +304,9 @@ def time_base(video: av.VideoStream) -> Fraction:
     return video.time_base or Fraction(1, 90000)
 
 
-def open_input(path: Path) -> av.container.InputContainer:
-    """Open a video for reading; every failure is an :class:`InputError` naming the file."""
+def open_input(path: Path, hwaccel: Any = None) -> av.container.InputContainer:
+    """Open a video for reading; every failure is an :class:`InputError` naming the file. ``hwaccel`` (an
+    ``av.codec.hwaccel.HWAccel``) decodes on that device (see :mod:`chromastream.stream.hw_decode`)."""
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
@@ -144,7 +314,7 @@ def open_input(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes)")
     try:
-        return av.open(str(path), mode="r")
+        return av.open(str(path), mode="r", hwaccel=hwaccel)
     except av.error.FFmpegError as exc:
         raise InputError(f"cannot read video {path}: {av_message(exc)} (corrupt or not a video?)") from exc
     except OSError as exc:

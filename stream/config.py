@@ -50,6 +50,10 @@ from chromastream.stream.source_policy import ANY_HOST, DEFAULT_SCHEMES, KNOWN_S
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSPORTS = ("tcp", "udp")
+#: How live sources decode (``sources.decode``, :mod:`chromastream.stream.hw_decode`).
+DECODE_MODES = ("auto", "software", "nvdec")
+#: The live H.264 encoders (``webrtc.h264_encoder``, :func:`chromastream.stream.av_glue.live_h264_encoder`).
+H264_ENCODERS = ("auto", "libx264", "nvenc")
 #: URL schemes of inputs that are not files: cameras, test patterns and WebRTC publishers never end, so
 #: there is nothing to loop.
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "synthetic", "whip"})
@@ -275,6 +279,13 @@ class WebRTCConfig:
     """Seconds a connected session may stay out of the connected state before it is closed. A connection
     that fails or that its peer closes is closed at once (the WebRTC library reports a peer that vanished
     as failed once its connectivity checks go unanswered, about 30 s)."""
+    h264_encoder: str = "auto"
+    """Encoder of the live H.264 streams: WebRTC viewers that take H.264 (VP8 is always libvpx on the CPU)
+    and the RTSP push (``rtsp_push``). ``auto`` uses NVENC (``h264_nvenc``, the GPU's video engine) where
+    it opens, checked once per process, and libx264 otherwise; ``libx264`` always encodes on the CPU;
+    ``nvenc`` asks for NVENC and, where it cannot open (no NVIDIA GPU, or one without NVENC such as the
+    H100 and H200), logs one warning and uses libx264. Recordings always use libx264 (see
+    docs/PERFORMANCE.md, "Encoder choice")."""
 
     def __post_init__(self) -> None:
         _check_range(self.max_viewers, MAX_VIEWERS, "max_viewers")
@@ -282,6 +293,11 @@ class WebRTCConfig:
         _check_range(self.keyframe_interval, KEYFRAME_INTERVAL, "keyframe_interval", "frames")
         _check_seconds(self.connect_timeout_s, CONNECT_TIMEOUT, "connect_timeout_s")
         _check_seconds(self.disconnect_grace_s, DISCONNECT_GRACE, "disconnect_grace_s")
+        _check(
+            self.h264_encoder in H264_ENCODERS,
+            "h264_encoder",
+            f"must be one of {H264_ENCODERS}, got {self.h264_encoder!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -298,10 +314,11 @@ class EventsConfig:
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    """What streams added through the API, and WHIP publishers, may read from (the source policy, see
-    :mod:`chromastream.stream.source_policy`). Streams of this file and of ``--source`` are the operator's
-    choice and are not checked. Anything else is refused with one 403 answer that never says why (the
-    server log does), so the API cannot be used to learn which files exist."""
+    """How sources decode, and what streams added through the API, and WHIP publishers, may read from
+    (the source policy, see :mod:`chromastream.stream.source_policy`). Streams of this file and of
+    ``--source`` are the operator's choice and are not checked. Anything else is refused with one 403
+    answer that never says why (the server log does), so the API cannot be used to learn which files
+    exist."""
 
     schemes: tuple[str, ...] = DEFAULT_SCHEMES
     """Kinds of source the API may add: ``rtsp``, ``rtsps``, ``whip`` (a publisher sending a stream in
@@ -314,6 +331,13 @@ class SourcesConfig:
     folders: tuple[Path, ...] = ()
     """Folders whose video files the API may open (symlinks and ``..`` resolved first); none by default,
     so files can only be named in this file or with ``--source``."""
+    decode: str = "auto"
+    """Where cameras (RTSP) and files decode their video: ``auto`` on NVDEC (the GPU's video decoder) when
+    a CUDA device is visible, in software otherwise; ``software`` on the CPU always; ``nvdec`` on NVDEC,
+    and where it cannot be used (no device, an FFmpeg without CUDA, a codec NVDEC lacks) in software with
+    one warning in the log per process. Decoded frames are copied to host memory for the pipeline. Each
+    stream shows its decoder in ``GET /api/streams/{id}`` (``decoder``: ``h264 (cuda)``, ``h264
+    (software)``). WHIP publishers are decoded by the WebRTC library, in software."""
 
     def __post_init__(self) -> None:
         for scheme in self.schemes:
@@ -323,6 +347,7 @@ class SourcesConfig:
                 f"unknown scheme {scheme!r}; expected some of {', '.join(KNOWN_SCHEMES)} "
                 "(files are allowed with 'folders')",
             )
+        _check(self.decode in DECODE_MODES, "decode", f"must be one of {DECODE_MODES}, got {self.decode!r}")
         for i, entry in enumerate(self.hosts):
             try:
                 parse_host_entry(entry)

@@ -29,17 +29,19 @@ path and the DLPack hand-over follow PyAV 18's documented API and have not run o
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import av
 import av.error
 import numpy as np
 
-from chromastream.stream.av_glue import luma_plane_view, open_input
+from chromastream.stream.av_glue import ProcessProbe, luma_plane_view, open_input
+from chromastream.stream.config import DECODE_MODES
 from chromastream.stream.errors import InputError
 
 if TYPE_CHECKING:
@@ -65,6 +67,98 @@ def hardware_unavailable_reason() -> str | None:
     if "cuda" not in hwdevices_available():
         return "the FFmpeg inside PyAV was built without CUDA (NVDEC) support"
     return None
+
+
+# --- the live sources' decoder (``sources.decode``) -------------------------------------------------
+
+#: The GPU the live sources decode on (a worker process sees only its own GPU, as device 0).
+LIVE_DEVICE: Final = 0
+
+
+def _nvdec_device_problem() -> str | None:
+    """Why no live stream can decode on NVDEC in this process, or ``None``: PyAV and FFmpeg must offer
+    CUDA, and a CUDA device context must open (it is closed again at once). Asked once per process, so a
+    machine without the device costs one failed call, not one per stream and reconnection; and asked
+    apart from any stream, so a device that refuses is never mistaken for a camera that is down."""
+    reason = hardware_unavailable_reason()
+    if reason is not None:
+        return reason
+    from av.codec.hwaccel import HWAccel
+
+    try:
+        HWAccel("cuda", device=str(LIVE_DEVICE)).create(av.Codec("h264", "r"))
+    except (av.error.FFmpegError, NotImplementedError, OSError) as exc:
+        return f"no CUDA device could be opened for NVDEC ({type(exc).__name__}: {exc})"
+    return None
+
+
+#: Whether NVDEC can be used by the live sources of this process, and its one log line.
+NVDEC_PROBE = ProcessProbe(_nvdec_device_problem)
+
+
+@functools.cache
+def _cuda_visible() -> bool:
+    from chromastream.models.runtime.registry import cuda_device_present
+
+    return cuda_device_present()
+
+
+def check_decode_mode(mode: str) -> None:
+    if mode not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {mode!r}; expected one of {DECODE_MODES}")
+
+
+def live_hwaccel(mode: str) -> Any | None:
+    """The ``HWAccel`` a live source opens its input with under ``sources.decode: mode``, or ``None`` for
+    software decoding.
+
+    Frames decoded on NVDEC are copied to host memory (``is_hw_owned`` off): the pipeline after the
+    source works on numpy planes today. Keeping them on the GPU for the Triton kernels
+    (:func:`y_plane_tensor` over a ``cuda`` frame) is the next step of the GPU video path (docs/GPU.md).
+    ``allow_software_fallback`` lets FFmpeg decode a profile NVDEC lacks in software frame by frame."""
+    check_decode_mode(mode)
+    if mode == "software" or (mode == "auto" and not _cuda_visible()):
+        return None
+    problem = NVDEC_PROBE.problem()
+    if problem is not None:
+        report_software(mode, problem)
+        return None
+    from av.codec.hwaccel import HWAccel
+
+    return HWAccel("cuda", device=str(LIVE_DEVICE), allow_software_fallback=True)
+
+
+def report_software(mode: str, reason: str) -> None:
+    """Say once per process that live streams decode in software although NVDEC was wanted: a warning
+    when ``sources.decode`` asks for ``nvdec``, an info line for ``auto`` on a machine whose CUDA device
+    cannot decode. Nothing for ``software``. Each stream shows its decoder in its JSON either way."""
+    if mode == "software":
+        return
+    level = logging.WARNING if mode == "nvdec" else logging.INFO
+    if not NVDEC_PROBE.log_once(
+        level,
+        "sources.decode is %r but NVDEC cannot be used: %s; live streams decode in software (said once "
+        "per process; each stream's decoder is shown in GET /api/streams/{id})",
+        mode,
+        reason,
+        log=logger,
+    ):
+        logger.debug("software decoding because %s", reason)
+
+
+def live_decoder(mode: str, video: av.VideoStream) -> str:
+    """What decodes ``video`` of a container opened with :func:`live_hwaccel`'s answer, as the stream's
+    JSON shows it: ``h264 (cuda)`` for NVDEC, ``h264 (software)`` otherwise. A codec NVDEC has no
+    configuration for (FFV1, ...) was opened in software by PyAV; that is reported like a missing
+    device."""
+    context = video.codec_context
+    name = context.name if context is not None else "?"
+    if context is not None and context.is_hwaccel:
+        return f"{name} (cuda)"
+    wanted = mode == "nvdec" or (mode == "auto" and _cuda_visible())
+    if wanted and NVDEC_PROBE.problem() is None:
+        report_software(mode, f"FFmpeg has no NVDEC decoder configuration for {name}")
+    return f"{name} (software)"
 
 
 def _hwaccel(device_index: int, keep_on_device: bool) -> tuple[Any, bool]:

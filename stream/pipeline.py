@@ -227,6 +227,10 @@ class StreamInfo:
     """Open subscriptions to the stream's output."""
     deepfake: dict[str, Any] | None = None
     """The detector's latest verdict (the metadata's ``deepfake`` shape); ``None`` while there is none."""
+    decoder: str | None = None
+    """What decodes the source's video: ``h264 (software)``, ``h264 (cuda)`` (NVDEC, see
+    ``sources.decode``); ``None`` before the input is opened, and for sources that decode nothing
+    themselves (test patterns, WHIP publishers, whose video the WebRTC library decodes)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -395,9 +399,15 @@ class Pipeline:
         *,
         detector: DetectorHook | None = None,
         registry: CollectorRegistry | None = None,
+        decode: str = "auto",
+        h264_encoder: str = "auto",
     ):
         self.config = config
         self.backend = backend
+        self.decode = decode
+        """How the streams' sources decode (``sources.decode``), for the sources it opens from a URL."""
+        self.h264_encoder = h264_encoder
+        """The RTSP push's H.264 encoder (``webrtc.h264_encoder``)."""
         self.detector = detector
         self.metrics = PipelineMetrics(registry)
         self.registry: CollectorRegistry = self.metrics.registry
@@ -442,7 +452,7 @@ class Pipeline:
         if source is None:
             from chromastream.stream.sources import open_source
 
-            opened: Any = open_source(cfg.id, cfg.url, **_source_options(cfg))
+            opened: Any = open_source(cfg.id, cfg.url, **_source_options(cfg, self.decode))
             source = await opened if inspect.isawaitable(opened) else opened
             assert source is not None
         if cfg.id in self._streams:  # added by someone else while the source opened
@@ -581,6 +591,7 @@ class Pipeline:
             resets=s.resets,
             viewers=len(s.subscribers),
             deepfake=s.verdict,
+            decoder=getattr(s.source, "decoder", None),
         )
 
     def _mirror(self, s: _Stream) -> _SourceReport:
@@ -612,7 +623,7 @@ class Pipeline:
         if cfg.record is not None:
             sinks.append(FileRecorder(cfg.record, cfg.id, paced=live))
         if cfg.rtsp_push is not None:
-            sinks.append(RtspPusher(cfg.rtsp_push, cfg.id))
+            sinks.append(RtspPusher(cfg.rtsp_push, cfg.id, encoder=self.h264_encoder))
         return sinks
 
     async def _check_sinks(self, sinks: list[FileRecorder | RtspPusher]) -> str | None:
@@ -894,8 +905,9 @@ class Pipeline:
             pass
 
 
-def _source_options(cfg: StreamConfig) -> dict[str, Any]:
-    """The stream's source options that differ from their defaults, and whether a file loops.
+def _source_options(cfg: StreamConfig, decode: str = "auto") -> dict[str, Any]:
+    """The stream's source options that differ from their defaults, whether a file loops, and how a file
+    or camera decodes (``decode``, the server's ``sources.decode``).
 
     Each kind of source takes only its own options (``loop``/``realtime`` for files, ``transport`` for
     RTSP) and rejects the rest, so defaults are left out: a config that asks a camera to loop is an error
@@ -910,6 +922,9 @@ def _source_options(cfg: StreamConfig) -> dict[str, Any]:
     }
     if cfg.names_file:
         options["loop"] = cfg.loops
+    scheme = cfg.url.partition(":")[0].lower()
+    if decode != "auto" and (cfg.names_file or scheme in ("rtsp", "rtsps")):
+        options["decode"] = decode
     return options
 
 

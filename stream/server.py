@@ -266,6 +266,7 @@ class _State:
             keyframe_interval=config.webrtc.keyframe_interval,
             connect_timeout=config.webrtc.connect_timeout_s,
             disconnect_grace=config.webrtc.disconnect_grace_s,
+            h264_encoder=config.webrtc.h264_encoder,
             metrics=stream_metrics.SessionMetrics(self.registry),
             encoder_metrics=stream_metrics.EncoderMetrics(self.registry),
         )
@@ -858,7 +859,14 @@ def pipeline_for(config: ServeConfig) -> tuple[Pipeline, DeepfakeSampler | None]
 
     backend = create_serve_backend(config.pipeline)
     sampler = create_sampler(config.pipeline.detector_rate)
-    return Pipeline(config.pipeline, backend, detector=sampler), sampler
+    pipeline = Pipeline(
+        config.pipeline,
+        backend,
+        detector=sampler,
+        decode=config.sources.decode,
+        h264_encoder=config.webrtc.h264_encoder,
+    )
+    return pipeline, sampler
 
 
 async def serve(

@@ -43,7 +43,11 @@ from av.video.frame import PictureType
 from chromastream.stream.av_glue import (
     ENCODER,
     ENCODER_OPTIONS,
+    NVENC,
     av_message,
+    h264_level,
+    live_h264_encoder,
+    nvenc_options,
     tag_colour,
     to_video_frame,
     x264_options,
@@ -71,6 +75,8 @@ MAX_SILENCE_S = 60
 #: leaves at once), baseline for players and servers that take nothing else, and a key frame every second
 #: so a viewer that joins (or a server after our reconnect) starts decoding within a second.
 PUSH_OPTIONS = {"profile": "baseline", "g": "25", "bf": "0"}
+#: Frames between the push's key frames (``g`` above), also for NVENC.
+PUSH_KEYFRAME_INTERVAL = 25
 #: RTSP timestamps are in 90 kHz units by convention; the push clock is counted in them.
 PUSH_TIME_BASE = Fraction(1, 90000)
 
@@ -533,7 +539,8 @@ class RtspPusher:
 
     Timestamps are the push's own clock (time since the connection opened, 90 kHz), not the source's:
     a live source's pts jump on reconnects and loops, and a server that receives a jump back stalls. The
-    pace is that of the frames :meth:`run` receives.
+    pace is that of the frames :meth:`run` receives. ``encoder`` is ``webrtc.h264_encoder``: libx264 or
+    NVENC (:func:`~chromastream.stream.av_glue.live_h264_encoder`, checked on the first connection).
     """
 
     def __init__(
@@ -544,8 +551,10 @@ class RtspPusher:
         backoff: Backoff | None = None,
         timeout: float = 5.0,
         rng: random.Random | None = None,
+        encoder: str = "auto",
     ) -> None:
         self.url = url
+        self.encoder = encoder
         self.shown_url = redact_url(url)
         self.stream_id = stream_id
         self.backoff = backoff or Backoff()
@@ -629,8 +638,18 @@ class RtspPusher:
             self.url, mode="w", format="rtsp", options={"rtsp_transport": "tcp"}, timeout=self.timeout
         )
         try:
-            codec_options = {**PUSH_OPTIONS, **x264_options(*size, "live")}
-            video = container.add_stream(ENCODER, rate=NOMINAL_RATE, options=codec_options)
+            name = live_h264_encoder(self.encoder)
+            level = {"level": h264_level(*size, float(NOMINAL_RATE))}
+            if name == NVENC:
+                codec_options = {
+                    **nvenc_options(None, PUSH_KEYFRAME_INTERVAL),
+                    "profile": "baseline",
+                    **level,
+                }
+            else:
+                codec_options = {**PUSH_OPTIONS, **x264_options(*size, "live"), **level}
+            video = container.add_stream(name, rate=NOMINAL_RATE, options=codec_options)
+            assert isinstance(video, av.VideoStream)
             video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
             video.time_base = PUSH_TIME_BASE
             video.codec_context.time_base = PUSH_TIME_BASE

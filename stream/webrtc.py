@@ -111,7 +111,14 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from chromastream.errors import ChromastreamError
-from chromastream.stream.av_glue import to_video_frame, x264_options
+from chromastream.stream.av_glue import (
+    NVENC,
+    h264_level,
+    live_h264_encoder,
+    nvenc_options,
+    to_video_frame,
+    x264_options,
+)
 from chromastream.stream.frames import EndOfStream, Frame, OutputFrame, SourceEvent
 from chromastream.stream.metrics import EncoderMetrics, SessionMetrics
 from chromastream.stream.sources._common import frame_luma
@@ -411,12 +418,18 @@ class StreamEncoder:
         *,
         bitrate: int = DEFAULT_BITRATE,
         keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
+        h264_encoder: str = "auto",
         on_idle: Callable[[StreamEncoder], None] | None = None,
         on_end: Callable[[StreamEncoder], None] | None = None,
         metrics: EncoderMetrics | None = None,
     ) -> None:
         if codec not in CODECS:
             raise WebRTCError(f"unsupported codec {codec!r}")
+        self.h264_encoder = h264_encoder
+        """``webrtc.h264_encoder``: which H.264 encoder to use (:func:`live_h264_encoder`)."""
+        self.encoder: str | None = None
+        """The FFmpeg encoder in use (``libvpx``, ``libx264``, ``h264_nvenc``); ``None`` before the first
+        frame."""
         self.stream_id = stream_id
         self.codec = codec
         self.frames_encoded = 0
@@ -643,9 +656,8 @@ class StreamEncoder:
             context.qmin, context.qmax = 2, 56
             context.thread_count = 1
         else:
-            context = av.CodecContext.create("libx264", "w")
-            context.options = {**x264_options(width, height, "live"), "level": "31"}
-            context.profile = "Baseline"
+            context = self._open_h264(width, height)
+        self.encoder = context.name
         assert isinstance(context, av.VideoCodecContext)
         context.width, context.height = width, height
         context.pix_fmt = "yuv420p"
@@ -653,6 +665,29 @@ class StreamEncoder:
         context.time_base = Fraction(1, 30)
         context.framerate = Fraction(30, 1)
         context.gop_size = max(self._keyframe_interval, 1)
+        return context
+
+    def _open_h264(self, width: int, height: int) -> av.VideoCodecContext:
+        """The H.264 encoder (libx264 or NVENC, ``webrtc.h264_encoder``) with its live options.
+
+        The SPS states the level the picture needs (:func:`h264_level`: 3.1 allows at most 1280x720). The
+        SDP keeps aiortc's ``profile-level-id`` (``42001f``/``42e01f``, level 3.1): aiortc matches H.264
+        codecs by profile only, and browsers decode beyond the level they announce (headless Chromium
+        plays 1080p at level 4.0 under ``42e01f``, ``tests/test_hw_video.py``; docs/PERFORMANCE.md,
+        "Encoder choice")."""
+        level = h264_level(width, height, 30, self._bitrate)
+        name = live_h264_encoder(self.h264_encoder)
+        context = av.CodecContext.create(name, "w")
+        assert isinstance(context, av.VideoCodecContext)
+        if name == NVENC:
+            context.options = {
+                **nvenc_options(self._bitrate, self._keyframe_interval),
+                "profile": "baseline",
+                "level": level,
+            }
+        else:
+            context.options = {**x264_options(width, height, "live"), "level": level}
+            context.profile = "Baseline"
         return context
 
 
@@ -830,6 +865,7 @@ class WebRTCHub:
         keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         disconnect_grace: float = DISCONNECT_GRACE_S,
+        h264_encoder: str = "auto",
         metrics: SessionMetrics | None = None,
         encoder_metrics: EncoderMetrics | None = None,
         on_change: Callable[[], None] | None = None,
@@ -844,6 +880,7 @@ class WebRTCHub:
         self._encoder_metrics = encoder_metrics
         self._bitrate = bitrate
         self._keyframe_interval = keyframe_interval
+        self._h264_encoder = h264_encoder
         self._on_change = on_change
         self.viewers: dict[str, Viewer] = {}
         self.publishers: dict[str, Publisher] = {}
@@ -901,6 +938,7 @@ class WebRTCHub:
                 codec,
                 bitrate=self._bitrate,
                 keyframe_interval=self._keyframe_interval,
+                h264_encoder=self._h264_encoder,
                 on_idle=self._forget_encoder,
                 on_end=self._encoder_ended,
                 metrics=self._encoder_metrics,

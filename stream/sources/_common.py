@@ -35,6 +35,7 @@ import numpy as np
 from chromastream.stream.av_glue import colour_range, is_full_range, luma_plane_view
 from chromastream.stream.errors import InputError
 from chromastream.stream.frames import U8, AudioChunk, EndOfStream, Frame, SourceEvent
+from chromastream.stream.hw_decode import check_decode_mode
 from chromastream.stream.queues import DropPolicy, DropQueue
 
 logger = logging.getLogger("chromastream.stream.sources")
@@ -235,8 +236,16 @@ class ThreadedSource:
     #: (bounded by the source's own timeouts) finishes in the background and closes its input then.
     close_grace = 1.0
 
-    def __init__(self, stream_id: str, policy: DropPolicy) -> None:
+    def __init__(self, stream_id: str, policy: DropPolicy, decode: str = "auto") -> None:
+        try:
+            check_decode_mode(decode)
+        except ValueError as exc:
+            raise InvalidSourceError(str(exc)) from None
         self.stream_id = stream_id
+        self.decode = decode
+        """``sources.decode``: ``auto``, ``software`` or ``nvdec`` (:mod:`chromastream.stream.hw_decode`)."""
+        self.decoder: str | None = None
+        """What decodes the input (``h264 (software)``, ``h264 (cuda)``); ``None`` until it is opened."""
         self.stats = SourceStats()
         self._handover: DropQueue[SourceEvent | _Failed] = DropQueue(1, policy, _is_frame, self._dropped)
         self._stop = threading.Event()

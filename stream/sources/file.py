@@ -22,6 +22,7 @@ import av.error
 from chromastream.stream.av_glue import open_input, time_base
 from chromastream.stream.errors import InputError
 from chromastream.stream.frames import EndOfStream, Frame, Reset
+from chromastream.stream.hw_decode import live_decoder, live_hwaccel
 from chromastream.stream.queues import DropPolicy
 from chromastream.stream.sources._common import (
     AudioTap,
@@ -44,6 +45,7 @@ _MAX_LOGGED_SKIPS = 5
 class FileSource(ThreadedSource):
     """Frames of a video file.
 
+    ``decode`` is ``sources.decode`` (:func:`~chromastream.stream.hw_decode.live_hwaccel`).
     ``realtime=True`` paces frames by pts and makes the source live (a slow consumer gets the newest
     frame; the ones it missed are counted in :attr:`stats`); ``realtime=False`` delivers as fast as they
     are consumed and never drops. ``loop=True`` starts over at the end forever; otherwise the stream ends
@@ -56,6 +58,7 @@ class FileSource(ThreadedSource):
         path: str | Path,
         loop: bool = False,
         realtime: bool = True,
+        decode: str = "auto",
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
@@ -65,7 +68,7 @@ class FileSource(ThreadedSource):
         self.loop = loop
         self.realtime = realtime
         self.live = realtime
-        super().__init__(stream_id, DropPolicy.DROP_OLDEST if realtime else DropPolicy.WAIT)
+        super().__init__(stream_id, DropPolicy.DROP_OLDEST if realtime else DropPolicy.WAIT, decode)
         self._index = 0
 
     def __repr__(self) -> str:
@@ -97,11 +100,13 @@ class FileSource(ThreadedSource):
         timeline: Timeline | None = None
         clock: tuple[float, Fraction] | None = None  # (monotonic time, pts in seconds) of the anchor frame
         while True:
-            with open_input(self.path) as container:
+            with open_input(self.path, live_hwaccel(self.decode)) as container:
                 if not container.streams.video:
                     raise InputError(f"{self.path} has no video stream")
                 video = container.streams.video[0]
-                video.thread_type = "AUTO"
+                self.decoder = live_decoder(self.decode, video)
+                if not (video.codec_context and video.codec_context.is_hwaccel):
+                    video.thread_type = "AUTO"  # NVDEC decodes one frame at a time
                 tb = time_base(video)
                 rate = Fraction(video.average_rate or video.guessed_rate or 25)
                 if timeline is None:

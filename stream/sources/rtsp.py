@@ -52,6 +52,7 @@ import av
 import av.error
 
 from chromastream.stream.frames import U8, Frame, Reset
+from chromastream.stream.hw_decode import live_decoder, live_hwaccel
 from chromastream.stream.queues import DropPolicy
 from chromastream.stream.sources._common import (
     AudioTap,
@@ -177,7 +178,9 @@ class RtspSource(ThreadedSource):
     ``transport``: ``tcp`` (RTP interleaved in the RTSP connection: works through NAT and firewalls, no
     loss) or ``udp``. A slow consumer gets the newest frame; the ones it missed are dropped and counted.
     ``stats`` counts frames, drops, reconnects, stalls and the recent retry delays. ``seed`` fixes the
-    jitter for reproducible tests.
+    jitter for reproducible tests. ``decode`` is ``sources.decode``: NVDEC or software
+    (:func:`~chromastream.stream.hw_decode.live_hwaccel`); the device is checked once per process, apart
+    from any connection, so a GPU that refuses never looks like a camera that is down.
     """
 
     live = True
@@ -191,6 +194,7 @@ class RtspSource(ThreadedSource):
         read_timeout: float = 5.0,
         backoff: Backoff | None = None,
         stall_timeout: float = 10.0,
+        decode: str = "auto",
         *,
         seed: int | None = None,
     ) -> None:
@@ -204,7 +208,7 @@ class RtspSource(ThreadedSource):
         ):
             if not value > 0:
                 raise InvalidSourceError(f"{name} must be positive, got {value}")
-        super().__init__(stream_id, DropPolicy.DROP_OLDEST)
+        super().__init__(stream_id, DropPolicy.DROP_OLDEST, decode)
         self._url = url
         self.display_url = redact_url(url)
         self.transport = transport
@@ -411,7 +415,10 @@ class RtspSource(ThreadedSource):
 
     def _read(self, connection: _Connection) -> None:
         container = av.open(
-            self._url, options=self.av_options, timeout=(self.open_timeout, self.read_timeout)
+            self._url,
+            options=self.av_options,
+            timeout=(self.open_timeout, self.read_timeout),
+            hwaccel=live_hwaccel(self.decode),
         )
         with container:
             if not container.streams.video:
@@ -419,6 +426,7 @@ class RtspSource(ThreadedSource):
             video = container.streams.video[0]
             if video.codec_context is None or not video.codec_context.name:
                 raise SourceError(f"{self.stream_id}: {self.display_url}: no decoder for its video codec")
+            self.decoder = live_decoder(self.decode, video)
             rate = Fraction(video.average_rate or video.guessed_rate or 25)
             connection.opened_at = time.monotonic()
             if not self._call(self._opened(connection, _time_base(video), rate), connection.abort):
