@@ -112,7 +112,7 @@ class ProcessProbe:
         return True
 
 
-def _nvenc_problem() -> str | None:
+def nvenc_problem() -> str | None:
     """Why ``h264_nvenc`` does not encode here, or ``None``: open it and encode one small frame. PyAV's
     wheel always has the encoder; it needs an NVIDIA GPU with an NVENC engine and its driver (L4, L40S,
     A10 and T4 have one; the H100 and H200 have none)."""
@@ -134,7 +134,7 @@ def _nvenc_problem() -> str | None:
 
 
 #: Whether NVENC works in this process, asked at most once.
-NVENC_PROBE = ProcessProbe(_nvenc_problem)
+NVENC_PROBE = ProcessProbe(nvenc_problem)
 
 
 def live_h264_encoder(choice: str) -> str:

@@ -197,7 +197,13 @@ the process at once."""
 
 
 def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from chromastream.stream.config import BITRATE, KEYFRAME_INTERVAL, MAX_VIEWERS, WebRTCConfig
+    from chromastream.stream.config import (
+        BITRATE,
+        DECODE_MODES,
+        KEYFRAME_INTERVAL,
+        MAX_VIEWERS,
+        WebRTCConfig,
+    )
 
     webrtc = WebRTCConfig()
 
@@ -257,6 +263,12 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"(default {webrtc.keyframe_interval})",
     )
     parser.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        help="where cameras and files decode: auto (NVDEC when a CUDA device is visible), software, or "
+        "nvdec (software with one warning where NVDEC cannot be used); default auto",
+    )
+    parser.add_argument(
         "--workers",
         type=_worker_setting,
         metavar="N",
@@ -297,6 +309,7 @@ SERVE_FLAGS = {
     "--max-viewers": "webrtc.max_viewers",
     "--bitrate": "webrtc.bitrate",
     "--keyframe-interval": "webrtc.keyframe_interval",
+    "--decode": "sources.decode",
     "--workers": "workers",
     "--metadata-sink": "metadata_sink",
 }

@@ -75,7 +75,7 @@ def hardware_unavailable_reason() -> str | None:
 LIVE_DEVICE: Final = 0
 
 
-def _nvdec_device_problem() -> str | None:
+def nvdec_device_problem() -> str | None:
     """Why no live stream can decode on NVDEC in this process, or ``None``: PyAV and FFmpeg must offer
     CUDA, and a CUDA device context must open (it is closed again at once). Asked once per process, so a
     machine without the device costs one failed call, not one per stream and reconnection; and asked
@@ -93,7 +93,7 @@ def _nvdec_device_problem() -> str | None:
 
 
 #: Whether NVDEC can be used by the live sources of this process, and its one log line.
-NVDEC_PROBE = ProcessProbe(_nvdec_device_problem)
+NVDEC_PROBE = ProcessProbe(nvdec_device_problem)
 
 
 @functools.cache

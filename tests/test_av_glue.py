@@ -103,7 +103,7 @@ def test_the_webrtc_h264_encoder_sends_every_frame_at_once_with_the_settings_for
     width: int, height: int, threads: str
 ) -> None:
     async def viewer() -> list[EncodedFrame]:
-        encoder = StreamEncoder(Frames(width, height, 6), "cam", "H264")
+        encoder = StreamEncoder(Frames(width, height, 6), "cam", "H264", h264_encoder="libx264")
         queue = encoder.attach()
         items = []
         while (item := await asyncio.wait_for(queue.get(), 10.0)) is not None:
