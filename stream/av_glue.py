@@ -22,8 +22,8 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
-from chromastream.stream.config import H264_ENCODERS
-from chromastream.stream.errors import InputError
+from chromastream.stream.errors import InputError, UsageError
+from chromastream.stream.formats import H264_ENCODERS
 from chromastream.stream.frames import OutputFrame
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def live_h264_encoder(choice: str) -> str:
     without a word; ``nvenc`` where it cannot open logs one warning per process with the reason and uses
     libx264, because a stream encoded on the CPU is better than none."""
     if choice not in H264_ENCODERS:
-        raise ValueError(f"unknown H.264 encoder {choice!r}; expected one of {H264_ENCODERS}")
+        raise UsageError(f"unknown H.264 encoder {choice!r}; expected one of {H264_ENCODERS}")
     if choice == "libx264":
         return ENCODER
     problem = NVENC_PROBE.problem()

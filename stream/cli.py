@@ -197,13 +197,8 @@ the process at once."""
 
 
 def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from chromastream.stream.config import (
-        BITRATE,
-        DECODE_MODES,
-        KEYFRAME_INTERVAL,
-        MAX_VIEWERS,
-        WebRTCConfig,
-    )
+    from chromastream.stream.config import BITRATE, KEYFRAME_INTERVAL, MAX_VIEWERS, WebRTCConfig
+    from chromastream.stream.formats import DECODE_MODES
 
     webrtc = WebRTCConfig()
 

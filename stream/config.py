@@ -46,14 +46,11 @@ import yaml
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import MAX_HINTS, Hint, HintError, parse_hints
 from chromastream.models.runtime.session import MAX_SIZE, MIN_SIZE
+from chromastream.stream.formats import DECODE_MODES, H264_ENCODERS
 from chromastream.stream.source_policy import ANY_HOST, DEFAULT_SCHEMES, KNOWN_SCHEMES, parse_host_entry
 
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRANSPORTS = ("tcp", "udp")
-#: How live sources decode (``sources.decode``, :mod:`chromastream.stream.hw_decode`).
-DECODE_MODES = ("auto", "software", "nvdec")
-#: The live H.264 encoders (``webrtc.h264_encoder``, :func:`chromastream.stream.av_glue.live_h264_encoder`).
-H264_ENCODERS = ("auto", "libx264", "nvenc")
 #: URL schemes of inputs that are not files: cameras, test patterns and WebRTC publishers never end, so
 #: there is nothing to loop.
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "synthetic", "whip"})

@@ -18,6 +18,12 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm")
 #: so ``.webm`` is read but never written.
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi"}
 
+#: Where live sources decode (``sources.decode``, :mod:`chromastream.stream.hw_decode`): on NVDEC when a
+#: CUDA device is visible, in software, or on NVDEC as asked (software with one warning where it cannot).
+DECODE_MODES = ("auto", "software", "nvdec")
+#: The live H.264 encoders (``webrtc.h264_encoder``, :func:`chromastream.stream.av_glue.live_h264_encoder`).
+H264_ENCODERS = ("auto", "libx264", "nvenc")
+
 
 def listed(extensions: Iterable[str]) -> str:
     """``.png, .jpg, ...``: how messages and help name a set of formats."""

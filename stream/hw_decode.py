@@ -41,8 +41,8 @@ import av.error
 import numpy as np
 
 from chromastream.stream.av_glue import ProcessProbe, luma_plane_view, open_input
-from chromastream.stream.config import DECODE_MODES
-from chromastream.stream.errors import InputError
+from chromastream.stream.errors import InputError, UsageError
+from chromastream.stream.formats import DECODE_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -104,8 +104,9 @@ def _cuda_visible() -> bool:
 
 
 def check_decode_mode(mode: str) -> None:
+    """Raise :class:`~chromastream.stream.errors.UsageError` unless ``mode`` is in :data:`DECODE_MODES`."""
     if mode not in DECODE_MODES:
-        raise ValueError(f"unknown decode mode {mode!r}; expected one of {DECODE_MODES}")
+        raise UsageError(f"unknown decode mode {mode!r}; expected one of {DECODE_MODES}")
 
 
 def live_hwaccel(mode: str) -> Any | None:

@@ -32,11 +32,12 @@ from chromastream.models.runtime.registry import nvidia_device_visible
 from chromastream.stream import av_glue, hw_decode
 from chromastream.stream.av_glue import NVENC, ProcessProbe, h264_level
 from chromastream.stream.config import PipelineConfig, ServeConfig, StreamConfig, WebRTCConfig
-from chromastream.stream.frames import OutputFrame
+from chromastream.stream.frames import Frame, OutputFrame
 from chromastream.stream.sinks import RtspPusher
-from chromastream.stream.sources import Backoff, FileSource
+from chromastream.stream.sources import Backoff, FileSource, InvalidSourceError
 from chromastream.stream.webrtc import StreamEncoder
 from tests import test_browser
+from tests.conftest import ClipSpec, make_clip
 from tests.rtsp_fixtures import RtspServer
 from tests.test_server import served
 
@@ -46,7 +47,7 @@ NVDEC_PROBLEM = hw_decode.NVDEC_PROBE.problem()
 NVENC_PROBLEM = av_glue.NVENC_PROBE.problem()
 FALLBACK_LINE = "NVDEC cannot be used"
 no_nvdec_here = pytest.mark.skipif(
-    NVDEC_PROBLEM is None, reason="NVDEC opens here: test_nvdec_is_used_where_it_opens covers it"
+    NVDEC_PROBLEM is None, reason="NVDEC opens here: test_nvdec_is_used_where_it_opens checks it is used"
 )
 no_nvenc_here = pytest.mark.skipif(
     NVENC_PROBLEM is None, reason="NVENC opens here: test_nvenc_is_used_where_it_opens covers it"
@@ -133,36 +134,53 @@ def test_auto_decodes_in_software_without_a_word(tmp_path: Path, rtsp_server: Rt
     assert "NVDEC" not in log, log
 
 
-def test_file_source_decoder_is_reported_and_bad_modes_are_refused(tmp_path: Path) -> None:
-    from chromastream.stream.sources import InvalidSourceError
-    from tests.conftest import ClipSpec, make_clip
+def decoded_file(clip: Path, decode: str) -> tuple[str | None, list[np.ndarray]]:
+    """The file source's decoder and the luma planes it hands over, read once as fast as consumed."""
 
-    clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=4))
-
-    async def first_frames() -> tuple[str | None, int]:
-        source = FileSource("cam", clip, realtime=False, decode="software")
-        count = 0
-        async for event in source.events():
-            count += hasattr(event, "y")
+    async def read() -> tuple[str | None, list[np.ndarray]]:
+        source = FileSource("cam", clip, loop=False, realtime=False, decode=decode)
+        lumas = [event.y for event in [e async for e in source.events()] if isinstance(event, Frame)]
         await source.close()
-        return source.decoder, count
+        return source.decoder, lumas
 
-    decoder, count = asyncio.run(first_frames())
-    assert (decoder, count) == ("h264 (software)", 4)
+    return asyncio.run(read())
+
+
+def test_file_source_decoder_is_reported_and_bad_modes_are_refused(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=4))
+    decoder, lumas = decoded_file(clip, "software")
+    assert decoder == "h264 (software)" and len(lumas) == 4
     with pytest.raises(InvalidSourceError, match="unknown decode mode 'gpu'"):
         FileSource("cam", clip, decode="gpu")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(NVDEC_PROBLEM is not None, reason=f"NVDEC cannot be used here: {NVDEC_PROBLEM}")
-def test_nvdec_is_used_where_it_opens(tmp_path: Path, rtsp_server: RtspServer, rtsp_clip: Path) -> None:
-    config = serve_config(tmp_path, "nvdec", rtsp_clip, rtsp_server.play_url)
-    with served(tmp_path, "--config", str(config)) as server:
-        for stream_id in ("file", "camera"):
-            wait_until(lambda s=stream_id: stream_json(server.base, s)["frames_out"] >= 10, 30, "frames")
-            assert stream_json(server.base, stream_id)["decoder"] == "h264 (cuda)"
-        log = server.stderr()
-    assert FALLBACK_LINE not in log, log
+def test_nvdec_is_used_where_it_opens(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file source asked for NVDEC decodes on it, and hands over the same pictures as software (H.264
+    decoding is exact, and the Y plane of the downloaded NV12 frame is the picture's luma)."""
+    clip = make_clip(tmp_path / "in.mp4", ClipSpec(frames=8, width=256, height=144))
+    decoder, lumas = decoded_file(clip, "nvdec")
+    assert decoder == "h264 (cuda)"
+    reference = decoded_file(clip, "software")[1]
+    assert len(lumas) == len(reference) == 8
+    for got, expected in zip(lumas, reference, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert FALLBACK_LINE not in caplog.text
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "workers": 1,
+                "pipeline": {"backend": "pass-through", "detector_rate": 0},
+                "streams": [{"id": "file", "url": str(clip)}],
+            }
+        )
+    )
+    with served(tmp_path, "--config", str(config), "--decode", "nvdec") as server:
+        wait_until(lambda: stream_json(server.base, "file")["frames_out"] >= 10, 30, "frames")
+        assert stream_json(server.base, "file")["decoder"] == "h264 (cuda)"
+        assert FALLBACK_LINE not in server.stderr()
 
 
 # --------------------------------------------------------------------------------------------- encode

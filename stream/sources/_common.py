@@ -33,7 +33,7 @@ import av.error
 import numpy as np
 
 from chromastream.stream.av_glue import colour_range, is_full_range, luma_plane_view
-from chromastream.stream.errors import InputError
+from chromastream.stream.errors import InputError, UsageError
 from chromastream.stream.frames import U8, AudioChunk, EndOfStream, Frame, SourceEvent
 from chromastream.stream.hw_decode import check_decode_mode
 from chromastream.stream.queues import DropPolicy, DropQueue
@@ -239,7 +239,7 @@ class ThreadedSource:
     def __init__(self, stream_id: str, policy: DropPolicy, decode: str = "auto") -> None:
         try:
             check_decode_mode(decode)
-        except ValueError as exc:
+        except UsageError as exc:
             raise InvalidSourceError(str(exc)) from None
         self.stream_id = stream_id
         self.decode = decode
