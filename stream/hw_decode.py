@@ -14,6 +14,11 @@ that can stand in the way (an old PyAV, an FFmpeg built without CUDA, no GPU or 
 profile NVDEC cannot decode) ends in software decoding, with one log line that says why: a stream that
 decodes slowly is better than one that does not decode.
 
+The live sources (RTSP cameras and files in ``serve``) decode through :func:`live_hwaccel` under the
+setting ``sources.decode``: NVDEC where it works, frames copied to host memory for today's numpy
+pipeline, and software otherwise with one log line per process (:data:`NVDEC_PROBE`); each source reports
+its decoder (:func:`live_decoder`) in its stream's JSON.
+
 Software-decoded frames live in host memory. :func:`y_plane_tensor` returns their Y plane as a CPU
 tensor over the frame's own buffer (``torch.from_numpy`` over the plane with its row stride), or, for a
 CUDA target, copies it through a reusable pinned buffer with a non-blocking host-to-device transfer
@@ -22,9 +27,11 @@ CUDA target, copies it through a reusable pinned buffer with a non-blocking host
 Where this was run: the software path and the fallback from a refused hardware request were run on a
 machine without a GPU (PyAV 18.1, FFmpeg with CUDA support compiled in but no device) and on a
 virtualized NVIDIA H200, where PyAV's wheel lists CUDA but opening the decoder device fails ("Operation
-not supported"): decoding fell back to software, and :class:`PinnedUpload` passed its test. The NVDEC
-path and the DLPack hand-over follow PyAV 18's documented API and have not run on a GPU yet;
-``tests/test_hw_decode.py`` checks them where NVDEC opens and skips with the reason elsewhere.
+not supported"): decoding fell back to software, and :class:`PinnedUpload` passed its test. The live
+sources' fallback was run on the machine without a GPU (``sources.decode: nvdec``: a file and a camera
+decoded in software, one warning for both and a reconnection). The NVDEC path, live or not, and the
+DLPack hand-over follow PyAV 18's documented API and have not run on a GPU yet; ``tests/test_hw_decode.py``
+and ``tests/test_hw_video.py`` check them where NVDEC opens and skip with the reason elsewhere.
 """
 
 from __future__ import annotations
