@@ -67,7 +67,7 @@ from prometheus_client.registry import Collector
 
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import Hint, checked_hints
-from chromastream.stream.config import ServeConfig, SourcesConfig, StreamConfig
+from chromastream.stream.config import ServeConfig, StreamConfig
 from chromastream.stream.pipeline import DuplicateStream, PipelineClosed, StreamInfo, UnknownStream
 from chromastream.stream.source_policy import KNOWN_SCHEMES
 from chromastream.stream.urls import redact_url
@@ -456,7 +456,10 @@ class WorkerPool:
             config,
             token=None,
             streams=(),
-            sources=SourcesConfig(KNOWN_SCHEMES, ("0.0.0.0/0", "::/0"), (Path("/"),)),
+            # The front checked every source already; the worker keeps the rest of the section (decode).
+            sources=dataclasses.replace(
+                config.sources, schemes=KNOWN_SCHEMES, hosts=("0.0.0.0/0", "::/0"), folders=(Path("/"),)
+            ),
             limits=dataclasses.replace(config.limits, requests_per_s=None),
         )
         self._log_levels = {

@@ -74,12 +74,12 @@ def wait_until(check: Any, timeout: float, what: str) -> Any:
 # --------------------------------------------------------------------------------------------- decode
 
 
-def serve_config(folder: Path, decode: str, clip: Path, camera: str) -> Path:
+def serve_config(folder: Path, decode: str, clip: Path, camera: str, workers: int = 1) -> Path:
     config = folder / "serve.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                "workers": 1,
+                "workers": workers,
                 "pipeline": {"backend": "pass-through", "detector_rate": 0},
                 "sources": {"decode": decode},
                 "streams": [{"id": "file", "url": str(clip)}, {"id": "camera", "url": camera}],
@@ -90,11 +90,13 @@ def serve_config(folder: Path, decode: str, clip: Path, camera: str) -> Path:
 
 
 @no_nvdec_here
+@pytest.mark.parametrize("workers", [1, 2])
 def test_nvdec_asked_for_without_it_decodes_in_software_with_one_warning(
-    tmp_path: Path, rtsp_server: RtspServer, rtsp_clip: Path
+    tmp_path: Path, rtsp_server: RtspServer, rtsp_clip: Path, workers: int
 ) -> None:
-    """Two streams (a file and a camera) and a camera reconnection: frames flow, one warning in all."""
-    config = serve_config(tmp_path, "nvdec", rtsp_clip, rtsp_server.play_url)
+    """Two streams (a file and a camera) and a camera reconnection: frames flow, one warning per process
+    that decodes (with two workers each stream has its own, and the setting reaches both)."""
+    config = serve_config(tmp_path, "nvdec", rtsp_clip, rtsp_server.play_url, workers)
     # --quiet: the log holds warnings and errors only, so the line found below is a warning.
     with served(tmp_path, "--config", str(config), "--quiet") as server:
         for stream_id in ("file", "camera"):
@@ -108,9 +110,10 @@ def test_nvdec_asked_for_without_it_decodes_in_software_with_one_warning(
         wait_until(lambda: stream_json(server.base, "camera")["frames_out"] > frames + 5, 30, "frames")
         log = server.stderr()
     warnings = [line for line in log.splitlines() if FALLBACK_LINE in line]
-    assert len(warnings) == 1, log
-    assert "'nvdec'" in warnings[0] and "in software" in warnings[0]
-    assert NVDEC_PROBLEM is not None and NVDEC_PROBLEM in warnings[0]
+    assert len(warnings) == workers, log
+    for warning in warnings:
+        assert "'nvdec'" in warning and "in software" in warning
+        assert NVDEC_PROBLEM is not None and NVDEC_PROBLEM in warning
 
 
 @no_nvdec_here
