@@ -263,6 +263,12 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="processes serving the streams, each owning its share end to end: a number, or auto "
         "(default: one per GPU, else one per two cores); 1 serves everything from this process",
     )
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the streams on a Ray cluster (pip install 'chromastream[cluster]'): auto, or the head's "
+        "HOST:PORT; this process stays the one gateway (docs/SCALING.md)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
 
@@ -292,6 +298,7 @@ SERVE_FLAGS = {
     "--bitrate": "webrtc.bitrate",
     "--keyframe-interval": "webrtc.keyframe_interval",
     "--workers": "workers",
+    "--cluster": "cluster.address",
 }
 
 
@@ -329,6 +336,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from chromastream.stream.workers import WorkerPool, visible_gpus, worker_count
 
     config = _serve_config(args)
+    if config.cluster.address is not None:
+        return _run_cluster_gateway(config)
     count, why = worker_count(config.workers, len(config.streams))
     pool = None
     if count > 1:
@@ -337,6 +346,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     elif config.workers != 1:
         logger.info("serving from this process (%s)", why)
     asyncio.run(_serve_until_signalled(config, pool))
+    return 0
+
+
+def _run_cluster_gateway(config: ServeConfig) -> int:
+    """``serve --cluster``: join the Ray cluster, then serve with the streams on its worker actors."""
+    import asyncio
+
+    from chromastream.stream.cluster import ClusterPool, connect, disconnect
+
+    connect(config.cluster)
+    try:
+        asyncio.run(_serve_until_signalled(config, ClusterPool(config)))
+    finally:
+        disconnect()
     return 0
 
 

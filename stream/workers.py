@@ -413,11 +413,25 @@ class _Placement:
     pusher: asyncio.Task[None] | None = None
 
 
-def _starting_info(cfg: StreamConfig) -> dict[str, Any]:
+def starting_info(cfg: StreamConfig) -> dict[str, Any]:
+    """The API's object of a stream that has not started on its worker yet."""
     info = StreamInfo(
         cfg.id, redact_url(cfg.url), "starting", None, None, None, 0.0, 0.0, None, None, 0, 0, 0, 0, 0
     )
     return info.to_json()
+
+
+def worker_config(config: ServeConfig) -> ServeConfig:
+    """The config a worker runs with. The front is a worker's one client: it has checked API streams
+    against the source policy already (the config's are the operator's), its requests are not a
+    browser's to pace, and it adds the streams itself."""
+    return dataclasses.replace(
+        config,
+        token=None,
+        streams=(),
+        sources=SourcesConfig(KNOWN_SCHEMES, ("0.0.0.0/0", "::/0"), (Path("/"),)),
+        limits=dataclasses.replace(config.limits, requests_per_s=None),
+    )
 
 
 class WorkerPool:
@@ -432,15 +446,7 @@ class WorkerPool:
         if count < 1:
             raise ValueError(f"a pool needs at least one worker, got {count}")
         root = logging.getLogger()
-        # The front is a worker's one client: it has checked API streams against the source policy
-        # already (the config's are the operator's), and its requests are not a browser's to pace.
-        self._config = dataclasses.replace(
-            config,
-            token=None,
-            streams=(),
-            sources=SourcesConfig(KNOWN_SCHEMES, ("0.0.0.0/0", "::/0"), (Path("/"),)),
-            limits=dataclasses.replace(config.limits, requests_per_s=None),
-        )
+        self._config = worker_config(config)
         self._log_levels = {
             name: logger_.level
             for name, logger_ in logging.root.manager.loggerDict.items()
@@ -586,7 +592,7 @@ class WorkerPool:
         results = await asyncio.gather(*(self._add_on_worker(p) for p in placements), return_exceptions=True)
         for placement, result in zip(placements, results, strict=True):
             if isinstance(result, BaseException):
-                placement.info = _starting_info(placement.cfg) | {"state": "failed", "error": str(result)}
+                placement.info = starting_info(placement.cfg) | {"state": "failed", "error": str(result)}
                 logger.error(
                     "stream %s could not be restored on worker %d: %s", placement.cfg.id, slot.index, result
                 )
@@ -735,7 +741,7 @@ class WorkerPool:
         return [p for p in self._streams.values() if p.slot is slot]
 
     def _info(self, placement: _Placement) -> dict[str, Any]:
-        data = dict(placement.info or _starting_info(placement.cfg))
+        data = dict(placement.info or starting_info(placement.cfg))
         data["worker"] = placement.slot.index
         return data
 
@@ -759,7 +765,7 @@ class WorkerPool:
             if cfg.id in self._streams:
                 raise DuplicateStream(f"stream {cfg.id!r} exists already")
         slot = min(ready, key=lambda s: (len(self._placed_on(s)), s.index))
-        placement = _Placement(cfg, slot, tuple(cfg.hints), restorable, _starting_info(cfg))
+        placement = _Placement(cfg, slot, tuple(cfg.hints), restorable, starting_info(cfg))
         self._streams[cfg.id] = placement
         return placement
 
@@ -840,7 +846,7 @@ class _PoolCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         families: dict[str, Metric] = {}
         for slot in self._pool._slots:
-            for family in _families(slot.metrics_text):
+            for family in metric_families(slot.metrics_text):
                 if family.name.startswith(FRONT_SERIES):
                     continue
                 merged = families.setdefault(
@@ -870,7 +876,8 @@ class _PoolCollector(Collector):
         yield from (up, restarts, streams)
 
 
-def _families(text: str) -> list[Metric]:
+def metric_families(text: str) -> list[Metric]:
+    """The metric families of a worker's ``/metrics`` text (none, logged, if it cannot be read)."""
     try:
         return list(text_string_to_metric_families(text))
     except ValueError:
