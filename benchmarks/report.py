@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cluster import report_section as cluster_section
 from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, machine_line, num, safe_name
 from benchmarks.deepfake import report_section as deepfake_section
 from benchmarks.precision import DEFAULT_NAME as PRECISION_NAME
@@ -33,6 +34,7 @@ OPTIONAL = (
     "live_latency",
     "live_soak",
     "serve_throughput",
+    "cluster",
     PRECISION_NAME,
     "deepfake",
 )
@@ -628,6 +630,7 @@ def render(results_dir: Path, out: Path) -> str:
         "live_latency": live_latency_section,
         "live_soak": live_soak_section,
         "serve_throughput": serve_throughput_section,
+        "cluster": cluster_section,
         PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,
     }

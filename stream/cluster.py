@@ -111,6 +111,7 @@ def connect(settings: ClusterConfig) -> None:
     if target is not None and _is_loopback(target[0]):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the workers' lines in the log without colour codes
     try:
         import ray
     except ImportError:
@@ -309,7 +310,7 @@ class ClusterPool:
 
         try:
             where = await handle.start.remote()
-            await self._controller.register_worker.remote(name)
+            await self._controller.register_worker.remote(name, where["node"])
             self._ready.add(name)
             logger.info(
                 "%s running on node %s (%s, pid %s)", name, where["node"][:12], where["ip"], where["pid"]

@@ -242,7 +242,8 @@ class Controller:
     State, as kept in the key-value store: ``workers`` (every worker registered, by actor name),
     ``dead`` (those lost), ``streams`` (id → ``cfg`` as :func:`~chromastream.stream.worker_main.to_wire`
     writes it, hints included; ``worker``, the owner's name or ``null`` while it has none; ``restorable``,
-    false for a WHIP publisher's stream), ``failovers`` (streams moved off a lost worker, in all).
+    false for a WHIP publisher's stream), ``nodes`` (worker → the id of the Ray node it runs on, shown in
+    the API as each stream's ``node``), ``failovers`` (streams moved off a lost worker, in all).
     """
 
     def __init__(self, log_level: int = logging.INFO) -> None:
@@ -296,11 +297,13 @@ class Controller:
 
     # --- the gateway's calls -----------------------------------------------------------------------
 
-    async def register_worker(self, name: str) -> None:
-        """A new worker has started: it takes streams from now on (and any that have no worker)."""
+    async def register_worker(self, name: str, node: str) -> None:
+        """A new worker has started on ``node`` (Ray's node id): it takes streams from now on (and any
+        that have no worker)."""
         self._resume()
         if name not in self._state["workers"]:
             self._state["workers"].append(name)
+            self._state.setdefault("nodes", {})[name] = node
             self._save()
         self._watch(name)
         self._place_orphans()
@@ -320,7 +323,7 @@ class Controller:
                 del self._streams()[cfg.id]
             raise
         self._save()
-        return info | {"worker": owner}
+        return info | {"worker": owner, "node": self._state.get("nodes", {}).get(owner)}
 
     async def remove_stream(self, stream_id: str) -> None:
         entry = self._entry(stream_id)
@@ -389,7 +392,8 @@ class Controller:
             if info is None:
                 state = "restarting" if owner is None else "starting"
                 info = starting_info(from_wire(entry["cfg"])) | {"state": state}
-            infos.append(info | {"worker": owner, "hints": entry["cfg"].get("hints", [])})
+            node = self._state.get("nodes", {}).get(owner)
+            infos.append(info | {"worker": owner, "node": node, "hints": entry["cfg"].get("hints", [])})
         return {
             "streams": infos,
             "workers": {w: {"up": w in live, "streams": self._load(w)} for w in self._state["workers"]},

@@ -202,6 +202,11 @@ def worker_nodes(gateway: Served) -> dict[str, str]:
     return dict(re.findall(r"(chromastream-worker-\d+) running on node (\w+)", gateway.stderr()))
 
 
+async def nodes_of_streams(session: ClientSession, base: str) -> dict[str, str]:
+    """Stream -> the Ray node its worker runs on, as the API shows it."""
+    return {i: s["node"] for i, s in (await streams_by_id(session, base)).items()}
+
+
 def test_streams_run_on_the_worker_nodes_and_flow(ray_cluster: Any, gateway: Served) -> None:
     base = gateway.base
     head = ray_cluster.head_node.node_id
@@ -214,6 +219,8 @@ def test_streams_run_on_the_worker_nodes_and_flow(ray_cluster: Any, gateway: Ser
             streams = await streams_by_id(session, base)
             owners = {i: s["worker"] for i, s in streams.items()}
             assert set(owners.values()) == set(placed)  # spread evenly: each worker has its share
+            nodes = await nodes_of_streams(session, base)
+            assert all(nodes[i].startswith(placed[w]) for i, w in owners.items()), (nodes, placed)
             assert sorted(owners.values()).count(next(iter(placed))) == PER_WORKER
             first = {i: s["frames_out"] for i, s in streams.items()}
 
@@ -312,7 +319,6 @@ def test_a_lost_node_hands_its_streams_to_the_survivors_within_15_s(
 ) -> None:
     """Runs last: it takes a worker node away."""
     base = gateway.base
-    placed = worker_nodes(gateway)
     state: dict[str, Any] = {}
 
     async def prepare() -> None:
@@ -320,12 +326,14 @@ def test_a_lost_node_hands_its_streams_to_the_survivors_within_15_s(
             async with session.put(f"{base}/api/streams/cam1/hints", json=[RED, BLUE, RED]) as r:
                 assert r.status == 200
             await event_where(session, base, "cam1", lambda e: e["colorizer"]["hints"] == 3)
-            state["owners"] = {i: s["worker"] for i, s in (await streams_by_id(session, base)).items()}
+            streams = await streams_by_id(session, base)
+            state["owners"] = {i: s["worker"] for i, s in streams.items()}
+            state["node"] = streams["cam1"]["node"]
 
     run(prepare)
     victim = state["owners"]["cam1"]
     moved = sorted(i for i, w in state["owners"].items() if w == victim)
-    node = next(n for n in ray_cluster.worker_nodes if n.node_id.startswith(placed[victim]))
+    node = next(n for n in ray_cluster.worker_nodes if n.node_id == state["node"])
     ray_cluster.remove_node(node)
     killed = time.monotonic()
 
