@@ -266,7 +266,8 @@ def report_section(data: dict[str, Any]) -> list[str]:
         "| node kills | p50 s | p95 s | max s | streams lost | target p95 | met |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         f"| {len(data.get('kills') or [])} | {num(f.get('p50'))} | {num(f.get('p95'))} | "
-        f"{num(f.get('max'))} | {f.get('lost', '–')} | ≤ {num(target, 0)} s, none lost | {'yes' if ok else 'no'} |",
+        f"{num(f.get('max'))} | {f.get('lost', '–')} | ≤ {num(target, 0)} s, none lost | "
+        f"{'yes' if ok else 'no'} |",
         "",
         "WHEP set-up (POST of the offer to the first frame's metadata message) and frame latency (the "
         "pipeline's, in each frame's metadata) with single-machine `serve` and through the cluster "
