@@ -7,9 +7,9 @@ runs on each. ``chromastream serve --cluster`` runs in a child process with synt
 the viewers and the benchmark).
 
 **Failover**, repeated ``--kills`` times: the node whose worker runs the streams is removed
-(``Cluster.remove_node``: its raylet and every process on it end); the time is measured from the removal
-until every one of its streams shows frames again in the gateway's API, counted by the worker it moved
-to. A node is then added back and the benchmark waits for its worker to start, so that the next kill
+(``Cluster.remove_node``: its raylet and every process on it end); the time is measured from the start
+of the removal until every one of its streams shows frames again in the gateway's API, counted by the
+worker it moved to. A node is then added back and the benchmark waits for its worker to start, so that the next kill
 again leaves a survivor (streams are not moved back: the next kill takes the node they are on now).
 
 **The gateway's cost**, in the same run: the same streams served by single-machine ``serve`` (one
@@ -47,7 +47,7 @@ from benchmarks.common import (
     num,
     run_and_write,
 )
-from benchmarks.serve_throughput import Tally, _skip_decoding, _streams, serving, viewer
+from benchmarks.serve_throughput import Tally, _skip_decoding, serving, viewer
 
 CAMERA = "synthetic:?width=160&height=120&fps=15"
 FAILOVER_TARGET_S = 15.0
@@ -104,6 +104,13 @@ async def _until(condition: Any, timeout: float, what: str, every: float = 0.05)
     return time.monotonic() - started
 
 
+async def _streams(session: Any, base: str) -> dict[str, dict[str, Any]]:
+    async with session.get(f"{base}/api/streams") as r:
+        if r.status != 200:
+            raise BenchmarkError(f"the stream list answered {r.status}: {await r.text()}")
+        return {s["id"]: s for s in (await r.json())["streams"]}
+
+
 async def _viewers(base: str, ids: list[str], rounds: int, seconds: float) -> dict[str, Any]:
     """WHEP set-up times (POST -> first frame's metadata) and the frame latency over ``seconds``."""
     from aiohttp import ClientSession
@@ -146,8 +153,8 @@ async def _failovers(cluster: Any, base: str, kills: int) -> list[dict[str, Any]
             node_id = next(iter(streams.values()))["node"]
             victim = {i for i, s in streams.items() if s["node"] == node_id}
             node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+            killed = time.monotonic()  # from the start: the node's processes end during the call
             cluster.remove_node(node)
-            killed = time.monotonic()
 
             async def back(victim: set[str] = victim, node_id: str = node_id) -> bool:
                 now = await _streams(session, base)

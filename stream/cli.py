@@ -186,6 +186,7 @@ forms:
   {PROG} serve --source rtsp://cam/stream1       one camera (ids cam1, cam2, ... in order)
   {PROG} serve --source clip.mp4                 a file, looped as a live camera
   {PROG} serve --config serve.yaml               streams and settings from a YAML file
+  {PROG} serve --cluster auto --config serve.yaml   the streams on a Ray cluster's nodes (docs/SCALING.md)
 
 The YAML file sets everything these flags do and more (batching, queues, events, per-stream looping,
 recording, RTSP push and hints): docs/CONFIG.md describes every key, and docs/serve.example.yaml lists

@@ -286,7 +286,11 @@ class Controller:
     def _worker(self, name: str) -> RayWorker:
         worker = self._workers.get(name)
         if worker is None:
-            worker = self._workers[name] = RayWorker(name, ray.get_actor(name, namespace=NAMESPACE))
+            try:
+                handle = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:  # Ray no longer knows it: it is gone
+                raise WorkerUnavailable(f"{name} is gone") from None
+            worker = self._workers[name] = RayWorker(name, handle)
         return worker
 
     def _resume(self) -> None:
@@ -378,7 +382,7 @@ class Controller:
         number of failovers; what the gateway shows."""
         self._resume()
         live = self._live()
-        answers = await asyncio.gather(*(self._worker(w).streams() for w in live), return_exceptions=True)
+        answers = await asyncio.gather(*(self._figures(w) for w in live), return_exceptions=True)
         figures: dict[str, dict[str, Any]] = {}
         for name, answer in zip(live, answers, strict=True):
             if isinstance(answer, BaseException):
@@ -401,6 +405,9 @@ class Controller:
             "restarted": self._restarted,
         }
 
+    async def _figures(self, name: str) -> list[dict[str, Any]]:
+        return await self._worker(name).streams()
+
     # --- failover ----------------------------------------------------------------------------------
 
     def _watch(self, name: str) -> None:
@@ -410,7 +417,7 @@ class Controller:
         async def watch() -> None:
             try:
                 await self._worker(name).handle.until_stopped.remote()
-            except (ray.exceptions.RayActorError, ValueError) as exc:  # ValueError: no such actor
+            except (ray.exceptions.RayActorError, WorkerUnavailable) as exc:
                 self._lost(name, type(exc).__name__)
 
         self._watchers[name] = asyncio.get_running_loop().create_task(watch(), name=f"watch {name}")

@@ -403,7 +403,8 @@ class ClusterConfig:
     """The Ray cluster to run on: ``auto`` (the cluster ``ray start`` started on this machine, or
     ``RAY_ADDRESS``) or the head's ``HOST:PORT`` (its GCS, port 6379 by default). ``null`` serves from
     this machine alone (``workers`` applies). Ray Client addresses (``ray://``) are not supported: the
-    gateway must be a node of the cluster."""
+    gateway's machine must be a node of the cluster (``ray start --address``, with ``--num-cpus 0`` if it
+    should run no worker)."""
     workers: int | str = "auto"
     """Worker actors to run: a number (they wait for room on the cluster), or ``auto``: one per GPU of
     the cluster where it has GPUs, else one per ``cpus_per_worker`` CPUs of each node, counted again
@@ -412,7 +413,7 @@ class ClusterConfig:
     """CPUs Ray reserves for each worker without a GPU: about what one server process keeps busy (see
     ``workers``)."""
     connect_timeout_s: float = 10.0
-    """How long connecting to the cluster may take before ``serve`` gives up with an error."""
+    """How long the cluster's address may take to answer before ``serve`` gives up with an error."""
 
     def __post_init__(self) -> None:
         if self.address is not None:
