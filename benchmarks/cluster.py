@@ -6,11 +6,14 @@ runs on each. ``chromastream serve --cluster`` runs in a child process with synt
 ``pipeline.backend: pass-through`` (the live path without the network, so two cores hold the cluster,
 the viewers and the benchmark).
 
-**Failover**, repeated ``--kills`` times: the node whose worker runs the streams is removed
-(``Cluster.remove_node``: its raylet and every process on it end); the time is measured from the start
-of the removal until every one of its streams shows frames again in the gateway's API, counted by the
-worker it moved to. A node is then added back and the benchmark waits for its worker to start, so that the next kill
-again leaves a survivor (streams are not moved back: the next kill takes the node they are on now).
+**Failover**, ``--kills`` times gracefully (``Cluster.remove_node``: the node's raylet gets SIGTERM and
+every process on it ends, so Ray reports the worker's death at once), then ``--hard-kills`` times
+outright (SIGKILL to every process of the node, found by Ray's node health checks, which the head here
+runs every second with three misses allowed). Each time the node whose worker runs the streams is
+removed, and the time is measured from the start of the removal until every one of its streams shows
+frames again in the gateway's API, counted by the worker it moved to. A node is then added back and the
+benchmark waits for its worker to start, so that the next kill again leaves a survivor (streams are not
+moved back: the next kill takes the node they are on now).
 
 **The gateway's cost**, in the same run: the same streams served by single-machine ``serve`` (one
 process, ``--workers 1``) and by the cluster gateway. WHEP set-up time is from the viewer's POST of its
@@ -19,7 +22,7 @@ worker actor, ICE and DTLS with the worker's node); frame latency is the pipelin
 each frame's metadata (source -> frame published; media never passes through the gateway, so the gateway
 adds nothing here by design, and the figure shows whether running as a Ray actor does).
 
-    python -m benchmarks.cluster                 # about five minutes on two cores
+    python -m benchmarks.cluster                 # about four minutes on two cores
     python -m benchmarks.cluster --quick         # smoke run: one kill, short windows
 
 Writes ``cluster.json``; ``python -m benchmarks.report`` puts it into RESULTS.md.
@@ -42,6 +45,7 @@ from benchmarks.common import (
     BenchmarkError,
     add_output_args,
     load_average,
+    machine_line,
     machine_tags,
     now_iso,
     num,
@@ -52,6 +56,9 @@ from benchmarks.serve_throughput import Tally, _skip_decoding, serving, viewer
 CAMERA = "synthetic:?width=160&height=120&fps=15"
 FAILOVER_TARGET_S = 15.0
 NODE = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 2**20}
+HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+"""The head's node health checks (Ray's defaults: 3000 ms, 5): how soon a node killed outright is
+declared dead."""
 
 
 @contextmanager
@@ -69,7 +76,7 @@ def ray_cluster() -> Iterator[Any]:
             **NODE,
             "num_cpus": 0,
             "include_dashboard": False,
-            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+            "_system_config": HEALTH_CHECK,
         },
     )
     try:
@@ -143,18 +150,21 @@ def _summary(samples: list[float]) -> dict[str, Any]:
     }
 
 
-async def _failovers(cluster: Any, base: str, kills: int) -> list[dict[str, Any]]:
+async def _failovers(cluster: Any, base: str, modes: list[str]) -> list[dict[str, Any]]:
+    """One node kill per entry of ``modes`` (``graceful`` or ``hard``), each timed; a node is added back
+    after each but the last."""
     from aiohttp import ClientSession
 
     results = []
+    kills = len(modes)
     async with ClientSession() as session:
-        for kill in range(kills):
+        for kill, mode in enumerate(modes):
             streams = await _streams(session, base)
             node_id = next(iter(streams.values()))["node"]
             victim = {i for i, s in streams.items() if s["node"] == node_id}
             node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
             killed = time.monotonic()  # from the start: the node's processes end during the call
-            cluster.remove_node(node)
+            cluster.remove_node(node, allow_graceful=mode == "graceful")
 
             async def back(victim: set[str] = victim, node_id: str = node_id) -> bool:
                 now = await _streams(session, base)
@@ -169,9 +179,15 @@ async def _failovers(cluster: Any, base: str, kills: int) -> list[dict[str, Any]
             took = time.monotonic() - killed
             lost = set(streams) - set(await _streams(session, base))
             results.append(
-                {"kill": kill + 1, "streams": len(victim), "seconds": round(took, 3), "lost": len(lost)}
+                {
+                    "kill": kill + 1,
+                    "mode": mode,
+                    "streams": len(victim),
+                    "seconds": round(took, 3),
+                    "lost": len(lost),
+                }
             )
-            print(f"kill {kill + 1}: {len(victim)} streams back in {took:.2f} s", flush=True)
+            print(f"kill {kill + 1} ({mode}): {len(victim)} streams back in {took:.2f} s", flush=True)
             if kill == kills - 1:
                 break
             cluster.add_node(num_cpus=1, **NODE)  # blocks the loop for a second: Ray wants the main thread
@@ -187,10 +203,10 @@ async def _failovers(cluster: Any, base: str, kills: int) -> list[dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    kills = 1 if args.quick else args.kills
+    modes = ["graceful"] if args.quick else ["graceful"] * args.kills + ["hard"] * args.hard_kills
     rounds, seconds = (1, 1.0) if args.quick else (3, 5.0)
     ids = [f"cam{i}" for i in range(1, args.streams + 1)]
-    started_load, started = load_average(), time.monotonic()
+    machine, started = machine_tags(), time.monotonic()  # the load average at the start
     with tempfile.TemporaryDirectory(prefix="chromastream-cluster-bench-") as tmp, _skip_decoding():
         folder = Path(tmp)
         (folder / "single").mkdir()
@@ -200,23 +216,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (folder / "gateway").mkdir()
             with serving(_config(args.streams, cluster.address), folder / "gateway") as gateway:
                 gateway_figures = asyncio.run(_viewers(gateway.base, ids, rounds, seconds))
-                kill_rows = asyncio.run(_failovers(cluster, gateway.base, kills))
-    times = sorted(r["seconds"] for r in kill_rows)
-    failover = _summary(times) | {
-        "max": times[-1] if times else None,
-        "lost": sum(r["lost"] for r in kill_rows),
-    }
+                kill_rows = asyncio.run(_failovers(cluster, gateway.base, modes))
+    failover = {}
+    for mode in dict.fromkeys(modes):
+        rows = [r for r in kill_rows if r["mode"] == mode]
+        times = sorted(r["seconds"] for r in rows)
+        failover[mode] = _summary(times) | {"max": times[-1], "lost": sum(r["lost"] for r in rows)}
     return {
         "date": now_iso(),
         "seconds": round(time.monotonic() - started, 1),
         "quick": bool(args.quick),
-        "machine": machine_tags(),
-        "loadavg_start": started_load,
+        "machine": machine,
         "loadavg_end": load_average(),
         "streams": args.streams,
         "camera": CAMERA,
         "backend": "pass-through",
         "nodes": {"head_cpus": 0, "workers": 2, "cpus_per_worker_node": 1},
+        "health_check": HEALTH_CHECK,
         "failover_target_s": FAILOVER_TARGET_S,
         "kills": kill_rows,
         "failover_s": failover,
@@ -233,9 +249,8 @@ def _difference(gateway: dict[str, Any], single: dict[str, Any], key: str) -> fl
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    f = result["failover_s"]
-    kills = len(result["kills"])
-    print(f"failover over {kills} node kills: p50 {f['p50']} s, p95 {f['p95']} s, lost {f['lost']}")
+    for mode, f in result["failover_s"].items():
+        print(f"{mode} node kills ({f['n']}): p50 {f['p50']} s, p95 {f['p95']} s, lost {f['lost']}")
     for name in ("single", "gateway"):
         r = result[name]
         setup, latency = r["setup_ms"]["p50"], r["latency_ms"]["p50"]
@@ -247,7 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.cluster",
         description="Failover time of serve --cluster over node kills, and the gateway's cost to viewers.",
     )
-    parser.add_argument("--kills", type=int, default=10, help="node kills to time (default 10)")
+    parser.add_argument("--kills", type=int, default=10, help="graceful node kills to time (default 10)")
+    parser.add_argument(
+        "--hard-kills",
+        type=int,
+        default=5,
+        help="node kills with SIGKILL, found by Ray's health checks (default 5)",
+    )
     parser.add_argument("--streams", type=int, default=2, help="camera streams (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one kill, short windows")
     add_output_args(parser, "cluster.json", shared=False)
@@ -261,24 +282,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_section(data: dict[str, Any]) -> list[str]:
     """RESULTS.md: failover times, then single-machine serve against the cluster gateway."""
-    f = data.get("failover_s") or {}
     lines = ["## Cluster (serve --cluster on Ray)", "", f"Run {data.get('date', '?')}.", ""]
     if data.get("quick"):
         lines += ["> Smoke run (`--quick`): too short for a final figure.", ""]
     target = data.get("failover_target_s")
-    ok = f.get("p95") is not None and target is not None and f["p95"] <= target and not f.get("lost")
+    health = data.get("health_check") or {}
     lines += [
         "A Ray cluster of three nodes on one machine (127.0.0.1): a head without CPUs (the gateway) and two "
         f"nodes of one CPU, one worker actor each; {data.get('streams', '?')} synthetic cameras "
         f"(`{data.get('camera', '?')}`), backend {data.get('backend', '?')}. Failover: a node is removed "
-        "(its raylet and every process on it end) and the time runs until each of its streams shows frames "
-        "again from the surviving worker in the gateway's API; a node is added back between kills.",
+        "and the time runs from the start of its removal until each of its streams shows frames again from "
+        "the surviving worker in the gateway's API; a node is added back between kills. *graceful*: the "
+        "node's raylet is stopped with SIGTERM and its processes end (Ray reports the actor's death at "
+        "once); *hard*: every process of the node gets SIGKILL, and Ray's health checks declare the node "
+        f"dead (here every {health.get('health_check_period_ms', '?')} ms, "
+        f"{health.get('health_check_failure_threshold', '?')} misses).",
         "",
-        "| node kills | p50 s | p95 s | max s | streams lost | target p95 | met |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        f"| {len(data.get('kills') or [])} | {num(f.get('p50'))} | {num(f.get('p95'))} | "
-        f"{num(f.get('max'))} | {f.get('lost', '–')} | ≤ {num(target, 0)} s, none lost | "
-        f"{'yes' if ok else 'no'} |",
+        "| kill | node kills | p50 s | p95 s | max s | streams lost | target p95 | met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for mode, f in (data.get("failover_s") or {}).items():
+        ok = f.get("p95") is not None and target is not None and f["p95"] <= target and not f.get("lost")
+        lines.append(
+            f"| {mode} | {f.get('n', '–')} | {num(f.get('p50'))} | {num(f.get('p95'))} | "
+            f"{num(f.get('max'))} | {f.get('lost', '–')} | ≤ {num(target, 0)} s, none lost | "
+            f"{'yes' if ok else 'no'} |"
+        )
+    lines += [
         "",
         "WHEP set-up (POST of the offer to the first frame's metadata message) and frame latency (the "
         "pipeline's, in each frame's metadata) with single-machine `serve` and through the cluster "
@@ -294,13 +324,24 @@ def report_section(data: dict[str, Any]) -> list[str]:
             f"| {label} | {num(s.get('p50'), 1)} | {num(s.get('p95'), 1)} | {num(lat.get('p50'), 1)} | "
             f"{num(lat.get('p95'), 1)} |"
         )
+    end = "/".join(str(x) for x in data.get("loadavg_end") or []) or "?"
     lines += [
         "",
-        f"The gateway adds {num(data.get('setup_added_ms_p50'), 1)} ms to the median set-up and "
-        f"{num(data.get('latency_added_ms_p50'), 1)} ms to the median frame latency.",
+        f"Through the gateway the median set-up changes by {_signed(data.get('setup_added_ms_p50'))} ms "
+        f"(one more hop for the offer and answer) and the median frame latency by "
+        f"{_signed(data.get('latency_added_ms_p50'))} ms: media never passes through the gateway, so the "
+        "latency differs only by where the streams ran (the single server ran both streams in one process, "
+        "the cluster one per worker process).",
+        "",
+        machine_line(data) + f" Load at the end: {end}.",
         "",
     ]
     return lines
+
+
+def _signed(x: Any) -> str:
+    text = num(x, 1)
+    return text if text == "–" or text.startswith("-") else f"+{text}"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def test_quick_run_writes_json_and_report_section(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "cluster.json").read_text())
     assert data["quick"] is True and [k["kill"] for k in data["kills"]] == [1]
     assert all(k["streams"] >= 1 and k["lost"] == 0 and 0 < k["seconds"] < 60 for k in data["kills"])
-    assert data["failover_s"]["lost"] == 0 and data["failover_s"]["p50"] > 0
+    assert set(data["failover_s"]) == {"graceful"}
+    assert data["failover_s"]["graceful"]["lost"] == 0 and data["failover_s"]["graceful"]["p50"] > 0
     for name in ("single", "gateway"):
         assert data[name]["setup_ms"]["n"] == 2 and data[name]["setup_ms"]["p50"] > 0
         assert data[name]["latency_ms"]["n"] > 0
@@ -27,4 +28,4 @@ def test_quick_run_writes_json_and_report_section(tmp_path: Path) -> None:
     text = report.render(tmp_path, tmp_path / "RESULTS.md")
     section = text[text.index("## Cluster (serve --cluster on Ray)") :]
     assert "Smoke run" in section
-    assert "| 1 | " in section and "| serve --cluster (gateway) |" in section
+    assert "| graceful | 1 | " in section and "| serve --cluster (gateway) |" in section
