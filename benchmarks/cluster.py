@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -85,7 +86,9 @@ def ray_cluster() -> Iterator[Any]:
         cluster.wait_for_nodes()
         yield cluster
     finally:
+        session = cluster.head_node.get_session_dir_path()
         cluster.shutdown()
+        shutil.rmtree(session, ignore_errors=True)  # Ray's logs of this cluster
 
 
 def _config(streams: int, cluster: str | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import ast
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,7 +161,9 @@ def ray_cluster() -> Iterator[Any]:
         import ray
 
         ray.shutdown()
+        session = cluster.head_node.get_session_dir_path()
         cluster.shutdown()
+        shutil.rmtree(session, ignore_errors=True)  # Ray's logs of this cluster
 
 
 @pytest.fixture(scope="module")
