@@ -47,7 +47,7 @@ from chromastream.stream.workers import (
     START_TIMEOUT_S,
     RemoteFrame,
     WorkerUnavailable,
-    metric_families,
+    _families,
     worker_config,
 )
 
@@ -523,7 +523,7 @@ class _ClusterCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         families: dict[str, Metric] = {}
         for name, text in sorted(self._pool._metrics.items()):
-            for family in metric_families(text):
+            for family in _families(text):
                 if family.name.startswith(FRONT_SERIES):
                     continue
                 merged = families.setdefault(

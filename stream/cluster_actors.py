@@ -48,7 +48,7 @@ from chromastream.stream.workers import (
     SignalAnswer,
     WorkerClient,
     WorkerUnavailable,
-    starting_info,
+    _starting_info,
 )
 
 logger = logging.getLogger("chromastream.stream.cluster_actors")
@@ -395,7 +395,7 @@ class Controller:
             info = figures.get(f"{owner}/{stream_id}")
             if info is None:
                 state = "restarting" if owner is None else "starting"
-                info = starting_info(from_wire(entry["cfg"])) | {"state": state}
+                info = _starting_info(from_wire(entry["cfg"])) | {"state": state}
             node = self._state.get("nodes", {}).get(owner)
             infos.append(info | {"worker": owner, "node": node, "hints": entry["cfg"].get("hints", [])})
         return {

@@ -64,7 +64,7 @@ from prometheus_client.registry import Collector
 
 from chromastream.errors import ChromastreamError
 from chromastream.models.colorizer.hints import Hint, checked_hints
-from chromastream.stream.config import ServeConfig, SourcesConfig, StreamConfig
+from chromastream.stream.config import ServeConfig, StreamConfig
 from chromastream.stream.pipeline import DuplicateStream, PipelineClosed, StreamInfo, UnknownStream
 from chromastream.stream.source_policy import KNOWN_SCHEMES
 from chromastream.stream.urls import redact_url
@@ -413,8 +413,7 @@ class _Placement:
     pusher: asyncio.Task[None] | None = None
 
 
-def starting_info(cfg: StreamConfig) -> dict[str, Any]:
-    """The API's object of a stream that has not started on its worker yet."""
+def _starting_info(cfg: StreamConfig) -> dict[str, Any]:
     info = StreamInfo(
         cfg.id, redact_url(cfg.url), "starting", None, None, None, 0.0, 0.0, None, None, 0, 0, 0, 0, 0
     )
@@ -429,7 +428,9 @@ def worker_config(config: ServeConfig) -> ServeConfig:
         config,
         token=None,
         streams=(),
-        sources=SourcesConfig(KNOWN_SCHEMES, ("0.0.0.0/0", "::/0"), (Path("/"),)),
+        sources=dataclasses.replace(
+            config.sources, schemes=KNOWN_SCHEMES, hosts=("0.0.0.0/0", "::/0"), folders=(Path("/"),)
+        ),
         limits=dataclasses.replace(config.limits, requests_per_s=None),
     )
 
@@ -592,7 +593,7 @@ class WorkerPool:
         results = await asyncio.gather(*(self._add_on_worker(p) for p in placements), return_exceptions=True)
         for placement, result in zip(placements, results, strict=True):
             if isinstance(result, BaseException):
-                placement.info = starting_info(placement.cfg) | {"state": "failed", "error": str(result)}
+                placement.info = _starting_info(placement.cfg) | {"state": "failed", "error": str(result)}
                 logger.error(
                     "stream %s could not be restored on worker %d: %s", placement.cfg.id, slot.index, result
                 )
@@ -741,7 +742,7 @@ class WorkerPool:
         return [p for p in self._streams.values() if p.slot is slot]
 
     def _info(self, placement: _Placement) -> dict[str, Any]:
-        data = dict(placement.info or starting_info(placement.cfg))
+        data = dict(placement.info or _starting_info(placement.cfg))
         data["worker"] = placement.slot.index
         return data
 
@@ -765,7 +766,7 @@ class WorkerPool:
             if cfg.id in self._streams:
                 raise DuplicateStream(f"stream {cfg.id!r} exists already")
         slot = min(ready, key=lambda s: (len(self._placed_on(s)), s.index))
-        placement = _Placement(cfg, slot, tuple(cfg.hints), restorable, starting_info(cfg))
+        placement = _Placement(cfg, slot, tuple(cfg.hints), restorable, _starting_info(cfg))
         self._streams[cfg.id] = placement
         return placement
 
@@ -846,7 +847,7 @@ class _PoolCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         families: dict[str, Metric] = {}
         for slot in self._pool._slots:
-            for family in metric_families(slot.metrics_text):
+            for family in _families(slot.metrics_text):
                 if family.name.startswith(FRONT_SERIES):
                     continue
                 merged = families.setdefault(
@@ -876,8 +877,7 @@ class _PoolCollector(Collector):
         yield from (up, restarts, streams)
 
 
-def metric_families(text: str) -> list[Metric]:
-    """The metric families of a worker's ``/metrics`` text (none, logged, if it cannot be read)."""
+def _families(text: str) -> list[Metric]:
     try:
         return list(text_string_to_metric_families(text))
     except ValueError:
