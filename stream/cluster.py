@@ -25,8 +25,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -55,6 +57,9 @@ logger = logging.getLogger("chromastream.stream.cluster")
 
 MAINTAIN_S = 1.0
 """How often the gateway compares the workers running with what the cluster has room for."""
+JOIN_MARGIN_S = 10.0
+"""Time joining may take beyond ``connect_timeout_s`` once the address answers: registering this process
+as a driver with a head that is slow but working."""
 INSTALL_HINT = "serve --cluster needs Ray: pip install 'chromastream[cluster]'"
 
 
@@ -112,6 +117,12 @@ def connect(settings: ClusterConfig) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the workers' lines in the log without colour codes
+    # Something that answers on the port but is no Ray head: Ray retries about once a second, this many
+    # times, printing a line each time from its C++ core; the error below says it once.
+    os.environ.setdefault(
+        "RAY_gcs_server_port_wait_time_s", str(max(1, math.ceil(settings.connect_timeout_s)))
+    )
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
     except ImportError:
@@ -127,15 +138,30 @@ def connect(settings: ClusterConfig) -> None:
     _check_reachable(*resolved, timeout=settings.connect_timeout_s)
     from chromastream.stream.cluster_actors import NAMESPACE
 
-    try:
-        ray.init(
-            address=address,
-            namespace=NAMESPACE,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
+    outcome: list[BaseException | None] = []
+
+    def join() -> None:
+        try:
+            ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=True)
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    # In a thread of its own: a port that accepts connections but never answers as a Ray head keeps
+    # ray.init waiting without end; a daemon thread left waiting does not keep the process alive.
+    joiner = threading.Thread(target=join, name="ray-init", daemon=True)
+    joiner.start()
+    joiner.join(settings.connect_timeout_s + JOIN_MARGIN_S)
+    if not outcome:
+        raise ClusterError(
+            f"cannot join the Ray cluster at {address}: it did not answer as a Ray head within "
+            f"{settings.connect_timeout_s + JOIN_MARGIN_S:g} s"
         )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    if isinstance(outcome[0], ConnectionError | RuntimeError | ValueError):
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {outcome[0]}") from None
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def disconnect() -> None:

@@ -413,7 +413,8 @@ class ClusterConfig:
     """CPUs Ray reserves for each worker without a GPU: about what one server process keeps busy (see
     ``workers``)."""
     connect_timeout_s: float = 10.0
-    """How long the cluster's address may take to answer before ``serve`` gives up with an error."""
+    """How long the cluster's address may take to answer before ``serve`` gives up with an error
+    (joining a head that answers may take 10 s more)."""
 
     def __post_init__(self) -> None:
         if self.address is not None:

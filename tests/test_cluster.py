@@ -19,6 +19,7 @@ import asyncio
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,37 @@ def test_a_bad_cluster_address_is_one_line_and_status_2(
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("chromastream: error:"), err
     assert address.split(":")[0] in err[0] or "ray://" in err[0]
+
+
+def test_an_address_that_answers_but_is_no_ray_head_gives_up_in_time(tmp_path: Path) -> None:
+    with socket.socket() as listener:  # accepts connections, never speaks gRPC
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        config = tmp_path / "serve.yaml"
+        port = listener.getsockname()[1]
+        config.write_text(f"cluster: {{address: '127.0.0.1:{port}', connect_timeout_s: 2}}\n")
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chromastream.stream.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2 and time.monotonic() - started < 25
+    # Ray's core prints its own connection warnings first; the last line is the one that says what failed.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"chromastream: error: cannot join the Ray cluster at 127.0.0.1:{port}"), last
+    assert "did not answer as a Ray head within 12 s" in last
+    assert "Traceback" not in result.stderr
 
 
 def test_without_ray_cluster_mode_says_what_to_install() -> None:
