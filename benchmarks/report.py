@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cluster import report_section as cluster_section
 from benchmarks.common import DEFAULT_RESULTS_DIR, REPO_ROOT, fail, machine_line, num, safe_name
 from benchmarks.deepfake import report_section as deepfake_section
 from benchmarks.gpu_profile import NAME as GPU_PROFILE_NAMES
@@ -43,6 +44,7 @@ OPTIONAL = (
     "serve_throughput_cuda",
     "serve_throughput_cuda_mps",
     "serve_encode_cost",
+    "cluster",
     PRECISION_NAME,
     "deepfake",
     X264_NAME,
@@ -714,6 +716,7 @@ def render(results_dir: Path, out: Path) -> str:
         "serve_throughput_cuda": serve_throughput_section,
         "serve_throughput_cuda_mps": serve_throughput_section,
         "serve_encode_cost": serve_encode_cost_section,
+        "cluster": cluster_section,
         PRECISION_NAME: precision_section,
         "deepfake": deepfake_section,
         X264_NAME: x264_section,

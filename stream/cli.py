@@ -186,6 +186,7 @@ forms:
   {PROG} serve --source rtsp://cam/stream1       one camera (ids cam1, cam2, ... in order)
   {PROG} serve --source clip.mp4                 a file, looped as a live camera
   {PROG} serve --config serve.yaml               streams and settings from a YAML file
+  {PROG} serve --cluster auto --config serve.yaml   the streams on a Ray cluster's nodes (docs/SCALING.md)
 
 The YAML file sets everything these flags do and more (batching, queues, events, per-stream looping,
 recording, RTSP push and hints): docs/CONFIG.md describes every key, and docs/serve.example.yaml lists
@@ -276,6 +277,12 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="publish stream status, verdicts and per-second summaries to an MQTT broker: "
         "mqtt://[user:pass@]host[:port][/prefix][?frames=1] (topics: docs/MQTT.md)",
     )
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the streams on a Ray cluster (pip install 'chromastream[cluster]'): auto, or the head's "
+        "HOST:PORT; this process stays the one gateway (docs/SCALING.md)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     parser.set_defaults(handler=_run_serve)
 
@@ -307,6 +314,7 @@ SERVE_FLAGS = {
     "--decode": "sources.decode",
     "--workers": "workers",
     "--metadata-sink": "metadata_sink",
+    "--cluster": "cluster.address",
 }
 
 
@@ -344,6 +352,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from chromastream.stream.workers import WorkerPool, visible_gpus, worker_count
 
     config = _serve_config(args)
+    if config.cluster.address is not None:
+        return _run_cluster_gateway(config)
     count, why = worker_count(config.workers, len(config.streams))
     pool = None
     if count > 1:
@@ -352,6 +362,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     elif config.workers != 1:
         logger.info("serving from this process (%s)", why)
     asyncio.run(_serve_until_signalled(config, pool))
+    return 0
+
+
+def _run_cluster_gateway(config: ServeConfig) -> int:
+    """``serve --cluster``: join the Ray cluster, then serve with the streams on its worker actors."""
+    import asyncio
+
+    from chromastream.stream.cluster import ClusterPool, connect, disconnect
+
+    connect(config.cluster)
+    try:
+        asyncio.run(_serve_until_signalled(config, ClusterPool(config)))
+    finally:
+        disconnect()
     return 0
 
 

@@ -61,6 +61,9 @@ BITRATE = (50_000, 100_000_000)
 KEYFRAME_INTERVAL = (1, 1000)
 EVENTS_QUEUE = (1, 10_000)
 WORKERS = (1, 64)
+#: Ranges of the ``cluster`` settings.
+CPUS_PER_WORKER = (0.1, 1024.0)
+CLUSTER_CONNECT_TIMEOUT = (1.0, 300.0)
 #: Ranges of the ``limits`` settings.
 MAX_STREAMS = (1, 10_000)
 MAX_CLIENTS = (1, 100_000)
@@ -412,6 +415,52 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``serve --cluster``: the streams run on the machines of a Ray cluster (``pip install
+    'chromastream[cluster]'``; ``docs/SCALING.md``). This process stays the one gateway (page, API,
+    metrics, signalling); each worker is a Ray actor, a whole server for its share of the streams on the
+    machine Ray placed it, and a video viewer's media comes straight from that machine."""
+
+    address: str | None = None
+    """The Ray cluster to run on: ``auto`` (the cluster ``ray start`` started on this machine, or
+    ``RAY_ADDRESS``) or the head's ``HOST:PORT`` (its GCS, port 6379 by default). ``null`` serves from
+    this machine alone (``workers`` applies). Ray Client addresses (``ray://``) are not supported: the
+    gateway's machine must be a node of the cluster (``ray start --address``, with ``--num-cpus 0`` if it
+    should run no worker)."""
+    workers: int | str = "auto"
+    """Worker actors to run: a number (they wait for room on the cluster), or ``auto``: one per GPU of
+    the cluster where it has GPUs, else one per ``cpus_per_worker`` CPUs of each node, counted again
+    when nodes join or leave (the log says how it was derived)."""
+    cpus_per_worker: float = 2.0
+    """CPUs Ray reserves for each worker without a GPU: about what one server process keeps busy (see
+    ``workers``)."""
+    connect_timeout_s: float = 10.0
+    """How long the cluster's address may take to answer before ``serve`` gives up with an error
+    (joining a head that answers may take 10 s more)."""
+
+    def __post_init__(self) -> None:
+        if self.address is not None:
+            _check(bool(self.address.strip()), "address", "must be auto or HOST:PORT, got an empty string")
+        _check(
+            self.workers == "auto"
+            or (
+                isinstance(self.workers, int)
+                and not isinstance(self.workers, bool)
+                and WORKERS[0] <= self.workers <= WORKERS[1]
+            ),
+            "workers",
+            f"must be auto or a whole number in {WORKERS[0]}..{WORKERS[1]}, got {self.workers!r}",
+        )
+        lo, hi = CPUS_PER_WORKER
+        _check(
+            math.isfinite(self.cpus_per_worker) and lo <= self.cpus_per_worker <= hi,
+            "cpus_per_worker",
+            f"must be in {lo:g}..{hi:g} CPUs, got {self.cpus_per_worker}",
+        )
+        _check_seconds(self.connect_timeout_s, CLUSTER_CONNECT_TIMEOUT, "connect_timeout_s")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything ``chromastream serve`` needs: where to listen, how to colorize, what to ingest."""
 
@@ -445,6 +494,8 @@ class ServeConfig:
     two cores, about what one process keeps busy (so ``1`` on a two-core machine, where the second
     worker's gain measured by ``benchmarks.serve_throughput`` did not clearly repay a second model's
     memory)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Run the streams on a Ray cluster instead of this machine (``address``), and how many workers."""
 
     metadata_sink: str | None = None
     """Publish each stream's status, deepfake verdicts and a summary every second to an MQTT broker:

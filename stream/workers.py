@@ -438,6 +438,21 @@ def _starting_info(cfg: StreamConfig) -> dict[str, Any]:
     return info.to_json()
 
 
+def worker_config(config: ServeConfig) -> ServeConfig:
+    """The config a worker runs with. The front is a worker's one client: it has checked API streams
+    against the source policy already (the config's are the operator's), its requests are not a
+    browser's to pace, and it adds the streams itself."""
+    return dataclasses.replace(
+        config,
+        token=None,
+        streams=(),
+        sources=dataclasses.replace(
+            config.sources, schemes=KNOWN_SCHEMES, hosts=("0.0.0.0/0", "::/0"), folders=(Path("/"),)
+        ),
+        limits=dataclasses.replace(config.limits, requests_per_s=None),
+    )
+
+
 class WorkerPool:
     """The streams of a server spread over worker processes (module docstring); what
     :func:`chromastream.stream.server.create_app` runs on with ``serve --workers N``.
@@ -450,18 +465,7 @@ class WorkerPool:
         if count < 1:
             raise ValueError(f"a pool needs at least one worker, got {count}")
         root = logging.getLogger()
-        # The front is a worker's one client: it has checked API streams against the source policy
-        # already (the config's are the operator's), and its requests are not a browser's to pace.
-        self._config = dataclasses.replace(
-            config,
-            token=None,
-            streams=(),
-            # The front checked every source already; the worker keeps the rest of the section (decode).
-            sources=dataclasses.replace(
-                config.sources, schemes=KNOWN_SCHEMES, hosts=("0.0.0.0/0", "::/0"), folders=(Path("/"),)
-            ),
-            limits=dataclasses.replace(config.limits, requests_per_s=None),
-        )
+        self._config = worker_config(config)
         self._log_levels = {
             name: logger_.level
             for name, logger_ in logging.root.manager.loggerDict.items()
