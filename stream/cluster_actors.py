@@ -172,7 +172,12 @@ class ClusterWorker:
         from chromastream.stream.server import create_app, pipeline_for
 
         pipeline, self._sampler = pipeline_for(self._config)
-        app = create_app(pipeline, self._config, stream_config=from_wire, own_pipeline=True)
+        # Several workers may share a machine (and so a host name): each publishes to the metadata bus under
+        # a node name of its own, or their MQTT sessions would keep replacing each other.
+        suffix = "-w" + self._name.rsplit("-", 1)[-1]
+        app = create_app(
+            pipeline, self._config, stream_config=from_wire, own_pipeline=True, bus_node_suffix=suffix
+        )
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         await web.UnixSite(self._runner, self._socket).start()
