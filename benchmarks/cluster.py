@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hard-kills",
         type=int,
-        default=5,
-        help="node kills with SIGKILL, found by Ray's health checks (default 5)",
+        default=10,
+        help="node kills with SIGKILL, found by Ray's health checks (default 10)",
     )
     parser.add_argument("--streams", type=int, default=2, help="camera streams (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one kill, short windows")
