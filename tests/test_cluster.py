@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,11 +37,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep 127.0.0.
 from chromastream.stream.cli import _serve_config, build_parser, main
 from chromastream.stream.cluster import ClusterError, cluster_worker_count, parse_address
 from chromastream.stream.config import ClusterConfig, ConfigError, parse_config
+from tests import test_browser
 from tests.rtsp_fixtures import RtspServer, free_port, make_h264_clip, require_gstreamer
-from tests.test_browser import CHROMEDRIVER, CHROMIUM, FLAGS, _require_browser, poll
+from tests.test_browser import poll
 from tests.test_server import Served
 from tests.test_webrtc import chroma, frames_at_least, whep
 from tests.test_workers import event_where, streams_by_id, until
+
+browser = test_browser.browser  # the headless Chromium fixture
 
 REPO = Path(__file__).resolve().parents[1]
 RED = {"x": 0.5, "y": 0.5, "rgb": "#ff0000"}
@@ -349,26 +351,6 @@ def test_a_restarted_controller_keeps_every_assignment_and_hint(ray_cluster: Any
                 assert r.status == 200
 
     run(after)
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Headless Chromium, as ``tests.test_browser`` drives it."""
-    _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    with tempfile.TemporaryDirectory(prefix="chromastream-chromium-") as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for flag in (*FLAGS, f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-        driver.set_script_timeout(20)
-        try:
-            yield driver
-        finally:
-            driver.quit()
 
 
 def test_the_page_through_the_gateway_plays_coloured_video_from_a_worker_node(
