@@ -9,6 +9,7 @@ explains a slow run better than any guess afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -379,6 +380,36 @@ def eval_set_dirs(shared: Path, sets: list[str]) -> dict[str, Path]:
     if missing:
         raise BenchmarkError(f"evaluation set(s) {', '.join(missing)} not found under {root}")
     return {s: root / s for s in sets}
+
+
+@contextlib.asynccontextmanager
+async def whep_viewer(
+    session: Any, base: str, stream_id: str, prepare: Callable[[Any], None]
+) -> AsyncIterator[Any]:
+    """A WHEP viewer of ``stream_id`` on the server at ``base``, as the live benchmarks run them: an aiortc
+    peer connection that only receives video, offered over ``session`` (aiohttp) and closed on exit.
+    ``prepare`` gets the connection before the offer, to attach what the benchmark counts with (a track
+    handler, a metadata data channel). A server that does not answer 201 is a :class:`BenchmarkError`."""
+    from aiortc import RTCSessionDescription
+
+    from chromastream.stream.webrtc import allow_loopback_candidates, peer_connection
+
+    allow_loopback_candidates()
+    pc = peer_connection()
+    pc.addTransceiver("video", direction="recvonly")
+    prepare(pc)
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Content-Type": "application/sdp"}
+        url = f"{base}/whep/{stream_id}"
+        async with session.post(url, data=pc.localDescription.sdp, headers=headers) as answer:
+            if answer.status != 201:
+                raise BenchmarkError(f"WHEP for {stream_id} answered {answer.status}: {await answer.text()}")
+            sdp = await answer.text()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        yield pc
+    finally:
+        await pc.close()
 
 
 def image_session(args: argparse.Namespace, benchmark: str) -> tuple[Any, dict[str, Path], dict[str, Any]]:

@@ -50,6 +50,7 @@ from benchmarks.common import (
     model_tags,
     now_iso,
     percentiles_ms,
+    whep_viewer,
     write_json,
 )
 from chromastream.errors import ChromastreamError
@@ -199,14 +200,9 @@ async def _view(base: str, stream_ids: list[str], seconds: float) -> dict[str, i
 
 @contextlib.asynccontextmanager
 async def _whep(session: Any, base: str, stream_id: str, counts: dict[str, int]) -> AsyncIterator[None]:
-    from aiortc import RTCSessionDescription
+    """A viewer that decodes every frame it receives and counts it."""
     from aiortc.mediastreams import MediaStreamError
 
-    from chromastream.stream.webrtc import allow_loopback_candidates, peer_connection
-
-    allow_loopback_candidates()
-    pc = peer_connection()
-    pc.addTransceiver("video", direction="recvonly")
     readers: list[asyncio.Task[None]] = []
 
     async def read(track: Any) -> None:
@@ -215,23 +211,17 @@ async def _whep(session: Any, base: str, stream_id: str, counts: dict[str, int])
                 await track.recv()
                 counts[stream_id] += 1
 
-    @pc.on("track")
-    def on_track(track: Any) -> None:
-        readers.append(asyncio.get_running_loop().create_task(read(track)))
+    def prepare(pc: Any) -> None:
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            readers.append(asyncio.get_running_loop().create_task(read(track)))
 
-    await pc.setLocalDescription(await pc.createOffer())
-    headers = {"Content-Type": "application/sdp"}
-    async with session.post(f"{base}/whep/{stream_id}", data=pc.localDescription.sdp, headers=headers) as r:
-        if r.status != 201:
-            raise BenchmarkError(f"WHEP for {stream_id} answered {r.status}: {await r.text()}")
-        answer = await r.text()
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    try:
-        yield
-    finally:
-        for task in readers:
-            task.cancel()
-        await pc.close()
+    async with whep_viewer(session, base, stream_id, prepare):
+        try:
+            yield
+        finally:
+            for task in readers:
+                task.cancel()
 
 
 # ----------------------------------------------------------------------------------------------- runs

@@ -73,6 +73,7 @@ from benchmarks.common import (
     now_iso,
     num,
     run_and_write,
+    whep_viewer,
 )
 
 FPS = 30
@@ -393,26 +394,13 @@ def _skip_decoding() -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def viewer(session: Any, base: str, stream_id: str, tally: Tally) -> AsyncIterator[None]:
-    from aiortc import RTCSessionDescription
+    """A viewer that counts frames by their metadata messages (its video is not decoded)."""
 
-    from chromastream.stream.webrtc import allow_loopback_candidates, peer_connection
+    def prepare(pc: Any) -> None:
+        pc.createDataChannel("metadata").on("message", tally.add)
 
-    allow_loopback_candidates()
-    pc = peer_connection()
-    pc.addTransceiver("video", direction="recvonly")
-    channel = pc.createDataChannel("metadata")
-    channel.on("message", tally.add)
-    await pc.setLocalDescription(await pc.createOffer())
-    headers = {"Content-Type": "application/sdp"}
-    async with session.post(f"{base}/whep/{stream_id}", data=pc.localDescription.sdp, headers=headers) as r:
-        if r.status != 201:
-            raise BenchmarkError(f"WHEP for {stream_id} answered {r.status}: {await r.text()}")
-        answer = await r.text()
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    try:
+    async with whep_viewer(session, base, stream_id, prepare):
         yield
-    finally:
-        await pc.close()
 
 
 async def _streams(session: Any, base: str) -> dict[str, dict[str, Any]]:
