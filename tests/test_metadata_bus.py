@@ -35,6 +35,7 @@ from chromastream.models.shared_data import shared_root
 from chromastream.stream.cli import main
 from chromastream.stream.config import ConfigError, parse_config
 from chromastream.stream.metadata_bus import parse_sink_url
+from tests.missing import missing
 from tests.test_server import Served, served
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
@@ -44,7 +45,11 @@ LABELS = ("off", "real", "uncertain", "fake", "no_face")
 FACE_CLIP = shared_root() / "data" / "faces" / "dfdc" / "dfdc_train_part_0" / "brtujopkby.mp4"
 """A DFDC clip with one face in view (a fake, per the set's labels), for the detector's own verdict."""
 
-pytestmark = pytest.mark.skipif(not MOSQUITTO.exists(), reason="Mosquitto is not installed (/usr/sbin)")
+
+@pytest.fixture(autouse=True, scope="module")
+def _mosquitto_installed() -> None:
+    if not MOSQUITTO.exists():
+        missing("Mosquitto is not installed (/usr/sbin; make system-deps)")
 
 
 def free_port() -> int:
@@ -284,12 +289,13 @@ def test_streams_are_published_up_summarised_and_down(
     assert bus_warnings(server.stderr()) == []
 
 
-@pytest.mark.skipif(not FACE_CLIP.is_file(), reason=f"DFDC face clip not found at {FACE_CLIP}")
 def test_the_detectors_own_verdict_on_a_face_reaches_the_bus(
     tmp_path: Path, broker: Broker, schemas: dict[str, dict[str, Any]]
 ) -> None:
     """With the detector on and a face in view, the verdict topic carries the detector's verdict (not
     ``off`` or ``no_face``) with its probability, and the summaries repeat it."""
+    if not FACE_CLIP.is_file():
+        missing(f"the DFDC face clip is not at {FACE_CLIP} (set CHROMASTREAM_SHARED)")
     prefix = f"face-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "serve.yaml"
     config.write_text(
