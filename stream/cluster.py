@@ -30,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -47,7 +47,8 @@ from chromastream.stream.workers import (
     FRONT_SERIES,
     RETRY_S,
     START_TIMEOUT_S,
-    RemoteFrame,
+    FollowedEvents,
+    Worker,
     WorkerUnavailable,
     _families,
     worker_config,
@@ -381,9 +382,21 @@ class ClusterPool:
     def info(self, stream_id: str) -> dict[str, Any]:
         return self._get(stream_id)
 
-    def subscribe(self, stream_id: str, maxsize: int = 2) -> _ClusterSubscription:
+    def subscribe(self, stream_id: str, maxsize: int = 2) -> FollowedEvents:
+        """The stream's metadata events from whichever worker runs it, followed across failovers."""
         self._get(stream_id)
-        return _ClusterSubscription(self, stream_id)
+
+        async def locate() -> Worker | None:
+            while True:
+                try:
+                    owner = await self._owner(stream_id)
+                except UnknownStream:
+                    return None
+                if owner is not None and owner in self._workers:
+                    return self._worker(owner)
+                await asyncio.sleep(RETRY_S)
+
+        return FollowedEvents(stream_id, locate)
 
     def set_hints(self, stream_id: str, hints: Sequence[Hint]) -> None:
         """Replace the stream's hints (checked as the pipeline checks) and hand them to the controller,
@@ -476,7 +489,7 @@ class ClusterPool:
 
     # --- internals ---------------------------------------------------------------------------------
 
-    def _worker(self, name: str) -> Any:
+    def _worker(self, name: str) -> Worker:
         from chromastream.stream.cluster_actors import RayWorker
 
         return RayWorker(name, self._workers[name])
@@ -505,38 +518,6 @@ class ClusterPool:
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-class _ClusterSubscription:
-    """A stream's metadata events from whichever worker runs it, followed across failovers; they end
-    when the stream is removed or ends, or after :meth:`close`."""
-
-    def __init__(self, pool: ClusterPool, stream_id: str) -> None:
-        self._pool = pool
-        self._stream_id = stream_id
-        self._closed = False
-
-    def __aiter__(self) -> AsyncIterator[RemoteFrame]:
-        return self._frames()
-
-    async def _frames(self) -> AsyncIterator[RemoteFrame]:
-        while not self._closed:
-            try:
-                owner = await self._pool._owner(self._stream_id)
-            except UnknownStream:
-                return
-            if owner is None or owner not in self._pool._workers:
-                await asyncio.sleep(RETRY_S)
-                continue
-            try:
-                async for event in self._pool._worker(owner).events(self._stream_id):
-                    yield RemoteFrame.from_event(event)
-                return  # the worker ended them: the stream ended or was removed
-            except (WorkerUnavailable, UnknownStream):
-                await asyncio.sleep(RETRY_S)
-
-    def close(self) -> None:
-        self._closed = True
 
 
 class _ClusterCollector(Collector):

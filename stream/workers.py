@@ -52,7 +52,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -706,10 +706,15 @@ class WorkerPool:
     def info(self, stream_id: str) -> dict[str, Any]:
         return self._info(self._get(stream_id))
 
-    def subscribe(self, stream_id: str, maxsize: int = 2) -> _RemoteSubscription:
+    def subscribe(self, stream_id: str, maxsize: int = 2) -> FollowedEvents:
         """The stream's metadata events from its worker, followed across the worker's restarts (``maxsize``
         is the worker's business: its own event queue drops its oldest when the front reads slowly)."""
-        return _RemoteSubscription(self, self._get(stream_id))
+        placement = self._get(stream_id)
+
+        async def locate() -> Worker | None:
+            return placement.slot.worker() if await _until_live(placement) else None
+
+        return FollowedEvents(stream_id, locate)
 
     def set_hints(self, stream_id: str, hints: Sequence[Hint]) -> None:
         """Replace the stream's hints here and push them to its worker (checked as the pipeline checks)."""
@@ -870,24 +875,29 @@ class WorkerPool:
         task.add_done_callback(self._background.discard)
 
 
-class _RemoteSubscription:
-    """A stream's metadata events from whichever worker runs it: a worker's death only pauses them; they
-    end when the stream ends or is removed, or after :meth:`close`."""
+class FollowedEvents:
+    """A stream's metadata events from whichever worker runs it, followed across that worker's restart or
+    the stream's move to another worker: a lost worker only pauses them. They end when the stream ends or
+    is removed, or after :meth:`close`.
 
-    def __init__(self, pool: WorkerPool, placement: _Placement) -> None:
-        self._pool = pool
-        self._placement = placement
+    ``locate`` answers the worker that runs the stream now, waiting while it has none, or ``None`` once
+    the stream is gone; it is the one thing that differs between worker processes and a cluster."""
+
+    def __init__(self, stream_id: str, locate: Callable[[], Awaitable[Worker | None]]) -> None:
+        self._stream_id = stream_id
+        self._locate = locate
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[RemoteFrame]:
         return self._frames()
 
     async def _frames(self) -> AsyncIterator[RemoteFrame]:
-        placement = self._placement
-        stream_id = placement.cfg.id
-        while not self._closed and await _until_live(placement):
+        while not self._closed:
+            worker = await self._locate()
+            if worker is None:
+                return
             try:
-                async for event in placement.slot.worker().events(stream_id):
+                async for event in worker.events(self._stream_id):
                     yield RemoteFrame.from_event(event)
                 return  # the worker ended them: the stream ended or was removed
             except (WorkerUnavailable, UnknownStream):
