@@ -10,6 +10,7 @@ except under ``CI=true``, where a missing browser is a failure: CI is where it m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import shutil
@@ -17,7 +18,8 @@ import tempfile
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -59,21 +61,33 @@ def _require_browser() -> None:
 
 
 class ServerThread:
-    """The live server on its own event loop: the WebDriver calls below block."""
+    """The live server on its own event loop: the WebDriver calls below block. ``serving`` (an async
+    context manager yielding the server's base URL) replaces the default :func:`live_server`."""
 
-    def __init__(self, config: ServeConfig | None = None, backend: Any = None) -> None:
+    def __init__(
+        self,
+        config: ServeConfig | None = None,
+        backend: Any = None,
+        serving: Callable[[], AbstractAsyncContextManager[str]] | None = None,
+    ) -> None:
         self.config = config
         self.backend = backend
+        self.serving = serving
         self.base: queue.Queue[str | BaseException] = queue.Queue()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
+    @contextlib.asynccontextmanager
+    async def _live(self) -> AsyncIterator[str]:
+        async with live_server(self.config, fps=15.0, backend=self.backend) as (base, _):
+            yield base
+
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         try:
-            async with live_server(self.config, fps=15.0, backend=self.backend) as (base, _):
+            async with (self.serving or self._live)() as base:
                 self.base.put(base)
                 await self.stop_event.wait()
         except BaseException as exc:

@@ -11,11 +11,10 @@ skip with the reason elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import queue
 import re
-import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -335,57 +334,31 @@ def test_nvenc_is_used_where_it_opens() -> None:
 # -------------------------------------------------------------------------------------------- browser
 
 
-class BigStreamServer:
-    """A server (its own event loop, in a thread) with one 1920x1080 stream, ``big``, encoded by libx264:
-    the size where level 3.1 no longer holds."""
+@contextlib.asynccontextmanager
+async def big_stream() -> AsyncIterator[str]:
+    """A server with one 1920x1080 stream, ``big``, encoded by libx264: the size where level 3.1 no longer
+    holds. Yields its base URL."""
+    from aiohttp import web
 
-    def __init__(self) -> None:
-        self.base: queue.Queue[str | BaseException] = queue.Queue()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stop_event: asyncio.Event | None = None
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+    from chromastream.stream.passthrough import create_serve_backend
+    from chromastream.stream.pipeline import Pipeline
+    from chromastream.stream.server import create_app
 
-    async def _main(self) -> None:
-        from aiohttp import web
-
-        from chromastream.stream.passthrough import create_serve_backend
-        from chromastream.stream.pipeline import Pipeline
-        from chromastream.stream.server import create_app
-
-        self.loop = asyncio.get_running_loop()
-        self.stop_event = asyncio.Event()
-        config = PipelineConfig(size=64, backend="pass-through", detector_rate=0)
-        pipeline = Pipeline(config, create_serve_backend(config))
-        runner: web.AppRunner | None = None
-        try:
-            await pipeline.start()
-            await pipeline.add_stream(StreamConfig("big", "synthetic:?width=1920&height=1080&fps=8"))
-            serve = ServeConfig(webrtc=WebRTCConfig(h264_encoder="libx264"))
-            runner = web.AppRunner(create_app(pipeline, serve))
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.base.put(f"http://127.0.0.1:{runner.addresses[0][1]}")
-            await self.stop_event.wait()
-        except BaseException as exc:
-            self.base.put(exc)
-            raise
-        finally:
-            if runner is not None:
-                await runner.cleanup()
-            await pipeline.stop()
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        base = self.base.get(timeout=60)
-        if isinstance(base, BaseException):
-            raise base
-        return base
-
-    def __exit__(self, *_: object) -> None:
-        if self.loop is not None and self.stop_event is not None:
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(timeout=30)
+    config = PipelineConfig(size=64, backend="pass-through", detector_rate=0)
+    pipeline = Pipeline(config, create_serve_backend(config))
+    runner: web.AppRunner | None = None
+    try:
+        await pipeline.start()
+        await pipeline.add_stream(StreamConfig("big", "synthetic:?width=1920&height=1080&fps=8"))
+        serve = ServeConfig(webrtc=WebRTCConfig(h264_encoder="libx264"))
+        runner = web.AppRunner(create_app(pipeline, serve))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await pipeline.stop()
 
 
 #: A WHEP viewer that offers H.264 only (packetization mode 1, as aiortc sends it).
@@ -437,7 +410,7 @@ pc.getStats().then((stats) => {
 def test_chromium_plays_1080p_h264_at_its_level(browser: Any) -> None:
     """The SPS says level 4.0 while the SDP keeps aiortc's level 3.1 (``profile-level-id`` ...1f): headless
     Chromium negotiates H.264 with it and decodes the 1080p pictures."""
-    with BigStreamServer() as base:
+    with test_browser.ServerThread(serving=big_stream) as base:
         browser.get(f"{base}/healthz")
         started = browser.execute_async_script(WATCH_H264)
         if "skip" in started:
